@@ -1,0 +1,27 @@
+"""The ``shmd`` command: serve, train, status."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {
+        "serve": ("shmd.daemon", "run the daemon in the foreground"),
+        "train": ("models.train", "train the four models and write their artifacts"),
+        "status": ("shmd.status", "print a running daemon's metrics"),
+    }
+    if not argv or argv[0] not in commands:
+        print("usage: shmd {serve,train,status} [options]\n", file=sys.stderr)
+        for name, (_, what) in commands.items():
+            print(f"  {name:<7} {what}", file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    import importlib
+
+    module = importlib.import_module(commands[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
