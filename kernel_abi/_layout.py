@@ -147,14 +147,14 @@ REQUEST_SLOT_SIZE = _round_up(PAYLOAD_OFFSET + PAYLOAD_SIZE, CACHE_LINE)
 
 #: The generic request slot: header plus an opaque payload area.
 REQUEST = _struct(
-    REQUEST_HEADER_FIELDS + [("payload", "u1", (REQUEST_SLOT_SIZE - PAYLOAD_OFFSET,))],
+    [*REQUEST_HEADER_FIELDS, ("payload", "u1", (REQUEST_SLOT_SIZE - PAYLOAD_OFFSET,))],
     REQUEST_SLOT_SIZE,
 )
 
 #: The same slot seen as one model's request; views of one buffer through
 #: REQUEST and these dtypes alias byte for byte.
 REQUESTS: dict[ModelId, np.dtype] = {
-    mid: _struct(REQUEST_HEADER_FIELDS + [("payload", dt)], REQUEST_SLOT_SIZE)
+    mid: _struct([*REQUEST_HEADER_FIELDS, ("payload", dt)], REQUEST_SLOT_SIZE)
     for mid, dt in PAYLOADS.items()
 }
 

@@ -86,9 +86,7 @@ def _request_struct() -> list[str]:
     union.append(f"        uint8_t raw[{lay.REQUEST_SLOT_SIZE - lay.PAYLOAD_OFFSET}];")
     union.append("    } payload;")
     return (
-        ["struct shmd_request {"]
-        + _struct_body(lay.REQUEST, {"payload": "\n".join(union)})
-        + ["};"]
+        ["struct shmd_request {", *_struct_body(lay.REQUEST, {"payload": "\n".join(union)}), "};"]
     )
 
 
@@ -102,24 +100,24 @@ def layout_rows() -> Iterator[tuple[str, str, int, int]]:
         yield struct, "", 0, dt.itemsize
         for name, fdt, offset in _fields_in_order(dt):
             yield struct, name, offset, fdt.itemsize
-    for mid, dt in lay.REQUESTS.items():
+    for mid, payload in lay.PAYLOADS.items():
         member = f"payload.{mid.name.lower()}"
-        yield "shmd_request", member, lay.PAYLOAD_OFFSET, lay.PAYLOADS[mid].itemsize
-        for name, fdt, offset in _fields_in_order(lay.PAYLOADS[mid]):
+        yield "shmd_request", member, lay.PAYLOAD_OFFSET, payload.itemsize
+        for name, fdt, offset in _fields_in_order(payload):
             yield "shmd_request", f"{member}.{name}", lay.PAYLOAD_OFFSET + offset, fdt.itemsize
 
 
 def _enum(name: str, cls: type[enum.IntEnum], prefix: str) -> list[str]:
     lines = [f"enum {name} {{"]
     lines += [f"    {prefix}{m.name} = {int(m)}," for m in cls]
-    return lines + ["};", ""]
+    return [*lines, "};", ""]
 
 
 def _flag_enum(name: str, cls: type[enum.IntEnum], prefix: str) -> list[str]:
     """A ``*_BIT`` enum plus the derived masks, as liburing spells flags."""
     lines = [f"enum {name} {{", *(f"    {prefix}{m.name}_BIT = {int(m)}," for m in cls), "};"]
     lines += [f"#define {prefix}{m.name} (1u << {prefix}{m.name}_BIT)" for m in cls]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def render() -> str:
@@ -179,7 +177,7 @@ def render() -> str:
     out.append("")
     for struct, dt in STRUCTS[:4]:
         out += [f"struct {struct} {{", *_struct_body(dt), "};", ""]
-    out += _request_struct() + [""]
+    out += [*_request_struct(), ""]
     for struct, dt in STRUCTS[4:]:
         out += [f"struct {struct} {{", *_struct_body(dt), "};", ""]
     for struct, field, offset, size in layout_rows():
