@@ -1,0 +1,40 @@
+"""ringbuf: single-producer single-consumer rings in POSIX shared memory.
+
+Knows nothing about models: a channel is a submission ring of REQUEST slots
+and a completion ring of RESPONSE slots (kernel_abi), and this package moves
+records through them with acquire/release ordering and io_uring-style wake-ups.
+"""
+
+from ._core import CORRUPT
+from ._ends import DEFAULT_SPIN_US, Consumer, Producer
+from ._errors import LayoutMismatch, RingCorrupt, RingError, SegmentExists, SegmentNotFound
+from ._segment import (
+    DEFAULT_MODE,
+    Channel,
+    RingView,
+    doorbell_name,
+    leftovers,
+    open_semaphore,
+    remove_leftovers,
+    segment_name,
+)
+
+__all__ = [
+    "CORRUPT",
+    "DEFAULT_MODE",
+    "DEFAULT_SPIN_US",
+    "Channel",
+    "Consumer",
+    "LayoutMismatch",
+    "Producer",
+    "RingCorrupt",
+    "RingError",
+    "RingView",
+    "SegmentExists",
+    "SegmentNotFound",
+    "doorbell_name",
+    "leftovers",
+    "open_semaphore",
+    "remove_leftovers",
+    "segment_name",
+]

@@ -1,0 +1,100 @@
+"""Memory-ordering primitives for numba code, as LLVM atomics.
+
+numba compiles a plain load of a shared index like any other load: inside a
+spin loop LLVM hoists it and the loop never sees the other process's store (we
+measured an infinite loop). These intrinsics emit ``load atomic ... acquire``,
+``store atomic ... release`` and ``fence seq_cst`` instead, which LLVM may
+neither hoist nor reorder across. On x86-64 the acquire load and release store
+are plain ``mov``s; only the full fence costs (an ``mfence``/locked op).
+
+They also work when called from Python through any ``@njit`` wrapper, which is
+how the Python-side ring API uses them: one implementation for both.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+def _item_pointer(context, builder, aryty, ary, idx):
+    array = context.make_array(aryty)(context, builder, ary)
+    return cgutils.get_item_pointer(context, builder, aryty, array, [idx], wraparound=False)
+
+
+@intrinsic
+def load_acquire(typingctx, ary, idx):
+    """``ary[idx]`` as an atomic acquire load (integer arrays only)."""
+    if not (isinstance(ary, types.Array) and isinstance(ary.dtype, types.Integer)):
+        return None
+    if not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature.args[0], args[0], args[1])
+        return builder.load_atomic(ptr, "acquire", ary.dtype.bitwidth // 8)
+
+    return ary.dtype(ary, idx), codegen
+
+
+@intrinsic
+def store_release(typingctx, ary, idx, value):
+    """``ary[idx] = value`` as an atomic release store (integer arrays only)."""
+    if not (isinstance(ary, types.Array) and isinstance(ary.dtype, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty, _, valty = signature.args
+        ptr = _item_pointer(context, builder, aryty, args[0], args[1])
+        stored = context.cast(builder, args[2], valty, aryty.dtype)
+        builder.store_atomic(stored, ptr, "release", aryty.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.void(ary, idx, value), codegen
+
+
+@intrinsic
+def full_fence(typingctx):
+    """A sequentially consistent fence: no load or store moves across it."""
+
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def cpu_relax(typingctx):
+    """The x86 ``pause`` hint for spin loops: frees the sibling hyperthread."""
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.VoidType(), [])
+        builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse2.pause"), [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def monotonic_ns(typingctx):
+    """``clock_gettime(CLOCK_MONOTONIC)`` in ns: the clock of every ABI timestamp.
+
+    Called straight from compiled code (the vDSO makes it ~20 ns), so the poll
+    loop and spin windows need no trip back to Python to read the time.
+    """
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        timespec = ir.LiteralStructType([i64, i64])
+        fnty = ir.FunctionType(ir.IntType(32), [ir.IntType(32), timespec.as_pointer()])
+        clock_gettime = cgutils.get_or_insert_function(builder.module, fnty, "clock_gettime")
+        ts = cgutils.alloca_once(builder, timespec)
+        builder.call(clock_gettime, [ir.Constant(ir.IntType(32), 1), ts])  # 1 = CLOCK_MONOTONIC
+        sec = builder.load(cgutils.gep_inbounds(builder, ts, 0, 0))
+        nsec = builder.load(cgutils.gep_inbounds(builder, ts, 0, 1))
+        return builder.add(builder.mul(sec, ir.Constant(i64, 1_000_000_000)), nsec)
+
+    return types.int64(), codegen

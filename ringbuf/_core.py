@@ -1,0 +1,191 @@
+"""The SPSC ring protocol, compiled: produce, peek, release, wait-spin.
+
+Every function takes the ring as plain arrays so it can be called from Python
+and inlined into other ``@njit`` code (the daemon's poll loop) alike:
+
+- ``hdr64`` / ``hdr32``: the ring header seen as u64 / u32 words (shared);
+- ``slots``: ``uint8[capacity, slot_size]`` (shared);
+- ``state``: a private ``uint64[STATE_WORDS]`` array of the side that calls.
+
+Neither side trusts the other's index. Each keeps its own index privately
+(the consumer its head, the producer its tail), only ever stores it to shared
+memory, and validates the other side's index on every load: it may never move
+backwards and ``0 <= tail - head <= capacity`` must hold. A violation marks
+the ring corrupt in the caller's private state; from then on every call
+answers ``CORRUPT`` and touches no slot, so garbage indices can never cause an
+out-of-bounds access (slot = index & mask is always in range anyway).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from kernel_abi import RING_HEADER, RING_NEED_WAKEUP
+
+from ._atomics import cpu_relax, full_fence, load_acquire, monotonic_ns, store_release
+
+_U64 = 8
+_U32 = 4
+TAIL = RING_HEADER.fields["tail"][1] // _U64
+HEAD = RING_HEADER.fields["head"][1] // _U64
+FLAGS = RING_HEADER.fields["flags"][1] // _U32
+FULL_EVENTS = RING_HEADER.fields["full_events"][1] // _U64
+PRODUCED = RING_HEADER.fields["produced"][1] // _U64
+CONSUMED = RING_HEADER.fields["consumed"][1] // _U64
+CORRUPT_EVENTS = RING_HEADER.fields["corrupt_events"][1] // _U64
+
+# Private state words. For a consumer OWN is its head and PEER_SEEN the last
+# tail it accepted; for a producer OWN is its tail and PEER_SEEN the last head.
+OWN = 0
+PEER_SEEN = 1
+CORRUPT_FLAG = 2
+STATE_WORDS = 3
+
+#: Returned instead of a count once the ring is known to be corrupt.
+CORRUPT = -1
+
+_NEED_WAKEUP = np.uint32(RING_NEED_WAKEUP)
+
+
+def new_state(own_index: int, peer_index: int) -> np.ndarray:
+    """Private state for a side whose index is ``own_index``."""
+    state = np.zeros(STATE_WORDS, np.uint64)
+    state[OWN] = own_index
+    state[PEER_SEEN] = peer_index
+    return state
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _mark_corrupt(hdr64, state):
+    state[CORRUPT_FLAG] = 1
+    hdr64[CORRUPT_EVENTS] += np.uint64(1)
+    return CORRUPT
+
+
+@njit(nogil=True, cache=True)
+def ring_ready(hdr64, state, capacity):
+    """Consumer: records published and not yet released, or CORRUPT."""
+    if state[CORRUPT_FLAG]:
+        return CORRUPT
+    tail = load_acquire(hdr64, TAIL)
+    head = state[OWN]
+    # u64 arithmetic: a tail behind head wraps to a huge difference.
+    if tail < state[PEER_SEEN] or tail - head > np.uint64(capacity):
+        return _mark_corrupt(hdr64, state)
+    state[PEER_SEEN] = tail
+    return np.int64(tail - head)
+
+
+@njit(nogil=True, cache=True)
+def ring_peek(hdr64, slots, state, out, max_n):
+    """Consumer: copy up to ``max_n`` ready records into private ``out``.
+
+    Copies, then returns the count (or CORRUPT); does not release. The copy
+    comes first so that what is later validated is what stays: a producer
+    rewriting a slot after this cannot change it.
+    """
+    capacity = slots.shape[0]
+    n = ring_ready(hdr64, state, capacity)
+    if n <= 0:
+        return n
+    n = min(n, max_n, out.shape[0])
+    mask = np.uint64(capacity - 1)
+    head = state[OWN]
+    for j in range(n):
+        out[j, :] = slots[(head + np.uint64(j)) & mask, :]
+    return n
+
+
+@njit(nogil=True, cache=True)
+def ring_release(hdr64, state, n):
+    """Consumer: hand ``n`` slots back to the producer, one index store."""
+    head = state[OWN] + np.uint64(n)
+    state[OWN] = head
+    # The producer must see our reads of those slots finished before it sees
+    # the head that lets it overwrite them.
+    store_release(hdr64, HEAD, head)
+    hdr64[CONSUMED] += np.uint64(n)
+
+
+@njit(nogil=True, cache=True)
+def ring_space(hdr64, state, capacity):
+    """Producer: free slots, or CORRUPT."""
+    if state[CORRUPT_FLAG]:
+        return CORRUPT
+    head = load_acquire(hdr64, HEAD)
+    tail = state[OWN]
+    if head < state[PEER_SEEN] or tail - head > np.uint64(capacity):
+        return _mark_corrupt(hdr64, state)
+    state[PEER_SEEN] = head
+    return np.int64(capacity) - np.int64(tail - head)
+
+
+@njit(nogil=True, cache=True)
+def ring_publish(hdr64, hdr32, state, n):
+    """Producer: make ``n`` written slots visible; True if the consumer sleeps.
+
+    The caller must post the ring's semaphore when this returns True.
+    """
+    tail = state[OWN] + np.uint64(n)
+    state[OWN] = tail
+    # The consumer must see the slot contents before it sees the tail.
+    store_release(hdr64, TAIL, tail)
+    hdr64[PRODUCED] += np.uint64(n)
+    # Pairs with the consumer's fence between setting NEED_WAKEUP and
+    # re-reading the tail: at least one of us sees the other's store.
+    full_fence()
+    return (load_acquire(hdr32, FLAGS) & _NEED_WAKEUP) != 0
+
+
+@njit(nogil=True, cache=True)
+def ring_produce(hdr64, hdr32, slots, state, records, n):
+    """Producer: copy up to ``n`` rows of ``records`` (uint8[n, slot_size]).
+
+    Returns ``(accepted, wake)``: accepted is 0 on a full ring (nothing is
+    overwritten) and CORRUPT on a corrupt one; wake says to post the semaphore.
+    """
+    capacity = slots.shape[0]
+    space = ring_space(hdr64, state, capacity)
+    if space < 0:
+        return space, False
+    k = min(n, space)
+    if k == 0:
+        if n > 0:
+            hdr64[FULL_EVENTS] += np.uint64(1)
+        return 0, False
+    mask = np.uint64(capacity - 1)
+    tail = state[OWN]
+    for j in range(k):
+        slots[(tail + np.uint64(j)) & mask, :] = records[j, :]
+    return k, ring_publish(hdr64, hdr32, state, k)
+
+
+@njit(nogil=True, cache=True)
+def ring_spin_ready(hdr64, state, capacity, spin_ns):
+    """Consumer: spin up to ``spin_ns`` for a record; the ready count (0: none)."""
+    deadline = monotonic_ns() + spin_ns
+    while True:
+        n = ring_ready(hdr64, state, capacity)
+        if n != 0 or monotonic_ns() >= deadline:
+            return n
+        cpu_relax()
+
+
+@njit(nogil=True, cache=True)
+def ring_prepare_sleep(hdr64, hdr32, state, capacity):
+    """Consumer: announce sleep, then re-check. Sleep only if this returns 0.
+
+    A non-zero answer means records arrived (or corruption) and the caller
+    must ``ring_end_sleep`` instead of sleeping.
+    """
+    store_release(hdr32, FLAGS, load_acquire(hdr32, FLAGS) | _NEED_WAKEUP)
+    # Pairs with the producer's fence after publishing (see ring_publish).
+    full_fence()
+    return ring_ready(hdr64, state, capacity)
+
+
+@njit(nogil=True, cache=True)
+def ring_end_sleep(hdr32):
+    """Consumer: withdraw NEED_WAKEUP; producers stop posting."""
+    store_release(hdr32, FLAGS, load_acquire(hdr32, FLAGS) & ~_NEED_WAKEUP)

@@ -1,0 +1,167 @@
+"""Python ends of a ring: a Producer and a Consumer over the compiled core.
+
+Both call the same ``@njit`` functions the daemon's loop inlines, so Python
+and compiled callers share one implementation of the protocol. The wake-up
+protocol follows io_uring's SQPOLL: the consumer spins for a bounded window,
+then sets NEED_WAKEUP, fences, re-checks, and only then sleeps on the ring's
+semaphore (with a timeout); a producer fences after publishing and posts the
+semaphore only when NEED_WAKEUP is set.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import posix_ipc
+
+from . import _core as core
+from ._errors import RingCorrupt
+from ._segment import RingView
+
+DEFAULT_SPIN_US = 50
+
+
+class Producer:
+    """The writing end of one ring. Not thread-safe: one producer per ring."""
+
+    def __init__(self, ring: RingView, wakeup: posix_ipc.Semaphore | None) -> None:
+        self.ring = ring
+        self.wakeup = wakeup
+        self.state = core.new_state(int(ring.hdr64[core.TAIL]), int(ring.hdr64[core.HEAD]))
+        self.wakeups_posted = 0
+
+    @property
+    def corrupt(self) -> bool:
+        return bool(self.state[core.CORRUPT_FLAG])
+
+    @property
+    def tail(self) -> int:
+        """The next index this producer will fill."""
+        return int(self.state[core.OWN])
+
+    def _check(self, n: int) -> int:
+        if n == core.CORRUPT:
+            raise RingCorrupt(
+                f"{self.ring.kind.name.lower()} ring is corrupt: its consumer's head is invalid "
+                f"(head={int(self.ring.hdr64[core.HEAD])}, tail={self.tail}, capacity={self.ring.capacity})"
+            )
+        return n
+
+    def space(self) -> int:
+        """Free slots now."""
+        return self._check(int(core.ring_space(self.ring.hdr64, self.state, self.ring.capacity)))
+
+    def produce(self, records: np.ndarray) -> int:
+        """Copy records into the ring; how many were accepted (0 when full)."""
+        rows = np.ascontiguousarray(records).view(np.uint8).reshape(len(records), -1)
+        if rows.shape[1] != self.ring.slots.shape[1]:
+            raise ValueError(
+                f"record size must equal the slot size: record={rows.shape[1]} slot={self.ring.slots.shape[1]}"
+            )
+        accepted, wake = core.ring_produce(
+            self.ring.hdr64, self.ring.hdr32, self.ring.slots, self.state, rows, len(rows)
+        )
+        if wake:
+            self._post()
+        return self._check(int(accepted))
+
+    def reserve(self, n: int) -> list[np.ndarray]:
+        """Views of up to ``n`` free slots, in order, to be filled in place.
+
+        At most two views (the run may wrap around the end of the ring); their
+        total length is what fits. Fill them, then ``commit`` that many.
+        """
+        k = min(n, self.space())
+        start = self.tail & (self.ring.capacity - 1)
+        records = self.ring.records()
+        first = records[start : start + k]
+        if len(first) == k:
+            return [first] if k else []
+        return [first, records[: k - len(first)]]
+
+    def commit(self, n: int) -> None:
+        """Publish ``n`` slots written through ``reserve``."""
+        if core.ring_publish(self.ring.hdr64, self.ring.hdr32, self.state, n):
+            self._post()
+
+    def _post(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup.release()
+            self.wakeups_posted += 1
+
+
+class Consumer:
+    """The reading end of one ring. Not thread-safe: one consumer per ring."""
+
+    def __init__(self, ring: RingView, wakeup: posix_ipc.Semaphore | None) -> None:
+        self.ring = ring
+        self.wakeup = wakeup
+        head = int(ring.hdr64[core.HEAD])
+        self.state = core.new_state(head, head)
+        self.sleeps = 0
+
+    @property
+    def corrupt(self) -> bool:
+        return bool(self.state[core.CORRUPT_FLAG])
+
+    @property
+    def head(self) -> int:
+        """The next index this consumer will read."""
+        return int(self.state[core.OWN])
+
+    def _check(self, n: int) -> int:
+        if n == core.CORRUPT:
+            raise RingCorrupt(
+                f"{self.ring.kind.name.lower()} ring is corrupt: its producer's tail is invalid "
+                f"(tail={int(self.ring.hdr64[core.TAIL])}, head={self.head}, capacity={self.ring.capacity})"
+            )
+        return n
+
+    def ready(self) -> int:
+        """Records published and not yet released."""
+        return self._check(int(core.ring_ready(self.ring.hdr64, self.state, self.ring.capacity)))
+
+    def peek(self, out: np.ndarray, max_n: int | None = None) -> int:
+        """Copy up to ``max_n`` ready records into ``out`` without releasing them."""
+        rows = out.view(np.uint8).reshape(len(out), -1)
+        limit = len(out) if max_n is None else max_n
+        return self._check(int(core.ring_peek(self.ring.hdr64, self.ring.slots, self.state, rows, limit)))
+
+    def release(self, n: int) -> None:
+        """Give ``n`` peeked slots back to the producer."""
+        core.ring_release(self.ring.hdr64, self.state, n)
+
+    def consume(self, max_n: int) -> np.ndarray:
+        """Up to ``max_n`` records, copied out and released."""
+        out = np.empty(max_n, self.ring.record_dtype)
+        n = self.peek(out)
+        self.release(n)
+        return out[:n]
+
+    def wait(self, timeout: float, spin_us: float = DEFAULT_SPIN_US) -> int:
+        """Block until a record is ready or ``timeout`` s pass; the ready count.
+
+        Spins for at most ``spin_us`` first, then sleeps on the semaphore.
+        """
+        hdr64, hdr32, cap = self.ring.hdr64, self.ring.hdr32, self.ring.capacity
+        n = self._check(int(core.ring_spin_ready(hdr64, self.state, cap, int(spin_us * 1000))))
+        if n or self.wakeup is None:
+            return n
+        deadline = time.monotonic() + timeout
+        while True:
+            n = int(core.ring_prepare_sleep(hdr64, hdr32, self.state, cap))
+            if n == 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    core.ring_end_sleep(hdr32)
+                    return 0
+                self.sleeps += 1
+                try:
+                    self.wakeup.acquire(remaining)
+                except posix_ipc.BusyError:
+                    pass
+                n = int(core.ring_ready(hdr64, self.state, cap))
+            core.ring_end_sleep(hdr32)
+            if n:
+                return self._check(n)

@@ -1,0 +1,310 @@
+"""Named shared-memory channels: create, attach, close, unlink, leftovers.
+
+Names under a prefix P (every name also gets posix_ipc's leading '/'):
+
+- ``P.C``          the segment of channel C (``/dev/shm/P.C``)
+- ``P.C.cq``       semaphore the daemon posts when C's client sleeps on its CQ
+- ``P.doorbell``   semaphore every SQ producer of P posts when the daemon
+                   sleeps: one daemon watches all channels of its prefix, so
+                   their SQs share one semaphore it can sleep on.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import posix_ipc
+
+from kernel_abi import (
+    ABI_VERSION,
+    CHANNEL_HEADER,
+    CHANNEL_MAGIC,
+    REQUEST,
+    REQUEST_SLOT_SIZE,
+    RESPONSE,
+    RESPONSE_SLOT_SIZE,
+    RING_HEADER,
+    RING_HEADER_SIZE,
+    RING_MAGIC,
+    RingKind,
+    channel_layout,
+)
+
+from ._errors import LayoutMismatch, SegmentExists, SegmentNotFound
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SHM_DIR = Path("/dev/shm")
+DEFAULT_MODE = 0o600
+
+
+def _check_name(what: str, value: str) -> None:
+    if not _NAME.match(value):
+        raise ValueError(f"{what} must be 1-64 of [A-Za-z0-9_-]: {what}={value!r}")
+
+
+def segment_name(prefix: str, channel: str) -> str:
+    _check_name("prefix", prefix)
+    _check_name("channel", channel)
+    return f"/{prefix}.{channel}"
+
+
+def doorbell_name(prefix: str) -> str:
+    _check_name("prefix", prefix)
+    return f"/{prefix}.doorbell"
+
+
+def open_semaphore(name: str, mode: int = DEFAULT_MODE) -> posix_ipc.Semaphore:
+    """Open the named semaphore, creating it (value 0) if absent."""
+    return posix_ipc.Semaphore(name, posix_ipc.O_CREAT, mode=mode, initial_value=0)
+
+
+@dataclass
+class RingView:
+    """numpy views of one ring inside a mapped channel segment."""
+
+    kind: RingKind
+    header: np.ndarray  # RING_HEADER record view (shape ())
+    hdr64: np.ndarray  # the header as u64 words
+    hdr32: np.ndarray  # the header as u32 words
+    slots: np.ndarray  # uint8[capacity, slot_size]
+    record_dtype: np.dtype
+
+    @property
+    def capacity(self) -> int:
+        return self.slots.shape[0]
+
+    def records(self, dtype: np.dtype | None = None) -> np.ndarray:
+        """The slots as structured records (default: the ring's own dtype)."""
+        return self.slots.view(dtype or self.record_dtype).reshape(self.capacity)
+
+
+def _ring_view(buf: mmap.mmap, offset: int, kind: RingKind, slot_size: int, capacity: int) -> RingView:
+    words = RING_HEADER_SIZE // 8
+    return RingView(
+        kind=kind,
+        header=np.frombuffer(buf, RING_HEADER, 1, offset)[0:1].reshape(()),
+        hdr64=np.frombuffer(buf, np.uint64, words, offset),
+        hdr32=np.frombuffer(buf, np.uint32, words * 2, offset),
+        slots=np.frombuffer(buf, np.uint8, capacity * slot_size, offset + RING_HEADER_SIZE).reshape(
+            capacity, slot_size
+        ),
+        record_dtype=REQUEST if kind == RingKind.SUBMISSION else RESPONSE,
+    )
+
+
+def _initialise(
+    buf: mmap.mmap, sq_offset: int, cq_offset: int, size: int, sq_capacity: int, cq_capacity: int
+) -> None:
+    header = np.frombuffer(buf, CHANNEL_HEADER, 1, 0)[0]
+    header["abi_version"] = ABI_VERSION
+    header["sq_offset"], header["cq_offset"], header["segment_size"] = sq_offset, cq_offset, size
+    for kind, offset, slot_size, capacity in (
+        (RingKind.SUBMISSION, sq_offset, REQUEST_SLOT_SIZE, sq_capacity),
+        (RingKind.COMPLETION, cq_offset, RESPONSE_SLOT_SIZE, cq_capacity),
+    ):
+        ring = np.frombuffer(buf, RING_HEADER, 1, offset)[0]
+        ring["abi_version"], ring["slot_size"], ring["capacity"], ring["kind"] = (
+            ABI_VERSION,
+            slot_size,
+            capacity,
+            kind,
+        )
+        ring["magic"] = RING_MAGIC
+    # The channel magic goes last: an attacher that sees it sees a finished layout.
+    header["magic"] = CHANNEL_MAGIC
+
+
+def _check_capacity(what: str, capacity: int) -> None:
+    if capacity < 2 or capacity & (capacity - 1) or capacity > 1 << 24:
+        raise ValueError(f"{what} must be a power of two in [2, 2**24]: {what}={capacity}")
+
+
+def _expect(segment: str, what: str, found: int, expected: int) -> None:
+    if found != expected:
+        raise LayoutMismatch(
+            f"segment {segment} is not a shmd channel of this version: "
+            f"{what}={found:#x} found, {expected:#x} expected"
+        )
+
+
+@dataclass
+class Channel:
+    """One mapped channel segment: a submission ring and a completion ring.
+
+    ``created`` is True when this object made the segment; only the creator
+    unlinks it (``unlink``), whatever process closes it.
+    """
+
+    prefix: str
+    name: str
+    segment: str
+    created: bool
+    header: np.ndarray  # CHANNEL_HEADER record view
+    sq: RingView
+    cq: RingView
+    _shm: posix_ipc.SharedMemory = field(repr=False)
+    _map: mmap.mmap = field(repr=False)
+
+    @property
+    def fd(self) -> int:
+        """The segment's file descriptor (held open for locks)."""
+        return self._shm.fd
+
+    @classmethod
+    def create(
+        cls,
+        prefix: str,
+        name: str,
+        *,
+        sq_capacity: int = 1024,
+        cq_capacity: int | None = None,
+        mode: int = DEFAULT_MODE,
+        reuse: bool = False,
+    ) -> Channel:
+        """Create channel ``name`` under ``prefix``.
+
+        With ``reuse=True`` an existing valid segment of that name is attached
+        instead (``created`` is then False), which is how a restarted daemon
+        picks up what its predecessor left; an invalid one is replaced.
+        """
+        cq_capacity = cq_capacity or sq_capacity
+        _check_capacity("sq_capacity", sq_capacity)
+        _check_capacity("cq_capacity", cq_capacity)
+        seg = segment_name(prefix, name)
+        sq_offset, cq_offset, size = channel_layout(sq_capacity, cq_capacity)
+        try:
+            shm = posix_ipc.SharedMemory(seg, posix_ipc.O_CREX, mode=mode, size=size)
+        except posix_ipc.ExistentialError:
+            if not reuse:
+                raise SegmentExists(
+                    f"channel segment {seg} already exists: another daemon or a crashed run made it; "
+                    f"attach to it, create with reuse=True, or remove it with remove_leftovers({prefix!r})"
+                ) from None
+            try:
+                return cls.attach(prefix, name)
+            except LayoutMismatch:
+                posix_ipc.unlink_shared_memory(seg)
+                return cls.create(prefix, name, sq_capacity=sq_capacity, cq_capacity=cq_capacity, mode=mode)
+        os.fchmod(shm.fd, mode)  # the umask must not widen or narrow what was asked
+        buf = mmap.mmap(shm.fd, size)
+        _initialise(buf, sq_offset, cq_offset, size, sq_capacity, cq_capacity)
+        return cls._map_segment(prefix, name, seg, shm, buf, created=True)
+
+    @classmethod
+    def attach(cls, prefix: str, name: str) -> Channel:
+        """Map an existing channel, refusing one of another layout."""
+        seg = segment_name(prefix, name)
+        try:
+            shm = posix_ipc.SharedMemory(seg)
+        except posix_ipc.ExistentialError:
+            raise SegmentNotFound(
+                f"no channel segment {seg}: is `shmd serve --prefix {prefix}` running "
+                f"with channel {name!r}?"
+            ) from None
+        if shm.size < CHANNEL_HEADER.itemsize:
+            shm.close_fd()
+            raise LayoutMismatch(
+                f"segment {seg} is too small for a channel: size={shm.size} found, "
+                f">= {CHANNEL_HEADER.itemsize} expected"
+            )
+        return cls._map_segment(prefix, name, seg, shm, mmap.mmap(shm.fd, shm.size), created=False)
+
+    @classmethod
+    def _map_segment(
+        cls, prefix: str, name: str, seg: str, shm: posix_ipc.SharedMemory, buf: mmap.mmap, *, created: bool
+    ) -> Channel:
+        header = np.frombuffer(buf, CHANNEL_HEADER, 1, 0)[0:1].reshape(())
+        try:
+            sq, cq = cls._validate(seg, shm.size, header, buf)
+        except LayoutMismatch:
+            # Views of buf may still live in the traceback: leave the unmap to the GC.
+            shm.close_fd()
+            raise
+        return cls(prefix, name, seg, created, header, sq, cq, shm, buf)
+
+    @staticmethod
+    def _validate(seg: str, size: int, header: np.ndarray, buf: mmap.mmap) -> tuple[RingView, RingView]:
+        _expect(seg, "magic", int(header["magic"]), CHANNEL_MAGIC)
+        _expect(seg, "abi_version", int(header["abi_version"]), ABI_VERSION)
+        _expect(seg, "segment_size", int(header["segment_size"]), size)
+        views = []
+        for kind, key, slot_size in (
+            (RingKind.SUBMISSION, "sq_offset", REQUEST_SLOT_SIZE),
+            (RingKind.COMPLETION, "cq_offset", RESPONSE_SLOT_SIZE),
+        ):
+            offset = int(header[key])
+            if offset + RING_HEADER_SIZE > size:
+                _expect(seg, key, offset, size - RING_HEADER_SIZE)
+            rh = np.frombuffer(buf, RING_HEADER, 1, offset)[0]
+            ring = kind.name.lower()
+            _expect(seg, f"{ring} magic", int(rh["magic"]), RING_MAGIC)
+            _expect(seg, f"{ring} abi_version", int(rh["abi_version"]), ABI_VERSION)
+            _expect(seg, f"{ring} kind", int(rh["kind"]), kind)
+            _expect(seg, f"{ring} slot_size", int(rh["slot_size"]), slot_size)
+            capacity = int(rh["capacity"])
+            if capacity < 2 or capacity & (capacity - 1) or offset + RING_HEADER_SIZE + capacity * slot_size > size:
+                raise LayoutMismatch(
+                    f"segment {seg} has an impossible {ring} capacity: capacity={capacity} found, "
+                    f"a power of two that fits in size={size} expected"
+                )
+            views.append(_ring_view(buf, offset, kind, slot_size, capacity))
+        return views[0], views[1]
+
+    def close(self) -> None:
+        """Unmap and close; the segment itself stays (see ``unlink``).
+
+        Views handed out earlier (``records()``) must be dropped first.
+        """
+        if self._map.closed:
+            return
+        self.header = self.sq = self.cq = None  # type: ignore[assignment]
+        self._map.close()
+        self._shm.close_fd()
+
+    def unlink(self) -> None:
+        """Remove the segment's name (mappings stay valid until closed)."""
+        try:
+            posix_ipc.unlink_shared_memory(self.segment)
+        except posix_ipc.ExistentialError:
+            pass
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Names of segments and semaphores under ``prefix`` in /dev/shm."""
+    _check_name("prefix", prefix)
+    found = []
+    for path in sorted(SHM_DIR.glob(f"{prefix}.*")):
+        found.append("/" + path.name)
+    for path in sorted(SHM_DIR.glob(f"sem.{prefix}.*")):
+        found.append("/" + path.name[len("sem.") :])
+    return found
+
+
+def remove_leftovers(prefix: str) -> list[str]:
+    """Unlink every segment and semaphore under ``prefix``; returns their names."""
+    removed = []
+    for path in sorted(SHM_DIR.glob(f"{prefix}.*")):
+        try:
+            posix_ipc.unlink_shared_memory("/" + path.name)
+            removed.append("/" + path.name)
+        except posix_ipc.ExistentialError:
+            pass
+    for path in sorted(SHM_DIR.glob(f"sem.{prefix}.*")):
+        name = "/" + path.name[len("sem.") :]
+        try:
+            posix_ipc.unlink_semaphore(name)
+            removed.append(name)
+        except posix_ipc.ExistentialError:
+            pass
+    return removed
