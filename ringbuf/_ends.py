@@ -55,10 +55,9 @@ class Producer:
     def produce(self, records: np.ndarray) -> int:
         """Copy records into the ring; how many were accepted (0 when full)."""
         rows = np.ascontiguousarray(records).view(np.uint8).reshape(len(records), -1)
-        if rows.shape[1] != self.ring.slots.shape[1]:
-            raise ValueError(
-                f"record size must equal the slot size: record={rows.shape[1]} slot={self.ring.slots.shape[1]}"
-            )
+        slot_size = self.ring.slots.shape[1]
+        if rows.shape[1] != slot_size:
+            raise ValueError(f"record size must equal the slot size: record={rows.shape[1]} slot={slot_size}")
         accepted, wake = core.ring_produce(
             self.ring.hdr64, self.ring.hdr32, self.ring.slots, self.state, rows, len(rows)
         )
