@@ -247,7 +247,8 @@ class Channel:
             _expect(seg, f"{ring} kind", int(rh["kind"]), kind)
             _expect(seg, f"{ring} slot_size", int(rh["slot_size"]), slot_size)
             capacity = int(rh["capacity"])
-            if capacity < 2 or capacity & (capacity - 1) or offset + RING_HEADER_SIZE + capacity * slot_size > size:
+            end = offset + RING_HEADER_SIZE + capacity * slot_size
+            if capacity < 2 or capacity & (capacity - 1) or end > size:
                 raise LayoutMismatch(
                     f"segment {seg} has an impossible {ring} capacity: capacity={capacity} found, "
                     f"a power of two that fits in size={size} expected"
