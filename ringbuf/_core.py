@@ -21,12 +21,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernel_abi import RING_HEADER, RING_NEED_WAKEUP
+from kernel_abi import ABI_VERSION, RING_HEADER, RING_MAGIC, RING_NEED_WAKEUP
 
 from ._atomics import cpu_relax, full_fence, load_acquire, monotonic_ns, store_release
 
 _U64 = 8
 _U32 = 4
+MAGIC = RING_HEADER.fields["magic"][1] // _U64
+# abi_version is the low (little-endian) half of this u64 word.
+ABI_WORD = RING_HEADER.fields["abi_version"][1] // _U64
+assert RING_HEADER.fields["abi_version"][1] % _U64 == 0
 TAIL = RING_HEADER.fields["tail"][1] // _U64
 HEAD = RING_HEADER.fields["head"][1] // _U64
 FLAGS = RING_HEADER.fields["flags"][1] // _U32
@@ -46,6 +50,8 @@ STATE_WORDS = 3
 CORRUPT = -1
 
 _NEED_WAKEUP = np.uint32(RING_NEED_WAKEUP)
+_RING_MAGIC = np.uint64(RING_MAGIC)
+_ABI_VERSION = np.uint64(ABI_VERSION)
 
 
 def new_state(own_index: int, peer_index: int) -> np.ndarray:
@@ -58,8 +64,18 @@ def new_state(own_index: int, peer_index: int) -> np.ndarray:
 
 @njit(nogil=True, cache=True, inline="always")
 def _mark_corrupt(hdr64, state):
+    """Consumer side: remember the corruption and count it in the header."""
     state[CORRUPT_FLAG] = 1
     hdr64[CORRUPT_EVENTS] += np.uint64(1)
+    return CORRUPT
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _mark_corrupt_private(state):
+    """Producer side: corrupt_events sits in the consumer's block, which only the
+    consumer writes (a second writer would race its increments), so the producer
+    keeps the verdict in its private state only."""
+    state[CORRUPT_FLAG] = 1
     return CORRUPT
 
 
@@ -68,6 +84,11 @@ def ring_ready(hdr64, state, capacity):
     """Consumer: records published and not yet released, or CORRUPT."""
     if state[CORRUPT_FLAG]:
         return CORRUPT
+    # Attach validated the header once; a live segment can still be scribbled
+    # on, so block 0 is re-checked on every load (it is never written after
+    # creation, so the line stays shared in both caches and the check is cheap).
+    if hdr64[MAGIC] != _RING_MAGIC or (hdr64[ABI_WORD] & np.uint64(0xFFFFFFFF)) != _ABI_VERSION:
+        return _mark_corrupt(hdr64, state)
     tail = load_acquire(hdr64, TAIL)
     head = state[OWN]
     # u64 arithmetic: a tail behind head wraps to a huge difference.
@@ -116,7 +137,7 @@ def ring_space(hdr64, state, capacity):
     head = load_acquire(hdr64, HEAD)
     tail = state[OWN]
     if head < state[PEER_SEEN] or tail - head > np.uint64(capacity):
-        return _mark_corrupt(hdr64, state)
+        return _mark_corrupt_private(state)
     state[PEER_SEEN] = head
     return np.int64(capacity) - np.int64(tail - head)
 

@@ -54,8 +54,11 @@ class Producer:
 
     def produce(self, records: np.ndarray) -> int:
         """Copy records into the ring; how many were accepted (0 when full)."""
-        rows = np.ascontiguousarray(records).view(np.uint8).reshape(len(records), -1)
         slot_size = self.ring.slots.shape[1]
+        records = np.ascontiguousarray(records)
+        # Row size from the shape, not reshape(n, -1), which fails on an empty batch.
+        row_bytes = records.itemsize * int(np.prod(records.shape[1:]))
+        rows = records.view(np.uint8).reshape(len(records), row_bytes)
         if rows.shape[1] != slot_size:
             raise ValueError(f"record size must equal the slot size: record={rows.shape[1]} slot={slot_size}")
         accepted, wake = core.ring_produce(
@@ -65,15 +68,16 @@ class Producer:
             self._post()
         return self._check(int(accepted))
 
-    def reserve(self, n: int) -> list[np.ndarray]:
+    def reserve(self, n: int, dtype: np.dtype | None = None) -> list[np.ndarray]:
         """Views of up to ``n`` free slots, in order, to be filled in place.
 
         At most two views (the run may wrap around the end of the ring); their
-        total length is what fits. Fill them, then ``commit`` that many.
+        total length is what fits. ``dtype`` picks how the slots are seen
+        (default: the ring's record dtype). Fill them, then ``commit`` that many.
         """
         k = min(n, self.space())
         start = self.tail & (self.ring.capacity - 1)
-        records = self.ring.records()
+        records = self.ring.records(dtype)
         first = records[start : start + k]
         if len(first) == k:
             return [first] if k else []
@@ -82,6 +86,17 @@ class Producer:
     def commit(self, n: int) -> None:
         """Publish ``n`` slots written through ``reserve``."""
         if core.ring_publish(self.ring.hdr64, self.ring.hdr32, self.state, n):
+            self._post()
+
+    def nudge(self) -> None:
+        """Wake a sleeping consumer that has records pending.
+
+        For a consumer that stopped draining for want of room elsewhere (the
+        daemon, when this side's completion ring was full): call after
+        making that room, so it need not wait for its sleep timeout.
+        """
+        pending = self.tail != int(self.ring.hdr64[core.HEAD])
+        if pending and core.ring_publish(self.ring.hdr64, self.ring.hdr32, self.state, 0):
             self._post()
 
     def _post(self) -> None:
@@ -123,7 +138,8 @@ class Consumer:
 
     def peek(self, out: np.ndarray, max_n: int | None = None) -> int:
         """Copy up to ``max_n`` ready records into ``out`` without releasing them."""
-        rows = out.view(np.uint8).reshape(len(out), -1)
+        # Row size from the shape, not reshape(n, -1), which fails on an empty buffer.
+        rows = out.view(np.uint8).reshape(len(out), out.itemsize * int(np.prod(out.shape[1:])))
         limit = len(out) if max_n is None else max_n
         return self._check(int(core.ring_peek(self.ring.hdr64, self.ring.slots, self.state, rows, limit)))
 

@@ -58,6 +58,10 @@ def doorbell_name(prefix: str) -> str:
     return f"/{prefix}.doorbell"
 
 
+def completion_semaphore_name(prefix: str, channel: str) -> str:
+    return segment_name(prefix, channel) + ".cq"
+
+
 def open_semaphore(name: str, mode: int = DEFAULT_MODE) -> posix_ipc.Semaphore:
     """Open the named semaphore, creating it (value 0) if absent."""
     return posix_ipc.Semaphore(name, posix_ipc.O_CREAT, mode=mode, initial_value=0)
@@ -206,10 +210,11 @@ class Channel:
                 f"no channel segment {seg}: is `shmd serve --prefix {prefix}` running "
                 f"with channel {name!r}?"
             ) from None
-        if shm.size < CHANNEL_HEADER.itemsize:
+        size = shm.size  # read before close_fd: posix_ipc answers size with fstat on the fd
+        if size < CHANNEL_HEADER.itemsize:
             shm.close_fd()
             raise LayoutMismatch(
-                f"segment {seg} is too small for a channel: size={shm.size} found, "
+                f"segment {seg} is too small for a channel: size={size} found, "
                 f">= {CHANNEL_HEADER.itemsize} expected"
             )
         return cls._map_segment(prefix, name, seg, shm, mmap.mmap(shm.fd, shm.size), created=False)
@@ -259,12 +264,20 @@ class Channel:
     def close(self) -> None:
         """Unmap and close; the segment itself stays (see ``unlink``).
 
-        Views handed out earlier (``records()``) must be dropped first.
+        Views handed out earlier (``records()``) should be dropped first; any
+        that are still alive (a Producer, a traceback's frame) keep the mapping
+        valid, and it is unmapped when the last of them dies.
         """
-        if self._map.closed:
+        if self.sq is None:
             return
         self.header = self.sq = self.cq = None  # type: ignore[assignment]
-        self._map.close()
+        try:
+            self._map.close()
+        except BufferError:
+            # mmap refuses to unmap under live numpy views; raising here would turn
+            # a forgotten reference (often one held by an exception's traceback) into
+            # a crash at shutdown. The GC unmaps it with the last view instead.
+            pass
         self._shm.close_fd()
 
     def unlink(self) -> None:

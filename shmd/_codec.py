@@ -1,0 +1,270 @@
+"""API fields (camelCase dicts, as in API.md) to payload records and back.
+
+This module checks what the record format cannot carry: presence, types,
+array lengths, string lengths, finiteness and what fits the field's width.
+Value ranges are the encoders' job (models.validate / the compiled path), so
+each rule lives in one place; ``describe_invalid`` turns an encoder's verdict
+back into the API field name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kernel_abi import (
+    OUTPUT_NAMES,
+    PAYLOADS,
+    AccessType,
+    FailureType,
+    ModelId,
+    RecommendedAction,
+    Severity,
+    ThreatType,
+    hash_str,
+)
+
+from ._errors import InvalidFields
+
+MAX_ID_LEN = 128
+MAX_ANOMALIES = 64
+_F32_MAX = float(np.finfo(np.float32).max)
+
+MODEL_BY_NAME: dict[str, ModelId] = {m.name.lower(): m for m in ModelId}
+
+# payload field -> API field, for the names that are not a plain camelCase.
+_API_NAME: dict[ModelId, dict[str, str]] = {
+    ModelId.WORKLOAD: {"agent_hash": "agentId"},
+    ModelId.THREAT: {
+        "agent_hash": "agentId",
+        "average_latency": "metrics.averageLatency",
+        "error_rate": "metrics.errorRate",
+        "resource_usage": "metrics.resourceUsage",
+        "message_frequency": "metrics.messageFrequency",
+        "anomaly_count": "anomalies",
+        "severity_counts": "anomalies",
+        "distinct_anomaly_types": "anomalies",
+    },
+    ModelId.FAILURE: {"component_hash": "component"},
+    ModelId.MEMORY: {"agent_hash": "agentId"},
+}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def api_field(model: ModelId, payload_field: str) -> str:
+    """The API.md name of a payload field."""
+    return _API_NAME[model].get(payload_field, _camel(payload_field))
+
+
+def model_id(name: str) -> ModelId:
+    """``"workload"`` -> ModelId.WORKLOAD; unknown names raise KeyError naming the choices."""
+    try:
+        return MODEL_BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}: expected one of {', '.join(MODEL_BY_NAME)}") from None
+
+
+# --- field readers: each raises InvalidFields naming the API field -----------
+
+
+def _get(obj: Mapping[str, Any], key: str, path: str, default: Any = ...) -> Any:
+    if key in obj and obj[key] is not None:
+        return obj[key]
+    if default is not ...:
+        return default
+    raise InvalidFields(path, "is required")
+
+
+def _number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidFields(path, f"must be a number, got {type(value).__name__}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise InvalidFields(path, "must be finite")
+    if abs(x) > _F32_MAX:
+        raise InvalidFields(path, f"must be within ±{_F32_MAX:.3e} (float32)")
+    return x
+
+
+def _integer(value: Any, path: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidFields(path, f"must be an integer, got {type(value).__name__}")
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise InvalidFields(path, "must be an integer")
+    x = int(value)
+    if not lo <= x <= hi:
+        raise InvalidFields(path, f"must be an integer in [{lo}, {hi}], got {x}")
+    return x
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LEN:
+        raise InvalidFields(path, f"must be a string of 1..{MAX_ID_LEN} characters")
+    return value
+
+
+def _array(value: Any, path: str, length: int, *, pad: bool = False) -> list[Any]:
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+        raise InvalidFields(path, f"must be an array of {length} numbers")
+    if len(value) > length or (len(value) < length and not pad):
+        rule = f"at most {length}" if pad else f"exactly {length}"
+        raise InvalidFields(path, f"must have {rule} items, got {len(value)}")
+    return list(value) + [0] * (length - len(value))
+
+
+def _numbers(obj: Mapping[str, Any], key: str, length: int, *, pad: bool = False, default: Any = ...) -> list:
+    raw = _get(obj, key, key, default)
+    return [_number(v, f"{key}[{i}]") for i, v in enumerate(_array(raw, key, length, pad=pad))]
+
+
+def _integers(obj: Mapping[str, Any], key: str, length: int, lo: int, hi: int) -> list[int]:
+    raw = _array(_get(obj, key, key), key, length)
+    return [_integer(v, f"{key}[{i}]", lo, hi) for i, v in enumerate(raw)]
+
+
+def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidFields(path, f"must be an object, got {type(value).__name__}")
+    return value
+
+
+_U64_MAX = 2**64 - 1
+
+
+def _fill_workload(p: np.ndarray, f: Mapping[str, Any]) -> None:
+    p["agent_hash"] = hash_str(_string(_get(f, "agentId", "agentId"), "agentId"))
+    p["historical_cpu"] = _numbers(f, "historicalCpu", 10)
+    p["historical_memory"] = _integers(f, "historicalMemory", 10, 0, _U64_MAX)
+    p["historical_gpu"] = _numbers(f, "historicalGpu", 10, default=[0.0] * 10)
+    p["time_of_day"] = _integer(_get(f, "timeOfDay", "timeOfDay"), "timeOfDay", 0, 23)
+    p["day_of_week"] = _integer(_get(f, "dayOfWeek", "dayOfWeek"), "dayOfWeek", 0, 6)
+    p["current_cpu"] = _number(_get(f, "currentCpu", "currentCpu"), "currentCpu")
+    p["current_memory"] = _integer(_get(f, "currentMemory", "currentMemory"), "currentMemory", 0, _U64_MAX)
+    p["current_gpu"] = _number(_get(f, "currentGpu", "currentGpu", 0.0), "currentGpu")
+
+
+_SEVERITY = {s.name.lower(): s for s in Severity}
+
+
+def _fill_threat(p: np.ndarray, f: Mapping[str, Any]) -> None:
+    p["agent_hash"] = hash_str(_string(_get(f, "agentId", "agentId"), "agentId"))
+    metrics = _mapping(_get(f, "metrics", "metrics"), "metrics")
+    for key, field in (
+        ("averageLatency", "average_latency"),
+        ("errorRate", "error_rate"),
+        ("resourceUsage", "resource_usage"),
+        ("messageFrequency", "message_frequency"),
+    ):
+        p[field] = _number(_get(metrics, key, f"metrics.{key}"), f"metrics.{key}")
+    anomalies = _get(f, "anomalies", "anomalies", [])
+    if not isinstance(anomalies, Sequence) or isinstance(anomalies, str | bytes):
+        raise InvalidFields("anomalies", "must be an array of {type, severity} objects")
+    if len(anomalies) > MAX_ANOMALIES:
+        raise InvalidFields("anomalies", f"must have at most {MAX_ANOMALIES} items, got {len(anomalies)}")
+    counts = [0] * len(Severity)
+    types = set()
+    for i, item in enumerate(anomalies):
+        item = _mapping(item, f"anomalies[{i}]")
+        types.add(_string(_get(item, "type", f"anomalies[{i}].type"), f"anomalies[{i}].type"))
+        severity = _get(item, "severity", f"anomalies[{i}].severity")
+        if severity not in _SEVERITY:
+            raise InvalidFields(f"anomalies[{i}].severity", f"must be one of {', '.join(_SEVERITY)}")
+        counts[_SEVERITY[severity]] += 1
+    p["anomaly_count"] = len(anomalies)
+    p["severity_counts"] = counts
+    p["distinct_anomaly_types"] = len(types)
+    p["historical_threats"] = _numbers(f, "historicalThreats", 10, pad=True, default=[])
+    p["time_since_last_threat"] = _number(_get(f, "timeSinceLastThreat", "timeSinceLastThreat"), "timeSinceLastThreat")
+
+
+def _fill_failure(p: np.ndarray, f: Mapping[str, Any]) -> None:
+    p["component_hash"] = hash_str(_string(_get(f, "component", "component"), "component"))
+    for key, field in (
+        ("healthScore", "health_score"),
+        ("currentValue", "current_value"),
+        ("baseline", "baseline"),
+        ("trend", "trend"),
+        ("timeSinceLastFailure", "time_since_last_failure"),
+    ):
+        p[field] = _number(_get(f, key, key), key)
+    p["historical_health"] = _numbers(f, "historicalHealth", 20)
+    p["failure_history"] = _integers(f, "failureHistory", 10, 0, 1)
+
+
+def _fill_memory(p: np.ndarray, f: Mapping[str, Any]) -> None:
+    p["agent_hash"] = hash_str(_string(_get(f, "agentId", "agentId"), "agentId"))
+    p["access_history"] = _numbers(f, "accessHistory", 20)
+    p["access_types"] = _integers(f, "accessTypes", 20, 0, len(AccessType) - 1)
+    raw = _array(_get(f, "accessTimestamps", "accessTimestamps"), "accessTimestamps", 20)
+    stamps = []
+    for i, v in enumerate(raw):
+        path = f"accessTimestamps[{i}]"
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(float(v)):
+            raise InvalidFields(path, "must be a finite number")
+        stamps.append(float(v))  # f64 on the wire: no float32 bound
+    p["access_timestamps"] = stamps
+    p["current_address"] = _number(_get(f, "currentAddress", "currentAddress"), "currentAddress")
+    p["locality_score"] = _number(_get(f, "localityScore", "localityScore"), "localityScore")
+
+
+_FILL = {
+    ModelId.WORKLOAD: _fill_workload,
+    ModelId.THREAT: _fill_threat,
+    ModelId.FAILURE: _fill_failure,
+    ModelId.MEMORY: _fill_memory,
+}
+
+
+def fill_payload(model: ModelId, payload: np.ndarray, fields: Any) -> None:
+    """Write API ``fields`` into a payload record (e.g. ``slot["payload"]``)."""
+    _FILL[model](payload, _mapping(fields, "body"))
+
+
+def encode_payload(model: ModelId, fields: Any) -> np.ndarray:
+    """API ``fields`` as a fresh payload record of ``PAYLOADS[model]``."""
+    payload = np.zeros((), PAYLOADS[model])
+    fill_payload(model, payload, fields)
+    return payload
+
+
+def describe_invalid(model: ModelId, payload: np.ndarray, payload_field: str) -> InvalidFields:
+    """The API-named error for a payload the encoder rejected at ``payload_field``."""
+    from models import validate  # deferred: the client needs it only on this error path
+
+    for field, reason in validate(model, payload):
+        if field == payload_field or not payload_field:
+            return InvalidFields(api_field(model, field), reason)
+    return InvalidFields(api_field(model, payload_field) if payload_field else "body", "rejected by the daemon")
+
+
+_ENUM_OUTPUTS: dict[ModelId, dict[str, type]] = {
+    ModelId.THREAT: {"threatType": ThreatType, "recommendedAction": RecommendedAction},
+    ModelId.FAILURE: {"failureType": FailureType},
+    ModelId.MEMORY: {"accessType": AccessType},
+}
+
+
+def decode_outputs(model: ModelId, outputs: Sequence[float]) -> dict[str, Any]:
+    """A response's four outputs as the API's ``prediction`` object.
+
+    Enum outputs come as integers with their names beside them
+    (``threatType`` and ``threatTypeName``).
+    """
+    result: dict[str, Any] = {}
+    enums = _ENUM_OUTPUTS.get(model, {})
+    for name, value in zip(OUTPUT_NAMES[model], outputs, strict=True):
+        if name in enums:
+            result[name] = int(value)
+            result[name + "Name"] = enums[name](int(value)).name.lower()
+        elif name in ("predictedMemory",):
+            result[name] = int(value)
+        else:
+            result[name] = float(value)
+    return result

@@ -1,0 +1,157 @@
+"""Daemon configuration: defaults < TOML file < environment < command line.
+
+The TOML file holds the same keys as the flags (``spin_us = 50``) plus the
+per-model tables ``[cache.workload] ttl_ms = 100, enabled = true,
+quantum = 0.0``. Environment variables are ``SHMD_`` plus the key in upper
+case (``SHMD_SPIN_US=20``, ``SHMD_CHANNELS=a,b``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConfigError
+
+DEFAULT_CHANNELS = ("scheduler", "memory", "security", "healing")
+HTTP_CHANNEL = "http"
+DEFAULT_TTL_MS = {"workload": 100.0, "threat": 500.0, "failure": 1000.0, "memory": 50.0}
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    ttl_ms: float
+    enabled: bool = True
+    quantum: float = 0.0  # features rounded to this step before hashing; 0 = exact
+
+
+def _default_cache() -> dict[str, CacheConfig]:
+    return {name: CacheConfig(ttl) for name, ttl in DEFAULT_TTL_MS.items()}
+
+
+@dataclass(frozen=True)
+class Config:
+    prefix: str = "shmd"
+    channels: tuple[str, ...] = DEFAULT_CHANNELS
+    host: str = "127.0.0.1"
+    port: int = 9005
+    http: bool = True
+    spin_us: float = 50.0
+    models_dir: str | None = None
+    backend: str = "litert"
+    keep_segments: bool = False
+    sq_capacity: int = 1024
+    cq_capacity: int = 1024
+    max_batch: int = 512  # records drained per pass, over all channels
+    cache_capacity: int = 1 << 16  # entries per model
+    max_queue_ms: float = 0.0  # shed (OVERLOADED) requests queued longer; 0 = never
+    admin_token: str | None = None  # bearer token guarding metrics reset and cache clear
+    log_format: str = "kv"  # kv | json
+    cache: dict[str, CacheConfig] = field(default_factory=_default_cache)
+
+    def validate(self) -> Config:
+        if not 0 <= self.spin_us <= 100_000:
+            raise ConfigError(f"spin_us must be in [0, 100000]: spin_us={self.spin_us}")
+        if self.backend not in ("litert", "tf"):
+            raise ConfigError(f"backend must be litert or tf: backend={self.backend!r}")
+        if not 1 <= self.max_batch <= 65536:
+            raise ConfigError(f"max_batch must be in [1, 65536]: max_batch={self.max_batch}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be in [1, 65535]: port={self.port}")
+        if not self.channels or len(set(self.channels)) != len(self.channels):
+            raise ConfigError(f"channels must be non-empty and distinct: channels={','.join(self.channels)}")
+        if self.http and HTTP_CHANNEL in self.channels:
+            raise ConfigError(f"channel name {HTTP_CHANNEL!r} is reserved for the HTTP shim")
+        if self.log_format not in ("kv", "json"):
+            raise ConfigError(f"log_format must be kv or json: log_format={self.log_format!r}")
+        unknown = set(self.cache) - set(DEFAULT_TTL_MS)
+        if unknown:
+            raise ConfigError(f"cache has unknown models: {', '.join(sorted(unknown))}")
+        for name, cc in self.cache.items():
+            if cc.ttl_ms < 0 or cc.quantum < 0:
+                raise ConfigError(f"cache.{name}: ttl_ms and quantum must be >= 0: {cc}")
+        return self
+
+
+_SCALARS = {f.name: f for f in fields(Config) if f.name != "cache"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    kind = Config.__dataclass_fields__[key].type
+    try:
+        if key == "channels":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(s.strip() for s in items if s.strip())
+        if "bool" in kind:
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            return bool(value)
+        if "int" in kind:
+            return int(value)
+        if "float" in kind:
+            return float(value)
+        return None if value is None else str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} has an invalid value: {key}={value!r} (expected {kind})") from None
+
+
+def _merge(cfg: Config, values: dict[str, Any], source: str) -> Config:
+    updates: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "cache":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: cache must be a table of models")
+            merged = dict(cfg.cache)
+            for model, table in value.items():
+                base = merged.get(model, CacheConfig(DEFAULT_TTL_MS.get(model, 0.0)))
+                try:
+                    merged[model] = replace(base, **table)
+                except TypeError as err:
+                    raise ConfigError(f"{source}: cache.{model}: {err}") from None
+            updates["cache"] = merged
+        elif key in _SCALARS:
+            updates[key] = _coerce(key, value)
+        else:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+    return replace(cfg, **updates)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shmd serve", description="Run the shmd daemon in the foreground.")
+    p.add_argument("--config", type=Path, help="TOML config file")
+    p.add_argument("--prefix", help="namespace of every segment and semaphore (default shmd)")
+    p.add_argument("--channels", help="comma-separated channel names (default scheduler,memory,security,healing)")
+    p.add_argument("--host", help="HTTP shim address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP shim port (default 9005)")
+    p.add_argument("--no-http", dest="http", action="store_false", default=None, help="do not start the HTTP shim")
+    p.add_argument("--spin-us", dest="spin_us", type=float, help="idle spin before sleeping, µs (default 50)")
+    p.add_argument("--models-dir", dest="models_dir", help="model artifacts (default: the shipped ones)")
+    p.add_argument("--backend", choices=("litert", "tf"), help="model runtime (default litert)")
+    p.add_argument("--keep-segments", dest="keep_segments", action="store_true", default=None,
+                   help="leave the channels in /dev/shm on exit")  # fmt: skip
+    p.add_argument("--max-queue-ms", dest="max_queue_ms", type=float,
+                   help="answer OVERLOADED to requests queued longer than this (default off)")  # fmt: skip
+    return p
+
+
+def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
+    """The effective configuration for ``shmd serve`` with these arguments."""
+    args = parser().parse_args(argv)
+    cfg = Config()
+    if args.config is not None:
+        try:
+            data = tomllib.loads(args.config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"cannot read config file {args.config}: {err}") from None
+        cfg = _merge(cfg, data, str(args.config))
+    env = os.environ if environ is None else environ
+    from_env = {k: env[f"SHMD_{k.upper()}"] for k in _SCALARS if f"SHMD_{k.upper()}" in env}
+    cfg = _merge(cfg, from_env, "environment")
+    from_flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    return _merge(cfg, from_flags, "command line").validate()

@@ -1,0 +1,310 @@
+"""One pass of the poll loop, compiled: drain and encode, then finish.
+
+A pass is ``drain`` (compiled) -> one model call per model with rows (Python,
+the only uncompiled step) -> ``finish`` (compiled) -> semaphore posts.
+
+``drain`` shares the pass's room fairly between channels with work, copies
+their records into a private staging buffer (the copy comes before any
+validation), answers bad records, deadlines and cache hits on the spot, and
+encodes the rest into per-model contiguous float32 batches. It takes from a
+channel only as many records as its completion ring has room for, so every
+answer of the pass is sure to fit.
+
+``finish`` post-processes the model outputs into API ranges, fills the cache,
+stamps latencies into the metrics, writes each channel's answers to its CQ
+with one tail store, and only then releases the SQ slots (one head store):
+a daemon killed at any point in between re-answers, it never loses a request.
+
+Channels are passed as one table of addresses (``TABLE_*`` columns) rather
+than a list of arrays: numba unboxes each array argument on every call, and
+one small table keeps that cost constant whatever the number of channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, njit, types
+from numba.extending import intrinsic
+
+from kernel_abi import (
+    ABI_VERSION,
+    PAYLOADS,
+    REQ_NO_CACHE,
+    RESP_CACHE_HIT,
+    RESPONSE_SLOT_SIZE,
+    RING_HEADER_SIZE,
+    ModelId,
+    Status,
+)
+from models import encode_failure, encode_memory, encode_threat, encode_workload, postprocess
+from ringbuf import _core as core
+
+from . import _cache as cache
+from . import _metrics as met
+
+TABLE_SQ_HDR, TABLE_SQ_SLOTS, TABLE_SQ_CAP, TABLE_CQ_HDR, TABLE_CQ_SLOTS, TABLE_CQ_CAP = range(6)
+TABLE_COLUMNS = 6
+
+N_MODELS = max(ModelId) + 1  # arrays indexed by model id; row 0 unused
+_WORKLOAD, _THREAT, _FAILURE, _MEMORY = (int(m) for m in ModelId)
+_PAYLOAD_LEN = np.array([0] + [PAYLOADS[m].itemsize for m in ModelId], np.int64)
+_HDR_WORDS64 = RING_HEADER_SIZE // 8
+_HDR_WORDS32 = RING_HEADER_SIZE // 4
+
+
+@intrinsic
+def _voidptr(typingctx, address):
+    """An integer address as a pointer (the table holds mmap addresses)."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+
+    return types.voidptr(address), codegen
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _hdr64(table, c, col):
+    return carray(_voidptr(table[c, col]), (_HDR_WORDS64,), np.uint64)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _hdr32(table, c, col):
+    return carray(_voidptr(table[c, col]), (_HDR_WORDS32,), np.uint32)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _slots(table, c, col, cap_col, slot_size):
+    return carray(_voidptr(table[c, col]), (table[c, cap_col], slot_size), np.uint8)
+
+
+@njit(nogil=True, cache=True)
+def channels_with_work(table, sq_state, cq_state, ready):
+    """Per channel, records it may drain now: min(SQ ready, CQ room); 0 if corrupt."""
+    total = 0
+    for c in range(table.shape[0]):
+        n = core.ring_ready(_hdr64(table, c, TABLE_SQ_HDR), sq_state[c], table[c, TABLE_SQ_CAP])
+        if n > 0:
+            room = core.ring_space(_hdr64(table, c, TABLE_CQ_HDR), cq_state[c], table[c, TABLE_CQ_CAP])
+            n = min(n, room) if room > 0 else 0
+        ready[c] = max(n, 0)
+        total += ready[c]
+    return total
+
+
+@njit(nogil=True, cache=True)
+def spin_for_work(table, sq_state, cq_state, ready, spin_ns):
+    """Spin up to ``spin_ns`` for any channel with drainable work; total found."""
+    deadline = core.monotonic_ns() + spin_ns
+    while True:
+        total = channels_with_work(table, sq_state, cq_state, ready)
+        if total > 0 or core.monotonic_ns() >= deadline:
+            return total
+        core.cpu_relax()
+
+
+@njit(nogil=True, cache=True)
+def prepare_sleep(table, sq_state, cq_state, ready):
+    """Set NEED_WAKEUP on every SQ, fence, re-check; sleep only if this is 0."""
+    for c in range(table.shape[0]):
+        hdr32 = _hdr32(table, c, TABLE_SQ_HDR)
+        core.store_release(hdr32, core.FLAGS, core.load_acquire(hdr32, core.FLAGS) | core._NEED_WAKEUP)
+    core.full_fence()
+    return channels_with_work(table, sq_state, cq_state, ready)
+
+
+@njit(nogil=True, cache=True)
+def end_sleep(table):
+    for c in range(table.shape[0]):
+        core.ring_end_sleep(_hdr32(table, c, TABLE_SQ_HDR))
+
+
+@njit(nogil=True, cache=True)
+def _share_room(ready, alloc, start, room):
+    """Water-fill ``room`` over the channels' demands, starting at ``start``."""
+    n_ch = ready.shape[0]
+    alloc[:] = 0
+    for _ in range(n_ch):  # each round satisfies a channel or uses up the room
+        active = 0
+        for c in range(n_ch):
+            if ready[c] > alloc[c]:
+                active += 1
+        if active == 0 or room == 0:
+            return
+        share = max(room // active, 1)
+        for k in range(n_ch):
+            c = (start + k) % n_ch
+            give = min(ready[c] - alloc[c], share, room)
+            if give > 0:
+                alloc[c] += give
+                room -= give
+
+
+@njit(nogil=True, cache=True)
+def _answer(responses, j, status, error_field, counters, c):
+    responses[j].status = status
+    responses[j].error_field = error_field
+    counters[c, met.REJECTED + status] += 1
+
+
+@njit(nogil=True, cache=True)
+def drain(
+    table, sq_state, cq_state, ready, alloc, offsets, start, room,
+    staging, reqs, p_workload, p_threat, p_failure, p_memory,
+    f_workload, f_threat, f_failure, f_memory,
+    counts, rows, keys, responses, versions,
+    c_keys, c_expiry, c_values, c_ttl, c_quantum, c_stats,
+    m_model, m_channel, max_queue_ns,
+):  # fmt: skip
+    """Copy, validate, encode and cache-probe up to ``room`` records; how many."""
+    channels_with_work(table, sq_state, cq_state, ready)
+    _share_room(ready, alloc, start, room)
+    now = core.monotonic_ns()
+    counts[:] = 0
+    n = 0
+    for c in range(table.shape[0]):
+        offsets[c] = n
+        if alloc[c] == 0:
+            continue
+        sq_slots = _slots(table, c, TABLE_SQ_SLOTS, TABLE_SQ_CAP, staging.shape[1])
+        got = core.ring_peek(_hdr64(table, c, TABLE_SQ_HDR), sq_slots, sq_state[c], staging[n:], alloc[c])
+        if got <= 0:
+            alloc[c] = 0
+            continue
+        alloc[c] = got
+        m_channel[c, met.SUBMITTED] += got
+        for j in range(n, n + got):
+            _admit(
+                j, c, now, reqs, p_workload, p_threat, p_failure, p_memory,
+                f_workload, f_threat, f_failure, f_memory, counts, rows, keys, responses, versions,
+                c_keys, c_expiry, c_values, c_ttl, c_quantum, c_stats, m_model, m_channel, max_queue_ns,
+            )  # fmt: skip
+        n += got
+    offsets[table.shape[0]] = n
+    return n
+
+
+@njit(nogil=True, cache=True)
+def _admit(
+    j, c, now, reqs, p_workload, p_threat, p_failure, p_memory,
+    f_workload, f_threat, f_failure, f_memory, counts, rows, keys, responses, versions,
+    c_keys, c_expiry, c_values, c_ttl, c_quantum, c_stats, m_model, m_channel, max_queue_ns,
+):  # fmt: skip
+    """Decide one staged record: answered now (status, cache hit) or queued for inference."""
+    req = reqs[j]
+    resp = responses[j]
+    resp.request_id = req.request_id
+    resp.flags = 0
+    resp.error_field = 0
+    resp.service_ns = 0
+    resp.outputs[:] = 0.0
+    mid = np.int64(req.model_id)
+    resp.model_id = req.model_id
+    resp.model_version = versions[mid] if 0 < mid < N_MODELS else 0
+    resp.status = Status.OK
+    keys[j] = 0
+    if req.abi_version != ABI_VERSION:
+        _answer(responses, j, Status.BAD_VERSION, 0, m_channel, c)
+        return
+    if mid <= 0 or mid >= N_MODELS or versions[mid] == 0:
+        _answer(responses, j, Status.UNKNOWN_MODEL, 0, m_channel, c)
+        return
+    m_model[mid, met.REQUESTS] += 1
+    if req.payload_len != _PAYLOAD_LEN[mid]:
+        m_model[mid, met.ERRORS] += 1
+        _answer(responses, j, Status.INVALID_INPUT, 0, m_channel, c)
+        return
+    if req.deadline_ns != 0 and np.uint64(now) > req.deadline_ns:
+        m_model[mid, met.ERRORS] += 1
+        _answer(responses, j, Status.DEADLINE_EXCEEDED, 0, m_channel, c)
+        return
+    if max_queue_ns > 0 and req.submit_ns != 0 and np.int64(now) - np.int64(req.submit_ns) > max_queue_ns:
+        m_model[mid, met.ERRORS] += 1
+        _answer(responses, j, Status.OVERLOADED, 0, m_channel, c)
+        return
+    r = counts[mid]
+    if mid == _WORKLOAD:
+        feats = f_workload[r]
+        err = encode_workload(p_workload, j, feats)
+    elif mid == _THREAT:
+        feats = f_threat[r]
+        err = encode_threat(p_threat, j, feats)
+    elif mid == _FAILURE:
+        feats = f_failure[r]
+        err = encode_failure(p_failure, j, feats)
+    else:
+        feats = f_memory[r]
+        err = encode_memory(p_memory, j, feats)
+    if err != 0:
+        m_model[mid, met.ERRORS] += 1
+        _answer(responses, j, Status.INVALID_INPUT, err, m_channel, c)
+        return
+    if c_ttl[mid] > 0 and (req.flags & REQ_NO_CACHE) == 0:
+        key = cache.feature_key(feats, c_quantum[mid])
+        if cache.cache_get(c_keys, c_expiry, c_values, c_stats, mid, key, now, resp.outputs):
+            resp.flags = RESP_CACHE_HIT
+            m_model[mid, met.CACHE_HITS] += 1
+            return
+        m_model[mid, met.CACHE_MISSES] += 1
+        keys[j] = key
+    rows[mid, r] = j
+    counts[mid] = r + 1
+
+
+@njit(nogil=True, cache=True)
+def finish(
+    table, sq_state, cq_state, alloc, offsets, n, drain_ns,
+    reqs, raw_workload, raw_threat, raw_failure, raw_memory, post,
+    counts, rows, keys, responses, resp_bytes,
+    c_keys, c_expiry, c_values, c_ttl, c_stats,
+    m_model, m_hist, m_summary, m_batch, m_channel, wake,
+):  # fmt: skip
+    """Post-process, cache, publish every channel's answers, then release its SQ slots."""
+    now = core.monotonic_ns()
+    for mid in range(1, N_MODELS):
+        cnt = counts[mid]
+        if cnt == 0:
+            continue
+        if mid == _WORKLOAD:
+            postprocess(mid, raw_workload[:cnt], post[:cnt])
+        elif mid == _THREAT:
+            postprocess(mid, raw_threat[:cnt], post[:cnt])
+        elif mid == _FAILURE:
+            postprocess(mid, raw_failure[:cnt], post[:cnt])
+        else:
+            postprocess(mid, raw_memory[:cnt], post[:cnt])
+        m_model[mid, met.INFERENCES] += cnt
+        m_model[mid, met.BATCHES] += 1
+        met.record_batch(m_batch, mid, cnt)
+        for r in range(cnt):
+            j = rows[mid, r]
+            responses[j].outputs[:] = post[r]
+            if keys[j] != 0:
+                cache.cache_put(c_keys, c_expiry, c_values, c_stats, mid, keys[j], now, c_ttl[mid], post[r])
+    publish = core.monotonic_ns()
+    for j in range(n):
+        responses[j].service_ns = publish - drain_ns
+        mid = np.int64(responses[j].model_id)
+        if responses[j].status == Status.OK and 0 < mid < N_MODELS:
+            met.record_latency(m_hist, m_summary, mid, met.SERVICE, publish - drain_ns)
+            submit = np.int64(reqs[j].submit_ns)
+            if 0 < submit <= publish:
+                met.record_latency(m_hist, m_summary, mid, met.E2E, publish - submit)
+    for c in range(table.shape[0]):
+        wake[c] = False
+        k = alloc[c]
+        if k == 0:
+            continue
+        cq_hdr = _hdr64(table, c, TABLE_CQ_HDR)
+        cq_slots = _slots(table, c, TABLE_CQ_SLOTS, TABLE_CQ_CAP, RESPONSE_SLOT_SIZE)
+        state = cq_state[c]
+        mask = np.uint64(cq_slots.shape[0] - 1)
+        tail = state[core.OWN]
+        first = offsets[c]
+        for i in range(k):
+            cq_slots[(tail + np.uint64(i)) & mask, :] = resp_bytes[first + i]
+        wake[c] = core.ring_publish(cq_hdr, _hdr32(table, c, TABLE_CQ_HDR), state, k)
+        m_channel[c, met.COMPLETED] += k
+        # Only now may the client reuse the request slots: the answers are out.
+        core.ring_release(_hdr64(table, c, TABLE_SQ_HDR), sq_state[c], k)

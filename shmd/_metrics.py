@@ -1,0 +1,138 @@
+"""Metrics in plain arrays: updated by the compiled loop, read by snapshots.
+
+Latencies go into fixed log-linear histograms (HdrHistogram's layout): values
+below ``SUB`` ns have a bucket each; above, every power of two is split into
+``SUB`` equal buckets, so a bucket's width is at most 1/SUB = 0.78% of its
+value and a percentile read from it is within 1% of the truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+SUB_BITS = 7
+SUB = 1 << SUB_BITS
+MAX_EXP = 40  # 2**40 ns ~ 18 minutes; larger values land in the last bucket
+N_BUCKETS = SUB + (MAX_EXP - SUB_BITS) * SUB
+
+E2E, SERVICE = 0, 1  # latency kinds: caller's submit -> publish, drain -> publish
+COUNT, SUM, MIN, MAX = 0, 1, 2, 3
+
+# Per-model counters
+REQUESTS, INFERENCES, CACHE_HITS, CACHE_MISSES, ERRORS, BATCHES = range(6)
+N_MODEL_COUNTERS = 6
+N_BATCH_BUCKETS = 16  # batch sizes 1, 2-3, 4-7, ... by power of two
+
+# Per-channel counters; REJECTED + status is the count answered with that status.
+SUBMITTED, COMPLETED, REJECTED = 0, 1, 2
+N_STATUSES = 8
+N_CHANNEL_COUNTERS = REJECTED + N_STATUSES
+
+
+@njit(nogil=True, cache=True)
+def bit_length(v):
+    n = 0
+    while v >= 256:
+        v >>= 8
+        n += 8
+    while v > 0:
+        v >>= 1
+        n += 1
+    return n
+
+
+@njit(nogil=True, cache=True)
+def bucket_of(value):
+    """Histogram bucket of a non-negative ns value."""
+    if value < SUB:
+        return max(value, 0)
+    exp = bit_length(value) - 1
+    idx = SUB + (exp - SUB_BITS) * SUB + ((value >> (exp - SUB_BITS)) & (SUB - 1))
+    return min(idx, N_BUCKETS - 1)
+
+
+def bucket_midpoints() -> np.ndarray:
+    """The value each bucket stands for (its midpoint), in ns."""
+    idx = np.arange(N_BUCKETS)
+    mid = idx.astype(np.float64)
+    high = idx >= SUB
+    exp = (idx[high] - SUB) // SUB + SUB_BITS
+    sub = (idx[high] - SUB) % SUB
+    width = np.left_shift(1, exp - SUB_BITS).astype(np.float64)
+    mid[high] = (SUB + sub) * width + width / 2
+    return mid
+
+
+_MIDPOINTS = bucket_midpoints()
+
+
+@njit(nogil=True, cache=True)
+def record_latency(hist, summary, model, kind, value):
+    hist[model, kind, bucket_of(value)] += 1
+    s = summary[model, kind]
+    if s[COUNT] == 0 or value < s[MIN]:
+        s[MIN] = value
+    if value > s[MAX]:
+        s[MAX] = value
+    s[COUNT] += 1
+    s[SUM] += value
+
+
+@njit(nogil=True, cache=True)
+def record_batch(batch_hist, model, size):
+    batch_hist[model, min(bit_length(size) - 1, N_BATCH_BUCKETS - 1)] += 1
+
+
+@dataclass
+class MetricsArrays:
+    """Every counter of a daemon; rows indexed by model id / channel index."""
+
+    model: np.ndarray  # int64[models, N_MODEL_COUNTERS]
+    hist: np.ndarray  # int64[models, 2, N_BUCKETS]
+    summary: np.ndarray  # int64[models, 2, 4]: count, sum, min, max (ns)
+    batch_hist: np.ndarray  # int64[models, N_BATCH_BUCKETS]
+    channel: np.ndarray  # int64[channels, N_CHANNEL_COUNTERS]
+
+    @classmethod
+    def new(cls, n_models: int, n_channels: int) -> MetricsArrays:
+        return cls(
+            model=np.zeros((n_models, N_MODEL_COUNTERS), np.int64),
+            hist=np.zeros((n_models, 2, N_BUCKETS), np.int64),
+            summary=np.zeros((n_models, 2, 4), np.int64),
+            batch_hist=np.zeros((n_models, N_BATCH_BUCKETS), np.int64),
+            channel=np.zeros((n_channels, N_CHANNEL_COUNTERS), np.int64),
+        )
+
+    def reset(self, model: int | None = None) -> None:
+        """Zero the counters of one model, or of everything (channels too)."""
+        if model is None:
+            for arr in (self.model, self.hist, self.summary, self.batch_hist, self.channel):
+                arr[...] = 0
+            return
+        for arr in (self.model, self.hist, self.summary, self.batch_hist):
+            arr[model] = 0
+
+    def latency(self, model: int, kind: int) -> dict[str, float]:
+        """min/avg/max and p50/p95/p99 in ms for one model and latency kind."""
+        s = self.summary[model, kind]
+        count = int(s[COUNT])
+        if count == 0:
+            return {k: 0.0 for k in ("min", "avg", "max", "p50", "p95", "p99")}
+        cum = np.cumsum(self.hist[model, kind])
+        lo, hi = float(s[MIN]), float(s[MAX])
+
+        def pct(q: float) -> float:
+            idx = int(np.searchsorted(cum, q * cum[-1], side="left"))
+            return min(max(float(_MIDPOINTS[idx]), lo), hi) / 1e6
+
+        return {
+            "min": lo / 1e6,
+            "avg": float(s[SUM]) / count / 1e6,
+            "max": hi / 1e6,
+            "p50": pct(0.50),
+            "p95": pct(0.95),
+            "p99": pct(0.99),
+        }

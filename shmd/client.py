@@ -1,0 +1,352 @@
+"""The Python client of a shmd channel.
+
+    from shmd.client import Client
+    with Client("scheduler", prefix="shmd") as c:
+        c.predict("workload", {...})          # -> {"predictedCpu": ..., ...}
+        c.predict_many("threat", [{...}, ...])
+
+A client holds its channel exclusively (a POSIX record lock on the segment,
+which the OS drops when the process dies), fills request slots in place,
+publishes once per batch, and waits on the completion ring by spinning
+briefly and then sleeping on the wake-up protocol.
+
+Request ids start at a random 63-bit base per client, so responses meant for
+a previous holder of the channel, or duplicates the daemon re-sends after a
+crash, carry ids this client does not have outstanding: they are dropped
+(and counted in ``dropped``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+import ringbuf
+from kernel_abi import (
+    ABI_VERSION,
+    PAYLOADS,
+    REQ_NO_CACHE,
+    REQUEST,
+    REQUESTS,
+    RESP_CACHE_HIT,
+    ModelId,
+    Status,
+)
+
+from . import _codec, _lock
+from ._errors import ChannelBusy, DaemonError, NotReady, error_for
+
+DEFAULT_PREFIX = "shmd"
+DEFAULT_TIMEOUT = 5.0
+
+_held: set[str] = set()  # segments held by this process (record locks do not conflict within one)
+
+
+def now_ns() -> int:
+    """CLOCK_MONOTONIC in ns, the clock of submit_ns and deadline_ns."""
+    return time.monotonic_ns()
+
+
+class Client:
+    """One attached channel. Not thread-safe: use one client per thread."""
+
+    def __init__(
+        self,
+        channel: str,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        spin_us: float = ringbuf.DEFAULT_SPIN_US,
+    ) -> None:
+        self.timeout = timeout
+        self.spin_us = spin_us
+        self.channel = ringbuf.Channel.attach(prefix, channel)
+        try:
+            self._hold()
+        except BaseException:
+            self.channel.close()
+            raise
+        self._sq = ringbuf.Producer(
+            self.channel.sq, ringbuf.open_semaphore(ringbuf.doorbell_name(prefix))
+        )
+        self._cq = ringbuf.Consumer(
+            self.channel.cq, ringbuf.open_semaphore(ringbuf.completion_semaphore_name(prefix, channel))
+        )
+        self._next_id = secrets.randbits(63) | 1
+        self._outstanding: set[int] = set()
+        self._results: dict[int, np.ndarray] = {}
+        self.dropped = 0
+
+    def _hold(self) -> None:
+        seg = self.channel.segment
+        pid = _lock.try_lock(self.channel.fd) if seg not in _held else -1
+        if pid:
+            who = "this process" if pid < 0 else f"pid {pid}"
+            raise ChannelBusy(
+                f"channel {self.channel.name!r} (prefix {self.channel.prefix!r}) is held by {who}; "
+                "detach there first or pick another channel"
+            )
+        _held.add(seg)
+
+    # --- low level: numpy records with caller-chosen ids ---------------------
+
+    def new_ids(self, n: int) -> np.ndarray:
+        """``n`` fresh request ids for records built by the caller."""
+        ids = np.arange(self._next_id, self._next_id + n, dtype=np.uint64)
+        self._next_id += n
+        return ids
+
+    def submit(self, records: np.ndarray) -> int:
+        """Publish REQUEST records (ids chosen by the caller); how many fit.
+
+        Fewer than ``len(records)`` (maybe 0) are taken when the ring is full:
+        back-pressure, resubmit the rest after reaping.
+        """
+        accepted = self._sq.produce(records.view(REQUEST))
+        self._outstanding.update(int(i) for i in records["request_id"][:accepted])
+        return accepted
+
+    def reap(self, max_n: int | None = None) -> np.ndarray:
+        """Completions ready now (RESPONSE records) for ids this client has outstanding."""
+        got = self._cq.consume(max_n or self.channel.cq.capacity)
+        if not len(got):
+            return got
+        self._sq.nudge()  # the daemon may have stopped draining our SQ for want of CQ room
+        keep = np.fromiter((int(i) in self._outstanding for i in got["request_id"]), bool, len(got))
+        self.dropped += int(len(got) - keep.sum())
+        got = got[keep]
+        self._outstanding.difference_update(int(i) for i in got["request_id"])
+        return got
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until completions are ready (spin, then sleep); the ready count."""
+        return self._cq.wait(self.timeout if timeout is None else timeout, self.spin_us)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._outstanding)
+
+    # --- high level: API dicts ------------------------------------------------
+
+    def predict(
+        self,
+        model: str,
+        fields: Mapping[str, Any],
+        *,
+        deadline_ms: float | None = None,
+        no_cache: bool = False,
+    ) -> dict[str, Any]:
+        """One prediction: API ``fields`` in, the API ``prediction`` dict out."""
+        return self.predict_many(model, [fields], deadline_ms=deadline_ms, no_cache=no_cache)[0]
+
+    def predict_many(
+        self,
+        model: str,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        deadline_ms: float | None = None,
+        no_cache: bool = False,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Many predictions, published together (one index store per ring-full).
+
+        Raises the first item's error (its message names the item index),
+        unless ``return_exceptions`` puts exceptions in the result list.
+        """
+        mid = _codec.model_id(model)
+        responses = self._roundtrip(self._build(mid, items, deadline_ms, no_cache))
+        results: list[Any] = []
+        for i, resp in enumerate(responses):
+            try:
+                results.append(self._decode(mid, resp, items[i]))
+            except DaemonError as err:
+                if not return_exceptions:
+                    if len(items) > 1:
+                        err.args = (f"item {i}: {err.args[0]}",)
+                    raise
+                results.append(err)
+        return results
+
+    def _build(
+        self, mid: ModelId, items: Sequence[Mapping[str, Any]], deadline_ms: float | None, no_cache: bool
+    ) -> np.ndarray:
+        records = np.zeros(len(items), REQUESTS[mid])
+        for i, fields in enumerate(items):
+            try:
+                _codec.fill_payload(mid, records[i : i + 1]["payload"][0], fields)
+            except _codec.InvalidFields as err:
+                if len(items) > 1:
+                    err.args = (f"item {i}: {err.args[0]}",)
+                raise
+        submit = now_ns()
+        records["request_id"] = self.new_ids(len(items))
+        records["model_id"] = mid
+        records["abi_version"] = ABI_VERSION
+        records["payload_len"] = PAYLOADS[mid].itemsize
+        records["flags"] = REQ_NO_CACHE if no_cache else 0
+        records["submit_ns"] = submit
+        records["deadline_ns"] = 0 if deadline_ms is None else submit + int(deadline_ms * 1e6)
+        return records
+
+    def _roundtrip(self, records: np.ndarray) -> list[np.ndarray]:
+        """Submit all records (as space allows) and collect their responses in order."""
+        ids = [int(i) for i in records["request_id"]]
+        sent = 0
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if sent < len(records):
+                sent += self.submit(records[sent:])
+            for resp in self.reap():
+                self._results[int(resp["request_id"])] = resp
+            if sent == len(records) and all(i in self._results for i in ids):
+                return [self._results.pop(i) for i in ids]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sum(i not in self._results for i in ids)
+                raise NotReady(
+                    f"{missing} of {len(ids)} predictions unanswered after {self.timeout}s on channel "
+                    f"{self.channel.name!r}: is the daemon running (prefix {self.channel.prefix!r})?"
+                )
+            self.wait(min(remaining, 0.05) if sent < len(records) else remaining)
+
+    @staticmethod
+    def _decode(mid: ModelId, resp: np.ndarray, fields: Mapping[str, Any]) -> dict[str, Any]:
+        status = int(resp["status"])
+        if status != Status.OK:
+            err = error_for(status, int(resp["model_id"]), int(resp["error_field"]))
+            if status == Status.INVALID_INPUT:
+                detail = _codec.describe_invalid(mid, _codec.encode_payload(mid, fields), err.field)
+                err.field = detail.field
+                err.args = (f"INVALID_INPUT in field {detail.field}: {detail.rule}",)
+            raise err
+        prediction = _codec.decode_outputs(mid, resp["outputs"])
+        prediction["cacheHit"] = bool(int(resp["flags"]) & RESP_CACHE_HIT)
+        return prediction
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the channel (the next holder may attach at once)."""
+        if self.channel.segment in _held:
+            _held.discard(self.channel.segment)
+            _lock.unlock(self.channel.fd)
+        self._sq = self._cq = None  # type: ignore[assignment]
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """An asyncio front for one channel, shared by many concurrent tasks.
+
+    Submissions happen on the event loop; one reaper thread waits on the
+    completion ring (spin, then sleep) and resolves each request's future.
+    """
+
+    def __init__(self, channel: str, prefix: str = DEFAULT_PREFIX, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._client = Client(channel, prefix, timeout=timeout)
+        self.timeout = timeout
+        self._futures: dict[int, asyncio.Future] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards the client's outstanding-id set across threads
+
+    @property
+    def channel(self) -> ringbuf.Channel:
+        return self._client.channel
+
+    def _start(self) -> None:
+        if self._reaper is None:
+            self._loop = asyncio.get_running_loop()
+            self._reaper = threading.Thread(target=self._reap_forever, name="shmd-reaper", daemon=True)
+            self._reaper.start()
+
+    def _reap_forever(self) -> None:
+        while not self._stop.is_set():
+            if not self._client.wait(0.05):
+                continue
+            with self._lock:
+                got = self._client.reap()
+            if len(got):
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._resolve, got)
+
+    def _resolve(self, got: np.ndarray) -> None:
+        for resp in got:
+            fut = self._futures.pop(int(resp["request_id"]), None)
+            if fut is not None and not fut.done():
+                fut.set_result(resp)
+
+    async def submit_records(self, records: np.ndarray) -> list[np.ndarray]:
+        """Publish REQUEST records and await their RESPONSE records, in order."""
+        self._start()
+        assert self._loop is not None
+        futures = [self._loop.create_future() for _ in range(len(records))]
+        for rid, fut in zip(records["request_id"], futures, strict=True):
+            self._futures[int(rid)] = fut
+        sent = 0
+        deadline = time.monotonic() + self.timeout
+        try:
+            while sent < len(records):
+                with self._lock:
+                    sent += self._client.submit(records[sent:])
+                if sent < len(records):
+                    if time.monotonic() > deadline:
+                        raise NotReady(f"submission ring of {self.channel.name!r} stayed full for {self.timeout}s")
+                    await asyncio.sleep(0.0005)  # back-pressure: let the daemon drain
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                return list(await asyncio.gather(*futures))
+        except TimeoutError:
+            raise NotReady(
+                f"predictions unanswered after {self.timeout}s on channel {self.channel.name!r}: "
+                "is the daemon running?"
+            ) from None
+        finally:
+            for rid in records["request_id"]:
+                self._futures.pop(int(rid), None)
+
+    async def predict_many(
+        self, model: str, items: Sequence[Mapping[str, Any]], *, return_exceptions: bool = False
+    ) -> list[Any]:
+        """As ``Client.predict_many``, without blocking the event loop."""
+        mid = _codec.model_id(model)
+        records = self._client._build(mid, items, None, False)
+        responses = await self.submit_records(records)
+        results: list[Any] = []
+        for i, resp in enumerate(responses):
+            try:
+                results.append(Client._decode(mid, resp, items[i]))
+            except DaemonError as err:
+                if not return_exceptions:
+                    raise
+                results.append(err)
+        return results
+
+    async def predict(self, model: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return (await self.predict_many(model, [fields]))[0]
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._reaper is not None:
+            self._reaper.join(timeout=1.0)
+        self._client.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["AsyncClient", "Client", "now_ns"]

@@ -1,0 +1,342 @@
+"""``shmd serve``: channels, models, the poll loop, and a clean stop.
+
+The loop in Python is only orchestration; see ``_loop`` for what each
+compiled step does. Per pass: drain -> one model call per model with rows
+-> finish -> post the semaphores of clients that sleep. With nothing to do it
+spins for ``spin_us`` and then sleeps on the prefix's doorbell semaphore.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import posix_ipc
+
+import ringbuf
+from kernel_abi import REQUEST, REQUEST_SLOT_SIZE, REQUESTS, RESPONSE, ModelId, Status
+
+from . import _config, _loop
+from . import _metrics as met
+from ._cache import N_STATS, CacheArrays
+from ._errors import ShmdError
+from ._stats_segment import (
+    ARGUMENT,
+    CMD_CLEAR_CACHE,
+    CMD_RESET_METRICS,
+    COMMAND,
+    DONE,
+    SEQUENCE,
+    StatsSegment,
+)
+
+HOUSEKEEPING_NS = 10_000_000  # heartbeat, gauges and control commands at most this often
+SLEEP_TIMEOUT_S = 0.1  # a sleeping loop still wakes this often (signals, CQ room freed)
+
+
+def log(event: str, fmt: str = "kv", **fields: Any) -> None:
+    """One structured event per line on stderr."""
+    if fmt == "json":
+        line = json.dumps({"event": event, **fields})
+    else:
+        line = " ".join([f"event={event}", *(f"{k}={v}" for k, v in fields.items())])
+    print(line, file=sys.stderr, flush=True)
+
+
+class Daemon:
+    """Everything ``shmd serve`` owns, from start-up to a clean stop."""
+
+    def __init__(self, cfg: _config.Config) -> None:
+        self.cfg = cfg
+        self.stopping = False
+        self.channels: list[ringbuf.Channel] = []
+        self.names = list(cfg.channels) + ([_config.HTTP_CHANNEL] if cfg.http else [])
+        t0 = time.monotonic()
+        self._load_models()
+        self._make_stats()
+        try:
+            self._make_channels()
+        except BaseException:
+            self.close()
+            raise
+        self._make_buffers()
+        self.startup_s = time.monotonic() - t0
+
+    # --- start-up ----------------------------------------------------------------
+
+    def _load_models(self) -> None:
+        import models
+
+        self.runners: dict[int, Any] = {}
+        self.versions = np.zeros(_loop.N_MODELS, np.uint16)
+        for mid in ModelId:
+            runner = models.load_runner(mid, backend=self.cfg.backend, models_dir=self.cfg.models_dir)
+            for size in (1, 16, 256):  # warm the batch buckets the loop will use
+                runner.predict(np.zeros((size, models.N_FEATURES[mid]), np.float32))
+            self.runners[int(mid)] = runner
+            self.versions[mid] = int(runner.version)
+        self.n_features = {int(m): models.N_FEATURES[m] for m in ModelId}
+        self.n_raw = {int(m): models.N_RAW_OUTPUTS[m] for m in ModelId}
+
+    def _make_stats(self) -> None:
+        n_ch = len(self.names)
+        spec = {
+            "model": ((np.int64), (_loop.N_MODELS, met.N_MODEL_COUNTERS)),
+            "hist": ((np.int64), (_loop.N_MODELS, 2, met.N_BUCKETS)),
+            "summary": ((np.int64), (_loop.N_MODELS, 2, 4)),
+            "batch_hist": ((np.int64), (_loop.N_MODELS, met.N_BATCH_BUCKETS)),
+            "channel": ((np.int64), (n_ch, met.N_CHANNEL_COUNTERS)),
+            "gauges": ((np.int64), (n_ch, 2)),  # queue depth, corrupt
+            "cache_stats": ((np.int64), (_loop.N_MODELS, N_STATS)),
+            "cache_ttl_ns": ((np.int64), (_loop.N_MODELS,)),
+            "cache_entries": ((np.int64), (_loop.N_MODELS,)),
+            "control": ((np.int64), (4,)),
+            "heartbeat": ((np.int64), (2,)),  # last housekeeping ns, passes
+        }
+        meta = {
+            "pid": os.getpid(),
+            "prefix": self.cfg.prefix,
+            "channels": self.names,
+            "models": {m.name.lower(): int(self.versions[m]) for m in ModelId},
+            "backend": self.cfg.backend,
+            "admin_token_set": self.cfg.admin_token is not None,
+            "cache_capacity": self.cfg.cache_capacity,
+        }
+        self.stats = StatsSegment.create(self.cfg.prefix, spec, meta)
+        a = self.stats.arrays
+        self.metrics = met.MetricsArrays(a["model"], a["hist"], a["summary"], a["batch_hist"], a["channel"])
+        self.cache = CacheArrays.new(_loop.N_MODELS, self.cfg.cache_capacity)
+        self.cache.stats = a["cache_stats"]
+        for mid in ModelId:
+            cc = self.cfg.cache.get(mid.name.lower())
+            if cc is not None and cc.enabled:
+                self.cache.ttl_ns[mid] = int(cc.ttl_ms * 1e6)
+                self.cache.quantum[mid] = cc.quantum
+        a["cache_ttl_ns"][:] = self.cache.ttl_ns
+
+    def _make_channels(self) -> None:
+        prefix = self.cfg.prefix
+        self.doorbell = ringbuf.open_semaphore(ringbuf.doorbell_name(prefix))
+        self.cq_sems = []
+        for name in self.names:
+            ch = ringbuf.Channel.create(
+                prefix, name, sq_capacity=self.cfg.sq_capacity, cq_capacity=self.cfg.cq_capacity, reuse=True
+            )
+            ch.header["daemon_pid"] = os.getpid()
+            self.channels.append(ch)
+            self.cq_sems.append(ringbuf.open_semaphore(ringbuf.completion_semaphore_name(prefix, name)))
+            if not ch.created:
+                pending = int(ch.sq.hdr64[ringbuf._core.TAIL] - ch.sq.hdr64[ringbuf._core.HEAD])
+                log("channel_reattached", self.cfg.log_format, channel=name, pending=pending)
+        n_ch = len(self.channels)
+        self.table = np.zeros((n_ch, _loop.TABLE_COLUMNS), np.int64)
+        self.sq_state = np.zeros((n_ch, ringbuf._core.STATE_WORDS), np.uint64)
+        self.cq_state = np.zeros((n_ch, ringbuf._core.STATE_WORDS), np.uint64)
+        for c, ch in enumerate(self.channels):
+            for cols, ring in (
+                ((_loop.TABLE_SQ_HDR, _loop.TABLE_SQ_SLOTS, _loop.TABLE_SQ_CAP), ch.sq),
+                ((_loop.TABLE_CQ_HDR, _loop.TABLE_CQ_SLOTS, _loop.TABLE_CQ_CAP), ch.cq),
+            ):
+                self.table[c, cols[0]] = ring.hdr64.ctypes.data
+                self.table[c, cols[1]] = ring.slots.ctypes.data
+                self.table[c, cols[2]] = ring.capacity
+            # Resume where the rings stand: a restarted daemon answers what is pending.
+            head, tail = int(ch.sq.hdr64[ringbuf._core.HEAD]), int(ch.cq.hdr64[ringbuf._core.TAIL])
+            self.sq_state[c] = ringbuf._core.new_state(head, head)
+            self.cq_state[c] = ringbuf._core.new_state(tail, int(ch.cq.hdr64[ringbuf._core.HEAD]))
+
+    def _make_buffers(self) -> None:
+        room, n_ch = self.cfg.max_batch, len(self.channels)
+        self.staging = np.zeros((room, REQUEST_SLOT_SIZE), np.uint8)
+        self.reqs = self.staging.view(REQUEST).reshape(room)
+        self.payloads = [self.staging.view(REQUESTS[m]).reshape(room)["payload"] for m in ModelId]
+        self.features = [np.zeros((room, self.n_features[int(m)]), np.float32) for m in ModelId]
+        self.no_rows = [np.zeros((0, self.n_raw[int(m)]), np.float32) for m in ModelId]
+        self.post = np.zeros((room, 4), np.float64)
+        self.counts = np.zeros(_loop.N_MODELS, np.int64)
+        self.rows = np.zeros((_loop.N_MODELS, room), np.int64)
+        self.keys = np.zeros(room, np.uint64)
+        self.responses = np.zeros(room, RESPONSE)
+        self.resp_bytes = self.responses.view(np.uint8).reshape(room, -1)
+        self.ready = np.zeros(n_ch, np.int64)
+        self.alloc = np.zeros(n_ch, np.int64)
+        self.offsets = np.zeros(n_ch + 1, np.int64)
+        self.wake = np.zeros(n_ch, np.bool_)
+        self.max_queue_ns = int(self.cfg.max_queue_ms * 1e6)
+        self.spin_ns = int(self.cfg.spin_us * 1000)
+        self.start = 0
+        self.passes = 0
+        self.last_housekeeping = 0
+
+    # --- the loop -------------------------------------------------------------------
+
+    def run_pass(self) -> int:
+        """Drain, infer, finish; the number of records answered (0: nothing to do)."""
+        m, c = self.metrics, self.cache
+        drain_ns = time.monotonic_ns()
+        n = _loop.drain(
+            self.table, self.sq_state, self.cq_state, self.ready, self.alloc, self.offsets,
+            self.start, self.cfg.max_batch, self.staging, self.reqs, *self.payloads, *self.features,
+            self.counts, self.rows, self.keys, self.responses, self.versions,
+            c.keys, c.expiry, c.values, c.ttl_ns, c.quantum, c.stats,
+            m.model, m.channel, self.max_queue_ns,
+        )  # fmt: skip
+        if n == 0:
+            return 0
+        self.start = (self.start + 1) % len(self.channels)
+        raws = []
+        for i, mid in enumerate(ModelId):
+            cnt = int(self.counts[mid])
+            raws.append(self._infer(mid, self.features[i][:cnt]) if cnt else self.no_rows[i])
+        _loop.finish(
+            self.table, self.sq_state, self.cq_state, self.alloc, self.offsets, n, drain_ns,
+            self.reqs, *raws, self.post, self.counts, self.rows, self.keys, self.responses, self.resp_bytes,
+            c.keys, c.expiry, c.values, c.ttl_ns, c.stats,
+            m.model, m.hist, m.summary, m.batch_hist, m.channel, self.wake,
+        )  # fmt: skip
+        for ch in np.flatnonzero(self.wake):
+            self.cq_sems[ch].release()
+        self.passes += 1
+        return n
+
+    def _infer(self, mid: ModelId, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self.runners[int(mid)].predict(batch)
+        except Exception as err:  # a failing model must not take the daemon or other models down
+            rows = self.rows[mid, : len(batch)]
+            self.responses["status"][rows] = Status.INTERNAL
+            np.add.at(self.metrics.channel[:, met.REJECTED + Status.INTERNAL], self._channel_of(rows), 1)
+            self.counts[mid] = 0
+            log("model_error", self.cfg.log_format, model=mid.name.lower(), error=repr(err))
+            return self.no_rows[int(mid) - 1]
+
+    def _channel_of(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.offsets[1:], rows, side="right")
+
+    def idle(self) -> None:
+        """Spin for the configured window, then sleep until a producer rings."""
+        if _loop.spin_for_work(self.table, self.sq_state, self.cq_state, self.ready, self.spin_ns):
+            return
+        if _loop.prepare_sleep(self.table, self.sq_state, self.cq_state, self.ready) == 0:
+            try:
+                self.doorbell.acquire(SLEEP_TIMEOUT_S)
+            except posix_ipc.BusyError:
+                pass
+        _loop.end_sleep(self.table)
+
+    def housekeeping(self) -> None:
+        now = time.monotonic_ns()
+        if now - self.last_housekeeping < HOUSEKEEPING_NS:
+            return
+        self.last_housekeeping = now
+        a = self.stats.arrays
+        a["heartbeat"][:] = (now, self.passes)
+        for c, ch in enumerate(self.channels):
+            ch.header["daemon_heartbeat_ns"] = now
+            a["gauges"][c] = (int(ch.sq.hdr64[ringbuf._core.TAIL] - self.sq_state[c, 0]), self.sq_state[c, 2])
+        control = a["control"]
+        if control[SEQUENCE] != control[DONE]:
+            self._control(int(control[COMMAND]), int(control[ARGUMENT]))
+            control[DONE] = control[SEQUENCE]
+        for mid in ModelId:
+            a["cache_entries"][mid] = self.cache.entries(int(mid), now)
+
+    def _control(self, command: int, argument: int) -> None:
+        model = argument if argument in {int(m) for m in ModelId} else None
+        if command == CMD_RESET_METRICS:
+            self.metrics.reset(model)
+            if model is None:
+                self.cache.stats[...] = 0
+            else:
+                self.cache.stats[model] = 0
+        elif command == CMD_CLEAR_CACHE:
+            self.cache.clear(model)
+        log("control", self.cfg.log_format, command=command, model=argument)
+
+    def serve_forever(self) -> None:
+        while not self.stopping:
+            if self.run_pass() == 0:
+                self.housekeeping()
+                self.idle()
+            elif time.monotonic_ns() - self.last_housekeeping >= HOUSEKEEPING_NS:
+                self.housekeeping()
+        # Whatever was drained is answered: run_pass publishes before it returns.
+
+    # --- stop -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unmap everything; unlink what we own unless told to keep it."""
+        keep = self.cfg.keep_segments
+        for ch in self.channels:
+            ch.header["daemon_pid"] = 0
+            if not keep:
+                ch.unlink()
+                try:
+                    posix_ipc.unlink_semaphore(ringbuf.completion_semaphore_name(self.cfg.prefix, ch.name))
+                except posix_ipc.ExistentialError:
+                    pass
+            ch.close()
+        self.channels = []
+        if not keep:
+            try:
+                posix_ipc.unlink_semaphore(ringbuf.doorbell_name(self.cfg.prefix))
+            except posix_ipc.ExistentialError:
+                pass
+        if hasattr(self, "stats"):
+            self.stats.unlink()
+
+
+def _start_http(cfg: _config.Config) -> subprocess.Popen | None:
+    if not cfg.http:
+        return None
+    if importlib.util.find_spec("http_shim.__main__") is None:
+        log("http_unavailable", cfg.log_format, reason="http_shim is not installed")
+        return None
+    cmd = [sys.executable, "-m", "http_shim", "--prefix", cfg.prefix, "--channel", _config.HTTP_CHANNEL,
+           "--host", cfg.host, "--port", str(cfg.port)]  # fmt: skip
+    if cfg.admin_token:
+        os.environ["SHMD_ADMIN_TOKEN"] = cfg.admin_token
+    return subprocess.Popen(cmd)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        cfg = _config.load(argv)
+        daemon = Daemon(cfg)
+    except ShmdError as err:
+        print(f"shmd serve: {err}", file=sys.stderr)
+        return 2
+    def stop(signum: int, _frame: Any) -> None:
+        daemon.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    http = _start_http(cfg)
+    log(
+        "ready", cfg.log_format, pid=os.getpid(), prefix=cfg.prefix, channels=",".join(daemon.names),
+        models=",".join(f"{m.name.lower()}@{daemon.versions[m]}" for m in ModelId),
+        backend=cfg.backend, startup_ms=round(daemon.startup_s * 1000, 1),
+        http=f"{cfg.host}:{cfg.port}" if http else "off",
+    )  # fmt: skip
+    try:
+        daemon.serve_forever()
+    finally:
+        if http is not None:
+            http.terminate()
+            try:
+                http.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                http.kill()
+        daemon.close()
+        log("stopped", cfg.log_format, passes=daemon.passes)
+    return 0
+
+
+__all__ = ["Daemon", "main"]

@@ -1,0 +1,291 @@
+"""The daemon end to end: real `shmd serve` processes, real channels, real models."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import ringbuf
+from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, ModelId, Status
+from shmd import ChannelBusy, DeadlineExceeded, InvalidFields, InvalidInput, Overloaded
+from shmd import _metrics as met
+from shmd._codec import encode_payload
+from shmd._stats_segment import CMD_CLEAR_CACHE, CMD_RESET_METRICS, DONE, StatsSegment
+from shmd.client import Client, now_ns
+
+from ._daemon import DaemonProcess
+from ._samples import SAMPLES
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    prefix = f"d{os.getpid()}x{secrets.token_hex(3)}"
+    with DaemonProcess(prefix, "--channels", "a,b,c", "--max-queue-ms", "1000") as proc:
+        yield proc
+    assert proc.proc.returncode == 0, proc.log()
+    left = ringbuf.remove_leftovers(prefix)
+    assert not left, f"daemon left {left}"
+
+
+def _records(model: ModelId, n: int, client: Client, fields: dict) -> np.ndarray:
+    recs = np.zeros(n, REQUESTS[model])
+    recs["payload"] = encode_payload(model, fields)
+    recs["request_id"] = client.new_ids(n)
+    recs["model_id"] = model
+    recs["abi_version"] = ABI_VERSION
+    recs["payload_len"] = PAYLOADS[model].itemsize
+    recs["submit_ns"] = now_ns()
+    return recs
+
+
+def _roundtrip(client: Client, recs: np.ndarray, timeout: float = 10.0) -> np.ndarray:
+    """Submit raw records and collect their responses in submission order."""
+    want = [int(i) for i in recs["request_id"]]
+    got: dict[int, np.ndarray] = {}
+    sent = 0
+    deadline = time.monotonic() + timeout
+    while len(got) < len(want):
+        assert time.monotonic() < deadline, f"only {len(got)} of {len(want)} answered"
+        if sent < len(recs):
+            sent += client.submit(recs[sent:].view(REQUEST))
+        client.wait(0.05)
+        for r in client.reap():
+            got[int(r["request_id"])] = r
+    return np.array([got[i] for i in want])
+
+
+@pytest.mark.parametrize("model", list(SAMPLES))
+def test_each_model_answers_in_api_ranges(daemon: DaemonProcess, model: str) -> None:
+    with Client("a", prefix=daemon.prefix) as c:
+        p = c.predict(model, SAMPLES[model], no_cache=True)
+    ranges = {
+        "workload": {"predictedCpu": (0, 1), "predictedGpu": (0, 1), "confidence": (0, 1)},
+        "threat": {"threatScore": (0, 1), "threatType": (0, 5), "confidence": (0, 1), "recommendedAction": (0, 4)},
+        "failure": {"failureProbability": (0, 1), "failureType": (0, 5), "confidence": (0, 1)},
+        "memory": {"nextAddress": (0, 1), "accessProbability": (0, 1), "accessType": (0, 2), "confidence": (0, 1)},
+    }[model]
+    for key, (lo, hi) in ranges.items():
+        assert lo <= p[key] <= hi, (key, p)
+    if model == "workload":
+        assert p["predictedMemory"] >= 0 and isinstance(p["predictedMemory"], int)
+    if model == "failure":
+        assert p["predictedTime"] == -1 or p["predictedTime"] >= 0
+    assert p["cacheHit"] is False
+
+
+def test_batch_matches_singles_and_survives_bad_neighbours(daemon: DaemonProcess) -> None:
+    good = dict(SAMPLES["workload"])
+    bad = dict(good, currentCpu=1.5)  # out of [0,1]: only the encoder knows
+    with Client("a", prefix=daemon.prefix) as c:
+        single = c.predict("workload", good, no_cache=True)
+        results = c.predict_many("workload", [good, bad, good], no_cache=True, return_exceptions=True)
+    assert isinstance(results[1], InvalidInput)
+    assert results[1].field == "currentCpu"
+    assert "currentCpu" in str(results[1])
+    for r in (results[0], results[2]):
+        assert r["predictedCpu"] == pytest.approx(single["predictedCpu"], abs=1e-6)
+
+
+def test_every_status_code_path(daemon: DaemonProcess) -> None:
+    with Client("b", prefix=daemon.prefix) as c:
+        recs = _records(ModelId.THREAT, 7, c, SAMPLES["threat"])
+        recs["model_id"][1] = 9  # UNKNOWN_MODEL
+        recs["abi_version"][2] = ABI_VERSION + 1  # BAD_VERSION
+        recs["payload_len"][3] = 3  # INVALID_INPUT, no field
+        recs["deadline_ns"][4] = 1  # long past: DEADLINE_EXCEEDED
+        recs["submit_ns"][5] = now_ns() - 5_000_000_000  # queued 5 s > --max-queue-ms: OVERLOADED
+        recs["payload"]["error_rate"][6] = np.nan  # INVALID_INPUT naming error_rate
+        out = _roundtrip(c, recs)
+    assert list(out["status"]) == [
+        Status.OK, Status.UNKNOWN_MODEL, Status.BAD_VERSION, Status.INVALID_INPUT,
+        Status.DEADLINE_EXCEEDED, Status.OVERLOADED, Status.INVALID_INPUT,
+    ]  # fmt: skip
+    assert out["error_field"][6] == PAYLOADS[ModelId.THREAT].names.index("error_rate") + 1
+    assert out["error_field"][3] == 0
+
+
+def test_errors_arrive_as_exceptions_naming_status_and_field(daemon: DaemonProcess) -> None:
+    with Client("b", prefix=daemon.prefix) as c:
+        with pytest.raises(InvalidFields, match=r"^historicalCpu: must have exactly 10 items, got 3$"):
+            c.predict("workload", dict(SAMPLES["workload"], historicalCpu=[0.1, 0.2, 0.3]))
+        with pytest.raises(InvalidInput, match=r"^INVALID_INPUT in field metrics\.errorRate: "):
+            c.predict("threat", dict(SAMPLES["threat"], metrics=dict(SAMPLES["threat"]["metrics"], errorRate=2.0)))
+        with pytest.raises(DeadlineExceeded, match=r"^DEADLINE_EXCEEDED"):
+            c.predict("memory", SAMPLES["memory"], deadline_ms=-1)
+        with pytest.raises(KeyError, match="unknown model 'weather'"):
+            c.predict("weather", {})
+        # The channel still works after all that.
+        assert 0 <= c.predict("memory", SAMPLES["memory"])["nextAddress"] <= 1
+
+
+def test_overloaded_when_queued_too_long(daemon: DaemonProcess) -> None:
+    with Client("b", prefix=daemon.prefix) as c:
+        recs = _records(ModelId.FAILURE, 1, c, SAMPLES["failure"])
+        recs["submit_ns"] = now_ns() - 2_000_000_000
+        out = _roundtrip(c, recs)
+        assert out["status"][0] == Status.OVERLOADED
+        with pytest.raises(Overloaded):
+            c._decode(ModelId.FAILURE, out[0], SAMPLES["failure"])
+
+
+def test_cache_hit_then_ttl_expiry(daemon: DaemonProcess) -> None:
+    fields = dict(SAMPLES["memory"], agentId="cache-test", localityScore=0.123)
+    with Client("c", prefix=daemon.prefix) as c:
+        first = c.predict("memory", fields)
+        second = c.predict("memory", fields)
+        assert (first["cacheHit"], second["cacheHit"]) == (False, True)
+        assert second["nextAddress"] == first["nextAddress"]
+        assert c.predict("memory", fields, no_cache=True)["cacheHit"] is False
+        time.sleep(0.08)  # memory's TTL is 50 ms
+        assert c.predict("memory", fields)["cacheHit"] is False
+
+
+def _stats(prefix: str) -> StatsSegment:
+    return StatsSegment.attach(prefix)
+
+
+def _control(seg: StatsSegment, command: int, model: int = 0) -> None:
+    seq = seg.command(command, model)
+    deadline = time.monotonic() + 5
+    while seg.arrays["control"][DONE] != seq:
+        assert time.monotonic() < deadline, "daemon did not run the control command"
+        time.sleep(0.01)
+
+
+def test_metrics_record_injected_latency(daemon: DaemonProcess) -> None:
+    seg = _stats(daemon.prefix)
+    try:
+        _control(seg, CMD_RESET_METRICS, int(ModelId.FAILURE))
+        _control(seg, CMD_CLEAR_CACHE)
+        metrics = met.MetricsArrays(*(seg.arrays[k] for k in ("model", "hist", "summary", "batch_hist", "channel")))
+        assert metrics.model[ModelId.FAILURE, met.REQUESTS] == 0
+        injected_ms = 40.0
+        with Client("c", prefix=daemon.prefix) as c:
+            for i in range(20):
+                recs = _records(ModelId.FAILURE, 1, c, dict(SAMPLES["failure"], healthScore=0.01 * i))
+                recs["submit_ns"] = now_ns() - int(injected_ms * 1e6)
+                assert _roundtrip(c, recs)["status"][0] == Status.OK
+        lat = metrics.latency(int(ModelId.FAILURE), met.E2E)
+        assert metrics.model[ModelId.FAILURE, met.INFERENCES] == 20
+        # Each answer took the injected 40 ms plus a small real service time.
+        assert injected_ms <= lat["min"] <= lat["p50"] <= lat["max"] < injected_ms + 30
+        assert lat["p50"] == pytest.approx(injected_ms, rel=0.05, abs=2.0)
+        service = metrics.latency(int(ModelId.FAILURE), met.SERVICE)
+        assert 0 < service["p50"] < 20
+    finally:
+        seg.close()
+
+
+def test_second_attach_is_refused_and_crashed_holder_is_reclaimed(daemon: DaemonProcess) -> None:
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from shmd.client import Client; "
+         f"c = Client('c', prefix={daemon.prefix!r}); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        busy = rf"^channel 'c' \(prefix '{daemon.prefix}'\) is held by pid {holder.pid};"
+        with pytest.raises(ChannelBusy, match=busy):
+            Client("c", prefix=daemon.prefix)
+        holder.kill()  # kill -9: no cleanup runs in the holder
+        holder.wait(10)
+        with Client("c", prefix=daemon.prefix) as c:
+            assert 0 <= c.predict("workload", SAMPLES["workload"])["predictedCpu"] <= 1
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
+def test_same_process_cannot_attach_twice(daemon: DaemonProcess) -> None:
+    with Client("a", prefix=daemon.prefix), pytest.raises(ChannelBusy, match="held by this process"):
+        Client("a", prefix=daemon.prefix)
+
+
+def test_batch_larger_than_the_ring_is_fed_by_back_pressure(daemon: DaemonProcess) -> None:
+    items = [dict(SAMPLES["threat"], timeSinceLastThreat=float(i)) for i in range(2500)]  # rings hold 1024
+    with Client("b", prefix=daemon.prefix) as c:
+        out = c.predict_many("threat", items)
+    assert len(out) == 2500 and all(0 <= o["threatScore"] <= 1 for o in out)
+
+
+def test_light_channel_is_served_while_another_floods(daemon: DaemonProcess) -> None:
+    import subprocess
+    import sys
+
+    flood = subprocess.Popen(
+        [sys.executable, "-c", _FLOOD.format(prefix=daemon.prefix)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert flood.stdout is not None and flood.stdout.readline().strip() == "flooding"
+        worst = 0.0
+        with Client("a", prefix=daemon.prefix) as c:
+            for i in range(30):
+                t0 = time.monotonic()
+                c.predict("workload", dict(SAMPLES["workload"], currentCpu=i / 100), no_cache=True)
+                worst = max(worst, time.monotonic() - t0)
+        assert flood.poll() is None, "the flood should still be running"
+        # A full ring of the flooding channel is 1024 records; being served
+        # behind all of them each time would take far longer than this bound.
+        assert worst < 0.5, f"light channel waited {worst:.3f}s"
+    finally:
+        flood.kill()
+        flood.wait(10)
+
+
+_FLOOD = """
+import time
+import numpy as np
+from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, ModelId
+from shmd._codec import encode_payload
+from shmd.client import Client
+from tests._samples import SAMPLES
+c = Client("c", prefix={prefix!r})
+recs = np.zeros(1024, REQUESTS[ModelId.THREAT])
+recs["payload"] = encode_payload(ModelId.THREAT, SAMPLES["threat"])
+recs["model_id"] = ModelId.THREAT
+recs["abi_version"] = ABI_VERSION
+recs["payload_len"] = PAYLOADS[ModelId.THREAT].itemsize
+recs["flags"] = 1
+print("flooding", flush=True)
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    recs["request_id"] = c.new_ids(len(recs))
+    c.submit(recs.view(REQUEST))
+    c.reap()
+"""
+
+
+def test_second_daemon_on_the_prefix_is_refused(daemon: DaemonProcess) -> None:
+    import subprocess
+    import sys
+
+    second = subprocess.run(
+        [sys.executable, "-m", "shmd.cli", "serve", "--prefix", daemon.prefix, "--no-http"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert second.returncode == 2
+    assert f"already served by the daemon with pid {daemon.pid}" in second.stderr
+
+
+def test_idle_daemon_uses_under_one_percent_of_a_core(daemon: DaemonProcess) -> None:
+    def cpu_seconds() -> float:
+        with open(f"/proc/{daemon.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    time.sleep(0.3)  # let earlier tests' work drain
+    before = cpu_seconds()
+    time.sleep(2.0)
+    used = cpu_seconds() - before
+    assert used / 2.0 < 0.01, f"idle daemon used {used / 2.0:.1%} of a core"
