@@ -1,0 +1,65 @@
+"""Shared helpers for benchmarks: percentiles, ratios, a text table, one JSON file.
+
+    summary = summarize(samples)                 # {"median": ..., "p99": ..., "p1": ..., "n": ...}
+    print(table(["what", "median"], rows))       # aligned text table
+    write_json(path, {"figures": ..., "baselines": ..., "ratios": ...})
+
+Samples are plain numbers in whatever unit the caller chose; name the unit in the key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def summarize(samples: Iterable[float]) -> dict[str, float]:
+    """Median, p99 and p1 (the tail for throughput) and the count of ``samples``."""
+    arr = np.asarray(list(samples), dtype=np.float64)
+    if arr.size == 0:
+        return {"median": math.nan, "p99": math.nan, "p1": math.nan, "n": 0}
+    return {
+        "median": float(np.median(arr)),
+        "p99": float(np.percentile(arr, 99)),
+        "p1": float(np.percentile(arr, 1)),
+        "n": int(arr.size),
+    }
+
+
+def ratio(value: float, reference: float) -> float:
+    """``value / reference``, NaN when the reference is zero or missing."""
+    return value / reference if reference and not math.isnan(reference) else math.nan
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    """A number short enough for a table: 3 significant digits, SI suffix for big ones."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.{digits}g}{suffix}"
+    return f"{value:.{digits}g}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Rows as an aligned text table; floats go through ``fmt``."""
+    cells = [[fmt(c) if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+            for r in cells]
+    return "\n".join(out)
+
+
+def write_json(path: str | Path, result: dict[str, Any]) -> None:
+    """Write one benchmark's JSON object, stamped with the host and time of the run."""
+    doc = {"host": platform.node(), "python": platform.python_version(), "unix_time": time.time(), **result}
+    Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True, default=float) + "\n")
