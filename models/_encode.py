@@ -1,0 +1,371 @@
+"""Payload record -> float32 feature row, compiled, one function per model.
+
+Each ``encode_<model>(payloads, i, out)`` validates row ``i`` of a 1-D array of the
+model's kernel_abi payload dtype (any stride: the daemon passes a view into its
+staging buffer) and, when it is valid, writes ``N_FEATURES[mid]`` float32 features
+into ``out``. It returns 0, or the 1-based index of the first invalid field in
+``PAYLOADS[mid].names`` (the response's ``error_field``). Fields are checked in that
+order, so the compiled answer names the same field as ``validate(...)[0]``.
+
+Training encodes its synthetic payload records with these same functions, so there is
+one normalisation, documented in docs/MODELS.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from kernel_abi import ModelId
+
+from ._spec import ADDR_LINE, ADDR_TOL, MEM_LOG_SCALE, RANGES, RATE_LOG_SCALE, TIME_LOG_SCALE, field_index
+
+_W, _T, _F, _M = ModelId.WORKLOAD, ModelId.THREAT, ModelId.FAILURE, ModelId.MEMORY
+
+
+def _rule(mid: ModelId, name: str) -> tuple[int, float, float]:
+    lo, hi = RANGES[mid][name]
+    return field_index(mid, name), lo, hi
+
+
+# (index, lo, hi) per checked field; numba freezes these tuples as constants.
+_W_HCPU = _rule(_W, "historical_cpu")
+_W_HMEM = _rule(_W, "historical_memory")
+_W_HGPU = _rule(_W, "historical_gpu")
+_W_CPU = _rule(_W, "current_cpu")
+_W_GPU = _rule(_W, "current_gpu")
+_W_MEM = _rule(_W, "current_memory")
+_W_HOUR = _rule(_W, "time_of_day")
+_W_DAY = _rule(_W, "day_of_week")
+
+_T_LAT = _rule(_T, "average_latency")
+_T_ERR = _rule(_T, "error_rate")
+_T_RES = _rule(_T, "resource_usage")
+_T_MSG = _rule(_T, "message_frequency")
+_T_HIST = _rule(_T, "historical_threats")
+_T_TSL = _rule(_T, "time_since_last_threat")
+_T_CNT = _rule(_T, "anomaly_count")
+_T_SEV = _rule(_T, "severity_counts")
+_T_DIST = _rule(_T, "distinct_anomaly_types")
+
+_F_HEALTH = _rule(_F, "health_score")
+_F_CUR = _rule(_F, "current_value")
+_F_BASE = _rule(_F, "baseline")
+_F_TREND = _rule(_F, "trend")
+_F_HIST = _rule(_F, "historical_health")
+_F_TSL = _rule(_F, "time_since_last_failure")
+_F_FHIST = _rule(_F, "failure_history")
+
+_M_ADDR = _rule(_M, "access_history")
+_M_TS = _rule(_M, "access_timestamps")
+_M_TYPES = _rule(_M, "access_types")
+_M_CUR = _rule(_M, "current_address")
+_M_LOC = _rule(_M, "locality_score")
+
+#: Feature columns the networks read back (residual inputs and address candidates).
+W_CUR_CPU, W_CUR_MEM, W_CUR_GPU = 10, 22, 21
+M_CAND_START, M_N_CAND = 66, 4
+
+_LOG65 = math.log1p(64.0)
+_LOG_LINES = math.log1p(1.0 / ADDR_LINE)
+
+
+@numba.njit(nogil=True, cache=True)
+def _bad(x, lo, hi):
+    v = np.float64(x)
+    return not (math.isfinite(v) and v >= lo and v <= hi)
+
+
+@numba.njit(nogil=True, cache=True)
+def _bad_arr(a, lo, hi):
+    # A plain loop: numba compiles it, not any() over a generator.
+    for j in range(a.shape[0]):  # noqa: SIM110
+        if _bad(a[j], lo, hi):
+            return True
+    return False
+
+
+@numba.njit(nogil=True, cache=True)
+def encode_workload(payloads, i, out):
+    p = payloads[i]
+    hc, hm, hg = p.historical_cpu, p.historical_memory, p.historical_gpu
+    if _bad_arr(hc, _W_HCPU[1], _W_HCPU[2]):
+        return _W_HCPU[0]
+    if _bad_arr(hm, _W_HMEM[1], _W_HMEM[2]):
+        return _W_HMEM[0]
+    if _bad_arr(hg, _W_HGPU[1], _W_HGPU[2]):
+        return _W_HGPU[0]
+    if _bad(p.current_cpu, _W_CPU[1], _W_CPU[2]):
+        return _W_CPU[0]
+    if _bad(p.current_gpu, _W_GPU[1], _W_GPU[2]):
+        return _W_GPU[0]
+    if _bad(p.current_memory, _W_MEM[1], _W_MEM[2]):
+        return _W_MEM[0]
+    if _bad(p.time_of_day, _W_HOUR[1], _W_HOUR[2]):
+        return _W_HOUR[0]
+    if _bad(p.day_of_week, _W_DAY[1], _W_DAY[2]):
+        return _W_DAY[0]
+    for j in range(10):
+        out[j] = hc[j]
+        out[11 + j] = hg[j]
+    out[10] = p.current_cpu
+    out[21] = p.current_gpu
+    # Memory is scale-free relative to now (x10: a 10% change is ~1) plus one absolute
+    # log level, so agents of 64 MB and 16 GB share what the net learns.
+    lcur = math.log1p(np.float64(p.current_memory))
+    out[22] = lcur / MEM_LOG_SCALE
+    for j in range(10):
+        d = (math.log1p(np.float64(hm[j])) - lcur) * 10.0
+        out[23 + j] = min(max(d, -5.0), 5.0)
+    hour = 2.0 * math.pi * np.float64(p.time_of_day) / 24.0
+    day = 2.0 * math.pi * np.float64(p.day_of_week) / 7.0
+    out[33] = math.sin(hour)
+    out[34] = math.cos(hour)
+    out[35] = math.sin(day)
+    out[36] = math.cos(day)
+    out[37] = 1.0 if p.day_of_week >= 5 else 0.0
+    return 0
+
+
+@numba.njit(nogil=True, cache=True)
+def encode_threat(payloads, i, out):
+    p = payloads[i]
+    if _bad(p.average_latency, _T_LAT[1], _T_LAT[2]):
+        return _T_LAT[0]
+    if _bad(p.error_rate, _T_ERR[1], _T_ERR[2]):
+        return _T_ERR[0]
+    if _bad(p.resource_usage, _T_RES[1], _T_RES[2]):
+        return _T_RES[0]
+    if _bad(p.message_frequency, _T_MSG[1], _T_MSG[2]):
+        return _T_MSG[0]
+    h = p.historical_threats
+    if _bad_arr(h, _T_HIST[1], _T_HIST[2]):
+        return _T_HIST[0]
+    if _bad(p.time_since_last_threat, _T_TSL[1], _T_TSL[2]):
+        return _T_TSL[0]
+    cnt = np.int64(p.anomaly_count)
+    if _bad(cnt, _T_CNT[1], _T_CNT[2]):
+        return _T_CNT[0]
+    sev = p.severity_counts
+    total = 0
+    for k in range(4):
+        total += np.int64(sev[k])
+    if _bad_arr(sev, _T_SEV[1], _T_SEV[2]) or total != cnt:
+        return _T_SEV[0]
+    dist = np.int64(p.distinct_anomaly_types)
+    if _bad(dist, _T_DIST[1], _T_DIST[2]) or dist > cnt:
+        return _T_DIST[0]
+    out[0] = min(math.log1p(np.float64(p.average_latency)) / RATE_LOG_SCALE, 2.0)
+    out[1] = p.error_rate
+    out[2] = p.resource_usage
+    out[3] = min(math.log1p(np.float64(p.message_frequency)) / RATE_LOG_SCALE, 2.0)
+    s = 0.0
+    m = 0.0
+    for j in range(10):
+        out[4 + j] = h[j]
+        s += h[j]
+        m = max(m, np.float64(h[j]))
+    out[14] = s / 10.0
+    out[15] = m
+    out[16] = h[9] - h[0]
+    out[17] = min(math.log1p(np.float64(p.time_since_last_threat)) / TIME_LOG_SCALE, 1.5)
+    out[18] = math.log1p(cnt) / _LOG65
+    denom = max(cnt, 1)
+    for k in range(4):
+        out[19 + k] = sev[k] / denom
+        out[23 + k] = math.log1p(np.float64(sev[k])) / _LOG65
+    out[27] = dist / denom
+    out[28] = math.log1p(dist) / _LOG65
+    return 0
+
+
+@numba.njit(nogil=True, cache=True)
+def encode_failure(payloads, i, out):
+    p = payloads[i]
+    if _bad(p.health_score, _F_HEALTH[1], _F_HEALTH[2]):
+        return _F_HEALTH[0]
+    if _bad(p.current_value, _F_CUR[1], _F_CUR[2]):
+        return _F_CUR[0]
+    if _bad(p.baseline, _F_BASE[1], _F_BASE[2]):
+        return _F_BASE[0]
+    if _bad(p.trend, _F_TREND[1], _F_TREND[2]):
+        return _F_TREND[0]
+    h = p.historical_health
+    if _bad_arr(h, _F_HIST[1], _F_HIST[2]):
+        return _F_HIST[0]
+    if _bad(p.time_since_last_failure, _F_TSL[1], _F_TSL[2]):
+        return _F_TSL[0]
+    fh = p.failure_history
+    if _bad_arr(fh, _F_FHIST[1], _F_FHIST[2]):
+        return _F_FHIST[0]
+    out[0] = p.health_score
+    out[1] = p.trend
+    s = 0.0
+    mn = 1.0
+    for j in range(20):
+        out[2 + j] = h[j]
+        s += h[j]
+        mn = min(mn, np.float64(h[j]))
+    last5 = 0.0
+    for j in range(15, 20):
+        last5 += h[j]
+    out[22] = last5 / 5.0
+    out[23] = mn
+    # Least-squares slope of the last 10 samples, per sample, x10.
+    sx = 0.0
+    sxy = 0.0
+    for j in range(10):
+        x = j - 4.5
+        sx += x * x
+        sxy += x * h[10 + j]
+    out[24] = 10.0 * sxy / sx
+    out[25] = p.health_score - s / 20.0
+    # Symmetric relative deviation in [-1, 1]: defined for any finite value and baseline,
+    # including a zero baseline; float64 so |cur| + |base| cannot overflow.
+    cur = np.float64(p.current_value)
+    base = np.float64(p.baseline)
+    out[26] = (cur - base) / (abs(cur) + abs(base) + 1e-9)
+    out[27] = min(math.log1p(np.float64(p.time_since_last_failure)) / TIME_LOG_SCALE, 1.5)
+    n = 0.0
+    for j in range(10):
+        out[28 + j] = fh[j]
+        n += fh[j]
+    out[38] = n / 10.0
+    return 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _enc_delta(d):
+    """A signed address distance on a log scale of lines: +-1 spans the whole space."""
+    v = math.log1p(abs(d) / ADDR_LINE) / _LOG_LINES
+    return v if d >= 0 else -v
+
+
+@numba.njit(nogil=True, cache=True)
+def _same(x, y):
+    return abs(x - y) <= ADDR_TOL
+
+
+@numba.njit(nogil=True, cache=True)
+def encode_memory(payloads, i, out):
+    p = payloads[i]
+    h = p.access_history
+    if _bad_arr(h, _M_ADDR[1], _M_ADDR[2]):
+        return _M_ADDR[0]
+    ts = p.access_timestamps
+    if _bad_arr(ts, _M_TS[1], _M_TS[2]):
+        return _M_TS[0]
+    ty = p.access_types
+    if _bad_arr(ty, _M_TYPES[1], _M_TYPES[2]):
+        return _M_TYPES[0]
+    if _bad(p.current_address, _M_CUR[1], _M_CUR[2]):
+        return _M_CUR[0]
+    if _bad(p.locality_score, _M_LOC[1], _M_LOC[2]):
+        return _M_LOC[0]
+    # The address sequence a[0..20] (history then current) and its 20 strides.
+    a = np.empty(21, np.float64)
+    for j in range(20):
+        a[j] = h[j]
+    cur = np.float64(p.current_address)
+    a[20] = cur
+    s = np.empty(20, np.float64)
+    for j in range(20):
+        s[j] = a[j + 1] - a[j]
+        out[j] = _enc_delta(s[j])
+    # Candidate next addresses; the network picks one (see docs/MODELS.md).
+    c0 = cur + s[19]  # last stride
+    period = 0  # smallest P whose stride pattern repeats over the last 12 strides
+    for pp in range(1, 9):
+        ok = True
+        for j in range(8, 20 - pp):
+            if not _same(s[j], s[j + pp]):
+                ok = False
+                break
+        if ok:
+            period = pp
+            break
+    c1 = cur + s[20 - period] if period > 0 else c0
+    occ = -1  # most recent earlier visit of the current address
+    for j in range(19, -1, -1):
+        if _same(a[j], cur):
+            occ = j
+            break
+    c2 = a[occ + 1] if occ >= 0 else c0
+    c3 = cur
+    out[20] = _enc_delta(c0 - cur)
+    out[21] = _enc_delta(c1 - cur)
+    out[22] = _enc_delta(c2 - cur)
+    out[23] = _enc_delta(a[0] - cur)
+    out[24] = period / 8.0
+    out[25] = 1.0 if occ >= 0 else 0.0
+    out[26] = (20 - occ) / 20.0 if occ >= 0 else 0.0
+    out[27] = 1.0 if _same(c0, c1) else 0.0
+    out[28] = 1.0 if _same(c0, c2) else 0.0
+    out[29] = 1.0 if _same(c1, c2) else 0.0
+    for lag in range(1, 5):
+        m = 0.0
+        for j in range(4, 20):
+            if _same(s[j], s[j - lag]):
+                m += 1.0
+        out[29 + lag] = m / 16.0
+    for j in range(8):
+        t = ty[12 + j]
+        for k in range(3):
+            out[34 + 3 * j + k] = 1.0 if t == k else 0.0
+    for lag in range(1, 5):
+        m = 0.0
+        for j in range(4, 20):
+            if ty[j] == ty[j - lag]:
+                m += 1.0
+        out[57 + lag] = m / 16.0
+    out[62] = cur
+    out[63] = p.locality_score
+    # Timing is in the caller's unit, so only ratios of inter-arrival times are used.
+    mean = 0.0
+    for j in range(19):
+        mean += abs(ts[j + 1] - ts[j])
+    mean /= 19.0
+    var = 0.0
+    for j in range(19):
+        d = abs(ts[j + 1] - ts[j]) - mean
+        var += d * d
+    last = abs(ts[19] - ts[18])
+    eps = mean * 1e-3 + 1e-30  # keeps a constant clock (mean 0) at ratio 1
+    r = math.log((last + eps) / (mean + eps)) / 5.0
+    out[64] = min(max(r, -1.0), 1.0)
+    out[65] = min(math.sqrt(var / 19.0) / (mean + eps) / 3.0, 1.0)
+    out[66] = c0
+    out[67] = c1
+    out[68] = c2
+    out[69] = c3
+    return 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _batch_workload(payloads, out, err):
+    for i in range(payloads.shape[0]):
+        err[i] = encode_workload(payloads, i, out[i])
+
+
+@numba.njit(nogil=True, cache=True)
+def _batch_threat(payloads, out, err):
+    for i in range(payloads.shape[0]):
+        err[i] = encode_threat(payloads, i, out[i])
+
+
+@numba.njit(nogil=True, cache=True)
+def _batch_failure(payloads, out, err):
+    for i in range(payloads.shape[0]):
+        err[i] = encode_failure(payloads, i, out[i])
+
+
+@numba.njit(nogil=True, cache=True)
+def _batch_memory(payloads, out, err):
+    for i in range(payloads.shape[0]):
+        err[i] = encode_memory(payloads, i, out[i])
+
+
+ENCODERS = {_W: encode_workload, _T: encode_threat, _F: encode_failure, _M: encode_memory}
+BATCH_ENCODERS = {_W: _batch_workload, _T: _batch_threat, _F: _batch_failure, _M: _batch_memory}

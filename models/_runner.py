@@ -1,0 +1,135 @@
+"""Runners: one ``predict(float32[n, f]) -> float32[n, k]`` behind a small ABC, two backends.
+
+``litert`` (default) runs the compiled ``model.tflite`` and never imports TensorFlow.
+``tf`` runs ``model.keras`` through a ``tf.function`` with a fixed input signature, for
+models that cannot be converted; TensorFlow is imported only when it is chosen.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from kernel_abi import ModelId
+
+from ._artifacts import KERAS_FILE, TFLITE_FILE, ArtifactError, load_manifest
+from ._spec import MODEL_NAMES, N_FEATURES, N_RAW_OUTPUTS
+
+#: Largest LiteRT batch bucket; bigger batches run in chunks of this size.
+MAX_BUCKET = 1024
+
+
+class Runner(ABC):
+    """A loaded model: ``predict`` raw outputs for a float32 feature batch."""
+
+    backend = ""
+
+    def __init__(self, mid: ModelId, manifest: dict) -> None:
+        self.model_id = ModelId(mid)
+        self.name = MODEL_NAMES[self.model_id]
+        self.manifest = manifest
+        self.version = int(manifest["version"])
+        self.n_features = N_FEATURES[self.model_id]
+        self.n_outputs = N_RAW_OUTPUTS[self.model_id]
+
+    def _check(self, batch: np.ndarray) -> np.ndarray:
+        if batch.ndim != 2 or batch.shape[1] != self.n_features:
+            raise ValueError(
+                f"{self.name} expects a float32[n, {self.n_features}] batch: shape={batch.shape}"
+            )
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    @abstractmethod
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Raw outputs ``float32[n, k]`` for ``batch`` ``float32[n, f]``."""
+
+
+class LiteRTRunner(Runner):
+    """One LiteRT interpreter per (thread, power-of-two batch bucket), allocated once.
+
+    An interpreter is not thread-safe, and resizing one re-allocates its tensor arena,
+    so each thread keeps one interpreter per bucket: after warm-up no call allocates
+    tensors; a batch is copied into the bucket's padded input buffer.
+    """
+
+    backend = "litert"
+
+    def __init__(self, mid: ModelId, manifest: dict, path: Path) -> None:
+        super().__init__(mid, manifest)
+        self._model = path.read_bytes()
+        self._local = threading.local()
+
+    def _slot(self, bucket: int) -> tuple:
+        slots = self._local.__dict__.setdefault("slots", {})
+        slot = slots.get(bucket)
+        if slot is None:
+            from ai_edge_litert.interpreter import Interpreter
+
+            it = Interpreter(model_content=self._model, num_threads=1)
+            inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+            it.resize_tensor_input(inp, [bucket, self.n_features], strict=True)
+            it.allocate_tensors()
+            slot = slots[bucket] = (it, inp, out, np.zeros((bucket, self.n_features), np.float32))
+        return slot
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = self._check(batch)
+        n = batch.shape[0]
+        if n > MAX_BUCKET:
+            return np.concatenate([self.predict(batch[i : i + MAX_BUCKET]) for i in range(0, n, MAX_BUCKET)])
+        if n == 0:
+            return np.zeros((0, self.n_outputs), np.float32)
+        bucket = 1 << (n - 1).bit_length()
+        it, inp, out, buf = self._slot(bucket)
+        if n == bucket:
+            it.set_tensor(inp, batch)
+        else:
+            # Rows are independent, so stale padding rows only affect outputs we drop.
+            buf[:n] = batch
+            it.set_tensor(inp, buf)
+        it.invoke()
+        return it.get_tensor(out)[:n]
+
+
+class TFRunner(Runner):
+    """The Keras model through one ``tf.function`` with signature float32[None, f]."""
+
+    backend = "tf"
+
+    def __init__(self, mid: ModelId, manifest: dict, path: Path) -> None:
+        super().__init__(mid, manifest)
+        import keras
+        import tensorflow as tf
+
+        from . import _layers  # noqa: F401  (registers the custom layers for loading)
+
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as exc:
+            raise ArtifactError(f"cannot load Keras model: {path}: {exc}") from exc
+        spec = tf.TensorSpec([None, self.n_features], tf.float32)
+        self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._fn(self._check(batch)).numpy()
+
+
+def load_runner(
+    mid: ModelId | int, *, backend: str = "litert", models_dir: Path | str | None = None
+) -> Runner:
+    """Load model ``mid`` from ``models_dir`` (default: the shipped artifacts) with ``backend``.
+
+    Raises ``ArtifactError`` naming the file when an artifact is missing or corrupt.
+    """
+    mid = ModelId(mid)
+    dirpath = Path(models_dir) if models_dir is not None else None
+    if backend == "litert":
+        manifest, path = load_manifest(mid, dirpath, TFLITE_FILE)
+        return LiteRTRunner(mid, manifest, path)
+    if backend == "tf":
+        manifest, path = load_manifest(mid, dirpath, KERAS_FILE)
+        return TFRunner(mid, manifest, path)
+    raise ValueError(f"unknown backend: backend={backend!r} (use 'litert' or 'tf')")

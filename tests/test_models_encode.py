@@ -1,0 +1,159 @@
+"""Encoders, validation and post-processing of the four models (no TensorFlow)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernel_abi as ka
+from kernel_abi import ModelId
+from models import N_FEATURES, N_RAW_OUTPUTS, encode_batch, postprocess, validate
+from models._data import GENERATORS
+from models._encode import ENCODERS
+from models._spec import RANGES, field_index
+
+MIDS = list(ModelId)
+
+
+def _valid(mid: ModelId, n: int = 64, seed: int = 0) -> np.ndarray:
+    return GENERATORS[mid](n, seed)[0]
+
+
+@pytest.mark.parametrize("mid", MIDS)
+def test_encoder_reads_non_contiguous_staging_view(mid):
+    """The daemon passes staging.view(REQUESTS[mid])["payload"] (stride 320): same features as contiguous."""
+    rec = _valid(mid)
+    staging = np.zeros(len(rec), ka.REQUEST)
+    view = staging.view(ka.REQUESTS[mid])["payload"]
+    view[:] = rec
+    assert view.strides[0] == ka.REQUEST_SLOT_SIZE and not view.flags["C_CONTIGUOUS"]
+    f_view, e_view = encode_batch(mid, view)
+    f_rec, e_rec = encode_batch(mid, rec)
+    assert not e_view.any() and not e_rec.any()
+    assert np.array_equal(f_view, f_rec)
+    assert np.isfinite(f_rec).all() and f_rec.shape == (len(rec), N_FEATURES[mid])
+    out = np.zeros(N_FEATURES[mid], np.float32)
+    assert ENCODERS[mid](view, 3, out) == 0
+    assert np.array_equal(out, f_rec[3])
+
+
+@pytest.mark.parametrize("mid", MIDS)
+def test_generator_is_reproducible_from_seed(mid):
+    a, b, c = _valid(mid, 50, 1), _valid(mid, 50, 1), _valid(mid, 50, 2)
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() != c.tobytes()
+
+
+def _corrupt(draw, mid: ModelId):
+    """A valid record with one checked field set to NaN/Inf or just outside its range."""
+    rec = _valid(mid, 8, draw(st.integers(0, 3)))[draw(st.integers(0, 7))].copy()
+    name = draw(st.sampled_from(sorted(RANGES[mid])))
+    lo, hi = RANGES[mid][name]
+    kind = rec[name].dtype.kind if rec[name].ndim else np.asarray(rec[name]).dtype.kind
+    choices = []
+    if kind == "f":
+        choices += [math.nan, math.inf, -math.inf]
+        if math.isfinite(hi):
+            choices.append(hi + 0.5)
+        if math.isfinite(lo):
+            choices.append(lo - 0.5)
+    elif math.isfinite(hi) and hi + 1 <= np.iinfo(np.asarray(rec[name]).dtype).max:
+        choices.append(hi + 1)
+    if not choices:
+        return rec, None
+    value = draw(st.sampled_from(choices))
+    if np.ndim(rec[name]):
+        rec[name][draw(st.integers(0, len(rec[name]) - 1))] = value
+    else:
+        rec[name] = value
+    return rec, name
+
+
+@pytest.mark.parametrize("mid", MIDS)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_compiled_error_field_matches_python_reasons(mid, data):
+    rec, name = _corrupt(data.draw, mid)
+    arr = np.array([rec], dtype=ka.PAYLOADS[mid])
+    _, err = encode_batch(mid, arr)
+    problems = validate(mid, arr[0])
+    if name is None:
+        assert err[0] == 0 and problems == []
+        return
+    assert name in [f for f, _ in problems]
+    assert err[0] == field_index(mid, problems[0][0])
+    assert ka.payload_field_name(mid, int(err[0])) == problems[0][0]
+
+
+def test_validate_reasons_name_field_and_value():
+    rec = _valid(ModelId.WORKLOAD, 1)
+    rec[0]["historical_cpu"][3] = np.nan
+    rec[0]["time_of_day"] = 24
+    problems = validate(ModelId.WORKLOAD, rec[0])
+    assert problems[0] == ("historical_cpu", "historical_cpu[3]=nan is not a finite number")
+    assert problems[1] == ("time_of_day", "time_of_day=24 is out of range: must be in [0, 23]")
+    _, err = encode_batch(ModelId.WORKLOAD, rec)
+    assert err[0] == field_index(ModelId.WORKLOAD, "historical_cpu")
+
+
+def test_threat_cross_field_checks():
+    rec = _valid(ModelId.THREAT, 1)
+    rec[0]["anomaly_count"] = 5
+    rec[0]["severity_counts"] = [1, 1, 1, 1]
+    rec[0]["distinct_anomaly_types"] = 2
+    assert validate(ModelId.THREAT, rec[0]) == [
+        ("severity_counts", "severity_counts sum to 4 but anomaly_count=5")
+    ]
+    assert encode_batch(ModelId.THREAT, rec)[1][0] == field_index(ModelId.THREAT, "severity_counts")
+    rec[0]["severity_counts"] = [2, 1, 1, 1]
+    rec[0]["distinct_anomaly_types"] = 6
+    assert validate(ModelId.THREAT, rec[0])[0][0] == "distinct_anomaly_types"
+    assert encode_batch(ModelId.THREAT, rec)[1][0] == field_index(ModelId.THREAT, "distinct_anomaly_types")
+
+
+def test_hash_fields_are_not_features():
+    rec = _valid(ModelId.FAILURE, 16)
+    other = rec.copy()
+    other["component_hash"] = 12345
+    assert np.array_equal(encode_batch(ModelId.FAILURE, rec)[0], encode_batch(ModelId.FAILURE, other)[0])
+
+
+@pytest.mark.parametrize("mid", MIDS)
+def test_postprocess_keeps_api_ranges_even_for_garbage(mid):
+    rng = np.random.default_rng(0)
+    raw = rng.normal(0, 3, (500, N_RAW_OUTPUTS[mid])).astype(np.float32)
+    raw[::7] = np.nan
+    raw[1::11] = np.inf
+    out = np.zeros((500, 4))
+    postprocess(int(mid), raw, out)
+    assert np.isfinite(out).all()
+    names = ka.OUTPUT_NAMES[mid]
+    for j, name in enumerate(names):
+        col = out[:, j]
+        if name in ("threatType", "failureType"):
+            assert set(np.unique(col)) <= set(range(6))
+        elif name == "recommendedAction":
+            assert set(np.unique(col)) <= set(range(5))
+        elif name == "accessType":
+            assert set(np.unique(col)) <= set(range(3))
+        elif name == "predictedMemory":
+            assert (col >= 0).all()
+        elif name == "predictedTime":
+            assert ((col == -1) | (col >= 0)).all()
+        else:
+            assert ((col >= 0) & (col <= 1)).all(), name
+
+
+def test_postprocess_gates_failure_time_and_type_on_probability():
+    raw = np.zeros((2, N_RAW_OUTPUTS[ModelId.FAILURE]), np.float32)
+    raw[:, 1] = math.log1p(600_000) / 20.0  # 10 minutes
+    raw[:, 5] = 1.0  # type 3 (CRASH) most likely
+    raw[0, 0], raw[1, 0] = 0.2, 0.9
+    out = np.zeros((2, 4))
+    postprocess(int(ModelId.FAILURE), raw, out)
+    assert out[0, 1] == -1 and out[0, 3] == ka.FailureType.NONE
+    assert out[1, 1] == pytest.approx(600_000, rel=1e-4) and out[1, 3] == ka.FailureType.CRASH
