@@ -27,7 +27,7 @@ import posix_ipc
 from ringbuf import DEFAULT_MODE, SegmentNotFound, segment_name
 
 from ._errors import DaemonRunning
-from ._lock import try_lock
+from ._lock import holder, try_lock
 
 MAGIC = b"SHMDSTAT"
 _HEAD = struct.Struct("<8sQ")  # magic, directory length
@@ -36,6 +36,13 @@ _DIRECTORY_ROOM = 16384
 # control words
 SEQUENCE, COMMAND, ARGUMENT, DONE = range(4)
 CMD_RESET_METRICS, CMD_CLEAR_CACHE = 1, 2
+
+
+def already_running(prefix: str, pid: int) -> DaemonRunning:
+    return DaemonRunning(
+        f"prefix {prefix!r} is already served by the daemon with pid {pid}; "
+        f"stop it (kill -TERM {pid}) or start with another --prefix"
+    )
 
 
 @dataclass
@@ -70,13 +77,10 @@ class StatsSegment:
             raise ValueError(f"stats directory too large: size={len(blob)} limit={_DIRECTORY_ROOM - _HEAD.size}")
         name = segment_name(prefix, "stats")
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREAT, mode=DEFAULT_MODE, size=0)
-        holder = try_lock(shm.fd)
-        if holder:
+        pid = try_lock(shm.fd)
+        if pid:
             shm.close_fd()
-            raise DaemonRunning(
-                f"prefix {prefix!r} is already served by the daemon with pid {holder}; "
-                f"stop it (kill -TERM {holder}) or start with another --prefix"
-            )
+            raise already_running(prefix, pid)
         os.ftruncate(shm.fd, 0)  # drop any predecessor's content
         os.ftruncate(shm.fd, offset)
         os.fchmod(shm.fd, DEFAULT_MODE)
@@ -84,6 +88,18 @@ class StatsSegment:
         buf[_HEAD.size : _HEAD.size + len(blob)] = blob
         buf[: _HEAD.size] = _HEAD.pack(MAGIC, len(blob))
         return cls._views(name, shm, buf, directory)
+
+    @staticmethod
+    def serving_pid(prefix: str) -> int:
+        """Pid of the live daemon holding the prefix, or 0."""
+        try:
+            shm = posix_ipc.SharedMemory(segment_name(prefix, "stats"))
+        except posix_ipc.ExistentialError:
+            return 0
+        try:
+            return holder(shm.fd)
+        finally:
+            shm.close_fd()
 
     @classmethod
     def attach(cls, prefix: str) -> StatsSegment:
@@ -124,8 +140,12 @@ class StatsSegment:
         return int(control[SEQUENCE])
 
     def close(self) -> None:
+        """Drop the mapping; views still held elsewhere keep it until they go."""
         self.arrays = {}
-        self._map.close()
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # a caller's view is alive: the GC unmaps when it goes
         self._shm.close_fd()
 
     def unlink(self) -> None:

@@ -35,6 +35,7 @@ from ._stats_segment import (
     DONE,
     SEQUENCE,
     StatsSegment,
+    already_running,
 )
 
 HOUSEKEEPING_NS = 10_000_000  # heartbeat, gauges and control commands at most this often
@@ -59,6 +60,9 @@ class Daemon:
         self.channels: list[ringbuf.Channel] = []
         self.names = list(cfg.channels) + ([_config.HTTP_CHANNEL] if cfg.http else [])
         t0 = time.monotonic()
+        pid = StatsSegment.serving_pid(cfg.prefix)  # refuse before the slow part; create() re-checks
+        if pid:
+            raise already_running(cfg.prefix, pid)
         self._load_models()
         self._make_stats()
         try:
@@ -227,8 +231,8 @@ class Daemon:
         if _loop.prepare_sleep(self.table, self.sq_state, self.cq_state, self.ready) == 0:
             try:
                 self.doorbell.acquire(SLEEP_TIMEOUT_S)
-            except posix_ipc.BusyError:
-                pass
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
+                pass  # timeout, or SIGTERM/SIGINT: the loop re-checks `stopping`
         _loop.end_sleep(self.table)
 
     def housekeeping(self) -> None:
@@ -307,12 +311,15 @@ def _start_http(cfg: _config.Config) -> subprocess.Popen | None:
 
 
 def main(argv: list[str]) -> int:
+    from models import ArtifactError
+
     try:
         cfg = _config.load(argv)
         daemon = Daemon(cfg)
-    except ShmdError as err:
+    except (ShmdError, ArtifactError) as err:
         print(f"shmd serve: {err}", file=sys.stderr)
         return 2
+
     def stop(signum: int, _frame: Any) -> None:
         daemon.stopping = True
 

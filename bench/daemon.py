@@ -1,0 +1,394 @@
+"""``python -m bench daemon``: a real ``shmd serve`` measured from client processes.
+
+Figures (medians and p99) and their same-run baselines:
+- single-request round trip, cache miss and cache hit, from a compiled client
+  loop (so the client's own Python costs are not what is measured), beside the
+  raw shared-memory ping-pong floor (bench.ring) and the model's raw batch-1
+  call time measured in this process;
+- sustained predictions/s with batches of 256 from one and from four client
+  processes;
+- latency under open-loop offered load (10k, 100k, 1M requests/s): each
+  request's latency counts from its *intended* send time, so a stalled client
+  cannot hide queueing (no coordinated omission);
+- time from ``shmd serve`` to the first answered prediction, resident memory,
+  idle CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+import ringbuf
+from bench._stats import ratio, summarize, table, write_json
+from kernel_abi import ABI_VERSION, PAYLOAD_OFFSET, PAYLOADS, REQ_NO_CACHE, REQUEST, REQUESTS, ModelId
+from ringbuf import _core as core
+
+MODEL = ModelId.WORKLOAD
+# Byte offsets inside a request slot that the compiled loops rewrite per request.
+_ID = REQUEST.fields["request_id"][1]
+_SUBMIT = REQUEST.fields["submit_ns"][1]
+_CPU = PAYLOAD_OFFSET + PAYLOADS[MODEL].fields["current_cpu"][1]
+
+
+# --- compiled client loops --------------------------------------------------------
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _put(row, offset, value, width):
+    """Store ``value`` little-endian in ``width`` bytes of a uint8 row."""
+    for b in range(width):
+        row[offset + b] = (value >> np.uint64(8 * b)) & np.uint64(0xFF)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _get_u64(row, offset):
+    value = np.uint64(0)
+    for b in range(8):
+        value |= np.uint64(row[offset + b]) << np.uint64(8 * b)
+    return value
+
+
+_CPU_BITS = (np.arange(1000, dtype=np.float32) / 1000).view(np.uint32).astype(np.uint64)
+
+
+@njit(nogil=True, cache=True)
+def _ping(sq64, sq32, sq_slots, sq_state, cq64, cq_slots, cq_state, template, n, vary, out, deadline_ns):
+    """``n`` sequential round trips; per-trip ns in ``out``. Stops at a needed wake-up.
+
+    Returns ``(done, wake)``: the caller posts the doorbell when ``wake``.
+    """
+    rec = template.copy().reshape(1, -1)
+    resp = np.empty((1, cq_slots.shape[1]), np.uint8)
+    for i in range(n):
+        _put(rec[0], _ID, np.uint64(i + 1), 8)
+        if vary:
+            _put(rec[0], _CPU, _CPU_BITS[i % 1000], 4)  # a new feature vector: a cache miss
+        t0 = core.monotonic_ns()
+        _put(rec[0], _SUBMIT, np.uint64(t0), 8)
+        accepted, wake = core.ring_produce(sq64, sq32, sq_slots, sq_state, rec, 1)
+        if accepted != 1:
+            return i, False
+        if wake:
+            return i, True  # the round trip in flight is dropped from the figures
+        while core.ring_peek(cq64, cq_slots, cq_state, resp, 1) == 0:
+            if core.monotonic_ns() > deadline_ns:
+                return i, False
+        core.ring_release(cq64, cq_state, 1)
+        out[i] = core.monotonic_ns() - t0
+    return n, False
+
+
+@njit(nogil=True, cache=True)
+def _stream(sq64, sq32, sq_slots, sq_state, cq64, cq_slots, cq_state, batch_rows, run_ns, resp):
+    """Keep the SQ fed with batches for ``run_ns``; count completions. Returns (done, wakes_needed)."""
+    start = core.monotonic_ns()
+    done = 0
+    wakes = 0
+    next_id = 1
+    while core.monotonic_ns() - start < run_ns:
+        k = batch_rows.shape[0]
+        for j in range(k):
+            _put(batch_rows[j], _ID, np.uint64(next_id + j), 8)
+        accepted, wake = core.ring_produce(sq64, sq32, sq_slots, sq_state, batch_rows, k)
+        if accepted > 0:
+            next_id += accepted
+        if wake:
+            wakes += 1
+            return done, wakes
+        got = core.ring_peek(cq64, cq_slots, cq_state, resp, resp.shape[0])
+        if got > 0:
+            core.ring_release(cq64, cq_state, got)
+            done += got
+    return done, wakes
+
+
+@njit(nogil=True, cache=True)
+def _open_loop(
+    sq64, sq32, sq_slots, sq_state, cq64, cq_slots, cq_state, template, rate, progress, lat, resp, deadline_ns
+):
+    """Offer ``len(lat)`` requests at ``rate``/s on a fixed schedule; latency from intended send time.
+
+    ``progress`` = [schedule start ns, sent, answered] survives a return for a
+    wake-up (returns True then), so the caller can post and call again.
+    """
+    n = lat.shape[0]
+    interval = 1e9 / rate
+    if progress[0] == 0:
+        progress[0] = core.monotonic_ns()
+    t0 = progress[0]
+    staged = np.empty((256, template.shape[0]), np.uint8)
+    for j in range(256):
+        staged[j, :] = template
+    while progress[2] < n:
+        now = core.monotonic_ns()
+        if now > deadline_ns:
+            return False
+        due = min(n, np.int64((now - t0) / interval) + 1) - progress[1]
+        if due > 0:
+            k = min(due, 256)
+            for j in range(k):
+                _put(staged[j], _ID, np.uint64(progress[1] + j + 1), 8)
+            accepted, wake = core.ring_produce(sq64, sq32, sq_slots, sq_state, staged[:k], k)
+            if accepted > 0:
+                progress[1] += accepted
+            if wake:
+                return True
+        m = core.ring_peek(cq64, cq_slots, cq_state, resp, resp.shape[0])
+        if m > 0:
+            now = core.monotonic_ns()
+            for j in range(m):
+                rid = np.int64(_get_u64(resp[j], 0))
+                lat[rid - 1] = now - (t0 + np.int64((rid - 1) * interval))
+            core.ring_release(cq64, cq_state, m)
+            progress[2] += m
+    return False
+
+
+# --- client process helpers ---------------------------------------------------------
+
+
+class _Attached:
+    """A channel attached from a bench process, with the compiled-loop arguments."""
+
+    def __init__(self, prefix: str, channel: str) -> None:
+        from shmd.client import Client
+
+        self.client = Client(channel, prefix)
+        ch = self.client.channel
+        self.doorbell = ringbuf.open_semaphore(ringbuf.doorbell_name(prefix))
+        self.sq_state = core.new_state(int(ch.sq.hdr64[core.TAIL]), int(ch.sq.hdr64[core.HEAD]))
+        head = int(ch.cq.hdr64[core.HEAD])
+        self.cq_state = core.new_state(head, head)
+        self.args = (ch.sq.hdr64, ch.sq.hdr32, ch.sq.slots, self.sq_state, ch.cq.hdr64, ch.cq.slots, self.cq_state)
+
+    def skip_answer(self, timeout_s: float = 5.0) -> None:
+        """Consume one completion (that of a trip left out of the figures)."""
+        cq64, cq_slots = self.args[4], self.args[5]
+        deadline = time.monotonic() + timeout_s
+        while core.ring_ready(cq64, self.cq_state, cq_slots.shape[0]) == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("daemon did not answer after a wake-up")
+        core.ring_release(cq64, self.cq_state, 1)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _template(no_cache: bool) -> np.ndarray:
+    from shmd._codec import encode_payload
+    from tests._samples import WORKLOAD
+
+    rec = np.zeros(1, REQUESTS[MODEL])
+    rec["payload"] = encode_payload(MODEL, WORKLOAD)
+    rec["model_id"] = MODEL
+    rec["abi_version"] = ABI_VERSION
+    rec["payload_len"] = PAYLOADS[MODEL].itemsize
+    rec["flags"] = REQ_NO_CACHE if no_cache else 0
+    return rec.view(REQUEST).view(np.uint8).reshape(-1).copy()
+
+
+def _rtt_child(prefix: str, channel: str, n: int, miss: bool) -> list[float]:
+    a = _Attached(prefix, channel)
+    try:
+        template = _template(no_cache=False)
+        out = np.zeros(n, np.int64)
+        done = 0
+        deadline = time.monotonic_ns() + 60_000_000_000
+        while done < n and time.monotonic_ns() < deadline:
+            k, wake = _ping(*a.args, template, n - done, miss, out[done:], deadline)
+            done += k
+            if wake:
+                a.doorbell.release()
+                a.skip_answer()
+        return (out[:done] / 1000.0).tolist()
+    finally:
+        a.close()
+
+
+def _stream_child(prefix: str, channel: str, seconds: float, batch: int) -> tuple[int, float]:
+    a = _Attached(prefix, channel)
+    try:
+        template = _template(no_cache=True)
+        rows = np.repeat(template[None, :], batch, axis=0)
+        vals = (np.arange(batch, dtype=np.float32) / batch).view(np.uint8).reshape(batch, 4)
+        rows[:, _CPU : _CPU + 4] = vals  # distinct rows: every prediction is inferred
+        resp = np.zeros((a.client.channel.cq.capacity, 64), np.uint8)
+        total = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            remaining = int((seconds - (time.monotonic() - t0)) * 1e9)
+            done, wakes = _stream(*a.args, rows, max(remaining, 0), resp)
+            total += done
+            if wakes:
+                a.doorbell.release()
+        return total, time.monotonic() - t0
+    finally:
+        a.close()
+
+
+def _open_loop_child(prefix: str, channel: str, rate: float, n: int) -> list[float]:
+    a = _Attached(prefix, channel)
+    try:
+        template = _template(no_cache=True)
+        lat = np.full(n, -1, np.int64)
+        resp = np.zeros((a.client.channel.cq.capacity, 64), np.uint8)
+        deadline = time.monotonic_ns() + int((n / rate + 20) * 1e9)
+        progress = np.zeros(3, np.int64)
+        while _open_loop(*a.args, template, rate, progress, lat, resp, deadline):
+            a.doorbell.release()
+        return (lat[lat >= 0] / 1000.0).tolist()
+    finally:
+        a.close()
+
+
+# --- the daemon under test ------------------------------------------------------------
+
+
+def _start_daemon(prefix: str, channels: str) -> tuple[subprocess.Popen, float]:
+    """Start ``shmd serve``; seconds until the first prediction was answered."""
+    from shmd.client import Client
+    from tests._samples import WORKLOAD
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmd.cli", "serve", "--prefix", prefix, "--no-http", "--channels", channels],
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = t0 + 120
+    while time.monotonic() < deadline:
+        try:
+            with Client(channels.split(",")[0], prefix, timeout=5) as c:
+                c.predict("workload", WORKLOAD)
+            return proc, time.monotonic() - t0
+        except (ringbuf.SegmentNotFound, ringbuf.LayoutMismatch):
+            time.sleep(0.002)
+    proc.kill()
+    raise RuntimeError("daemon did not answer within 120 s")
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _model_call_us(n: int) -> list[float]:
+    import models
+
+    runner = models.load_runner(MODEL)
+    x = np.random.default_rng(0).random((1, models.N_FEATURES[MODEL]), np.float32)
+    for _ in range(100):
+        runner.predict(x)
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        runner.predict(x)
+        out.append((time.perf_counter_ns() - t0) / 1000.0)
+    return out
+
+
+def run(quick: bool) -> dict[str, Any]:
+    from bench.ring import _floor
+
+    n_rtt = 2_000 if quick else 20_000
+    seconds = 1.5 if quick else 4.0
+    rates = (10_000, 100_000) if quick else (10_000, 100_000, 1_000_000)
+    prefix = f"bd{os.getpid()}x{secrets.token_hex(3)}"
+    channels = "c0,c1,c2,c3"
+    proc, cold_s = _start_daemon(prefix, channels)
+    result: dict[str, Any] = {"quick": quick, "figures": {}, "baselines": {}, "ratios": {}}
+    fig, base = result["figures"], result["baselines"]
+    try:
+        with ProcessPoolExecutor(4) as pool:
+            fig["cold_start_s"] = cold_s
+            fig["rss_mb"] = _rss_mb(proc.pid)
+            before = _cpu_s(proc.pid)
+            time.sleep(2.0)
+            fig["idle_cpu_fraction"] = (_cpu_s(proc.pid) - before) / 2.0
+            fig["rtt_miss_us"] = summarize(pool.submit(_rtt_child, prefix, "c0", n_rtt, True).result())
+            fig["rtt_hit_us"] = summarize(pool.submit(_rtt_child, prefix, "c0", n_rtt, False).result())
+            total, secs = pool.submit(_stream_child, prefix, "c0", seconds, 256).result()
+            fig["throughput_1_client_per_s"] = total / secs
+            futs = [pool.submit(_stream_child, prefix, f"c{i}", seconds, 256) for i in range(4)]
+            parts = [f.result() for f in futs]
+            fig["throughput_4_clients_per_s"] = sum(t for t, _ in parts) / max(s for _, s in parts)
+            for rate in rates:
+                n = int(min(rate * (0.5 if quick else 1.0), 400_000))
+                lat = pool.submit(_open_loop_child, prefix, "c1", float(rate), n).result()
+                fig[f"open_loop_{rate}_per_s_us"] = summarize(lat)
+            fig["rss_mb_after_load"] = _rss_mb(proc.pid)
+        floor_prefix = prefix + "f"
+        with ProcessPoolExecutor(2) as pool:
+            floor_ns = _floor(pool, floor_prefix, 200_000 if not quick else 50_000)  # chunk means, ns
+            base["floor_rtt_us"] = summarize(np.asarray(floor_ns) / 1000.0)
+        ringbuf.remove_leftovers(floor_prefix)
+        base["model_batch1_call_us"] = summarize(_model_call_us(2_000 if quick else 10_000))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        ringbuf.remove_leftovers(prefix)
+    floor = base["floor_rtt_us"]["median"]
+    model = base["model_batch1_call_us"]["median"]
+    result["ratios"] = {
+        "rtt_miss_over_floor": ratio(fig["rtt_miss_us"]["median"], floor),
+        "rtt_hit_over_floor": ratio(fig["rtt_hit_us"]["median"], floor),
+        "rtt_miss_over_model_call": ratio(fig["rtt_miss_us"]["median"], model),
+        "rtt_hit_over_model_call": ratio(fig["rtt_hit_us"]["median"], model),
+    }
+    return result
+
+
+def report(r: dict[str, Any]) -> str:
+    f, b, q = r["figures"], r["baselines"], r["ratios"]
+    rows: list[list[Any]] = [
+        ["round trip, cache miss (µs)", f["rtt_miss_us"]["median"], f["rtt_miss_us"]["p99"], "p50<=5, p99<=25"],
+        ["round trip, cache hit (µs)", f["rtt_hit_us"]["median"], f["rtt_hit_us"]["p99"], ""],
+        ["baseline: raw ping-pong floor (µs)", b["floor_rtt_us"]["median"], b["floor_rtt_us"]["p99"], ""],
+        ["baseline: model batch-1 call (µs)", b["model_batch1_call_us"]["median"], b["model_batch1_call_us"]["p99"]],
+    ]
+    for key, value in f.items():
+        if key.startswith("open_loop_"):
+            rows.append([f"open loop {key.split('_')[2]}/s latency (µs)", value["median"], value["p99"], ""])
+    rows += [
+        ["predictions/s, 1 client, batch 256", f["throughput_1_client_per_s"], "", ">= 2M"],
+        ["predictions/s, 4 clients, batch 256", f["throughput_4_clients_per_s"], "", ">= 2M"],
+        ["cold start to first answer (s)", f["cold_start_s"], "", "<= 1"],
+        ["daemon RSS (MB), after load", f["rss_mb_after_load"], "", "<= 250"],
+        ["idle CPU (fraction of a core)", f["idle_cpu_fraction"], "", "< 0.01"],
+    ]
+    ratios = "\n".join(f"{k}: {v:.2f}" for k, v in q.items())
+    rows = [row + [""] * (4 - len(row)) for row in rows]
+    return table(["figure", "median", "p99", "target"], rows) + "\n\nratios\n" + ratios
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench daemon", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples (< 1 minute)")
+    parser.add_argument("--json", help="write the result here")
+    args = parser.parse_args(argv)
+    result = run(args.quick)
+    print(report(result))
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+__all__ = ["main"]
