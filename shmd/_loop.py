@@ -1,7 +1,9 @@
 """One pass of the poll loop, compiled: drain and encode, then finish.
 
 A pass is ``drain`` (compiled) -> one model call per model with rows (Python,
-the only uncompiled step) -> ``finish`` (compiled) -> semaphore posts.
+the only uncompiled step) -> ``finish`` (compiled) -> semaphore posts. The
+daemon calls ``step``, which is the previous pass's ``finish`` followed by
+the next pass's ``drain``, so a pass costs one trip into compiled code.
 
 ``drain`` shares the pass's room fairly between channels with work, copies
 their records into a private staging buffer (the copy comes before any
@@ -45,6 +47,7 @@ from . import _metrics as met
 TABLE_SQ_HDR, TABLE_SQ_SLOTS, TABLE_SQ_CAP, TABLE_CQ_HDR, TABLE_CQ_SLOTS, TABLE_CQ_CAP = range(6)
 TABLE_COLUMNS = 6
 
+PASS_START, PASS_DRAIN_NS = 0, 1  # words of the pass_state array
 N_MODELS = max(ModelId) + 1  # arrays indexed by model id; row 0 unused
 _WORKLOAD, _THREAT, _FAILURE, _MEMORY = (int(m) for m in ModelId)
 _PAYLOAD_LEN = np.array([0] + [PAYLOADS[m].itemsize for m in ModelId], np.int64)
@@ -150,17 +153,28 @@ def _answer(responses, j, status, error_field, counters, c):
 
 @njit(nogil=True, cache=True)
 def drain(
-    table, sq_state, cq_state, ready, alloc, offsets, start, room,
+    table, sq_state, cq_state, ready, alloc, offsets, pass_state, room,
     staging, reqs, p_workload, p_threat, p_failure, p_memory,
     f_workload, f_threat, f_failure, f_memory,
     counts, rows, keys, responses, versions,
     c_keys, c_expiry, c_values, c_ttl, c_quantum, c_stats,
-    m_model, m_channel, max_queue_ns,
+    m_model, m_channel, max_queue_ns, spin_ns,
 ):  # fmt: skip
-    """Copy, validate, encode and cache-probe up to ``room`` records; how many."""
-    channels_with_work(table, sq_state, cq_state, ready)
-    _share_room(ready, alloc, start, room)
+    """Copy, validate, encode and cache-probe up to ``room`` records; how many.
+
+    With nothing to take, spins up to ``spin_ns`` for work before answering 0.
+    ``pass_state`` is [first channel to serve, drain time ns]; a pass that
+    drains anything rotates the first channel for the next one.
+    """
+    deadline = core.monotonic_ns() + spin_ns
+    while channels_with_work(table, sq_state, cq_state, ready) == 0:
+        if core.monotonic_ns() >= deadline:
+            return 0
+        core.cpu_relax()
     now = core.monotonic_ns()
+    start = pass_state[PASS_START]
+    _share_room(ready, alloc, start, room)
+    pass_state[PASS_DRAIN_NS] = now
     counts[:] = 0
     n = 0
     for c in range(table.shape[0]):
@@ -182,6 +196,8 @@ def drain(
             )  # fmt: skip
         n += got
     offsets[table.shape[0]] = n
+    if n > 0:
+        pass_state[PASS_START] = (start + 1) % table.shape[0]
     return n
 
 
@@ -254,14 +270,19 @@ def _admit(
 
 @njit(nogil=True, cache=True)
 def finish(
-    table, sq_state, cq_state, alloc, offsets, n, drain_ns,
+    table, sq_state, cq_state, alloc, offsets, pass_state, n,
     reqs, raw_workload, raw_threat, raw_failure, raw_memory, post,
     counts, rows, keys, responses, resp_bytes,
     c_keys, c_expiry, c_values, c_ttl, c_stats,
     m_model, m_hist, m_summary, m_batch, m_channel, wake,
 ):  # fmt: skip
-    """Post-process, cache, publish every channel's answers, then release its SQ slots."""
+    """Post-process, cache, publish every channel's answers, then release its SQ slots.
+
+    Returns how many channels' clients sleep and need their semaphore posted
+    (``wake`` says which).
+    """
     now = core.monotonic_ns()
+    drain_ns = pass_state[PASS_DRAIN_NS]
     for mid in range(1, N_MODELS):
         cnt = counts[mid]
         if cnt == 0:
@@ -291,6 +312,7 @@ def finish(
             submit = np.int64(reqs[j].submit_ns)
             if 0 < submit <= publish:
                 met.record_latency(m_hist, m_summary, mid, met.E2E, publish - submit)
+    wakes = 0
     for c in range(table.shape[0]):
         wake[c] = False
         k = alloc[c]
@@ -305,6 +327,46 @@ def finish(
         for i in range(k):
             cq_slots[(tail + np.uint64(i)) & mask, :] = resp_bytes[first + i]
         wake[c] = core.ring_publish(cq_hdr, _hdr32(table, c, TABLE_CQ_HDR), state, k)
+        wakes += wake[c]
         m_channel[c, met.COMPLETED] += k
         # Only now may the client reuse the request slots: the answers are out.
         core.ring_release(_hdr64(table, c, TABLE_SQ_HDR), sq_state[c], k)
+    return wakes
+
+
+@njit(nogil=True, cache=True)
+def step(
+    table, sq_state, cq_state, ready, alloc, offsets, pass_state, room, n_prev,
+    staging, reqs, p_workload, p_threat, p_failure, p_memory,
+    f_workload, f_threat, f_failure, f_memory,
+    raw_workload, raw_threat, raw_failure, raw_memory, post,
+    counts, rows, keys, responses, resp_bytes, versions,
+    c_keys, c_expiry, c_values, c_ttl, c_quantum, c_stats,
+    m_model, m_hist, m_summary, m_batch, m_channel, wake, max_queue_ns, spin_ns,
+):  # fmt: skip
+    """Finish the previous pass (``n_prev`` records), then drain the next one.
+
+    One call from Python per pass: every call costs the unboxing of each
+    argument, so finishing and draining share one. Returns
+    ``(drained, wakes)``; with clients to wake it does not spin, so their
+    semaphores are posted without delay.
+    """
+    wakes = 0
+    if n_prev > 0:
+        wakes = finish(
+            table, sq_state, cq_state, alloc, offsets, pass_state, n_prev,
+            reqs, raw_workload, raw_threat, raw_failure, raw_memory, post,
+            counts, rows, keys, responses, resp_bytes,
+            c_keys, c_expiry, c_values, c_ttl, c_stats,
+            m_model, m_hist, m_summary, m_batch, m_channel, wake,
+        )  # fmt: skip
+    spin = 0 if wakes > 0 else spin_ns  # (numba cannot take the conditional inline in a long call)
+    n = drain(
+        table, sq_state, cq_state, ready, alloc, offsets, pass_state, room,
+        staging, reqs, p_workload, p_threat, p_failure, p_memory,
+        f_workload, f_threat, f_failure, f_memory,
+        counts, rows, keys, responses, versions,
+        c_keys, c_expiry, c_values, c_ttl, c_quantum, c_stats,
+        m_model, m_channel, max_queue_ns, spin,
+    )  # fmt: skip
+    return n, wakes

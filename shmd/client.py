@@ -253,9 +253,19 @@ class AsyncClient:
     completion ring (spin, then sleep) and resolves each request's future.
     """
 
-    def __init__(self, channel: str, prefix: str = DEFAULT_PREFIX, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        channel: str,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        inline_spin_us: float = 0.0,
+    ) -> None:
         self._client = Client(channel, prefix, timeout=timeout)
         self.timeout = timeout
+        # > 0: a lone request spins this long on the event-loop thread for its answer before
+        # falling back to the reaper thread; saves two thread wake-ups (~150 µs) at low load.
+        self.inline_spin_us = inline_spin_us
         self._futures: dict[int, asyncio.Future] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
@@ -305,6 +315,8 @@ class AsyncClient:
                     if time.monotonic() > deadline:
                         raise NotReady(f"submission ring of {self.channel.name!r} stayed full for {self.timeout}s")
                     await asyncio.sleep(0.0005)  # back-pressure: let the daemon drain
+            if self.inline_spin_us > 0 and len(self._futures) == len(records):
+                self._reap_inline()
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
                 return list(await asyncio.gather(*futures))
         except TimeoutError:
@@ -315,6 +327,19 @@ class AsyncClient:
         finally:
             for rid in records["request_id"]:
                 self._futures.pop(int(rid), None)
+
+    def _reap_inline(self) -> None:
+        """Spin (nogil, read-only on the ring) for a completion, then reap it here.
+
+        Only reads the CQ tail while spinning, so it never touches the sleep
+        protocol the reaper thread may be in; reaping itself is under the lock.
+        """
+        cq = self._client._cq
+        if ringbuf._core.ring_spin_ready(cq.ring.hdr64, cq.state, cq.ring.capacity, int(self.inline_spin_us * 1000)):
+            with self._lock:
+                got = self._client.reap()
+            if len(got):
+                self._resolve(got)
 
     async def predict_many(
         self, model: str, items: Sequence[Mapping[str, Any]], *, return_exceptions: bool = False

@@ -71,6 +71,10 @@ class Daemon:
             self.close()
             raise
         self._make_buffers()
+        # Load (or compile) the loop's code now, not on the first request; a
+        # restarted daemon may find requests already waiting: keep their count.
+        self.pending = self.step(0, tuple(self.no_rows), 0)
+        _loop.end_sleep(self.table)
         self.startup_s = time.monotonic() - t0
 
     # --- start-up ----------------------------------------------------------------
@@ -175,59 +179,67 @@ class Daemon:
         self.wake = np.zeros(n_ch, np.bool_)
         self.max_queue_ns = int(self.cfg.max_queue_ms * 1e6)
         self.spin_ns = int(self.cfg.spin_us * 1000)
-        self.start = 0
+        self.pass_state = np.zeros(2, np.int64)
         self.passes = 0
         self.last_housekeeping = 0
+        self._bind_pass_arguments()
 
     # --- the loop -------------------------------------------------------------------
 
-    def run_pass(self) -> int:
-        """Drain, infer, finish; the number of records answered (0: nothing to do)."""
+    def _bind_pass_arguments(self) -> None:
+        """``step``'s arguments, built once: a pass only supplies its count and model outputs."""
         m, c = self.metrics, self.cache
-        drain_ns = time.monotonic_ns()
-        n = _loop.drain(
+        self._step_head = (
             self.table, self.sq_state, self.cq_state, self.ready, self.alloc, self.offsets,
-            self.start, self.cfg.max_batch, self.staging, self.reqs, *self.payloads, *self.features,
-            self.counts, self.rows, self.keys, self.responses, self.versions,
+            self.pass_state, self.cfg.max_batch,
+        )  # fmt: skip
+        self._step_middle = (self.staging, self.reqs, *self.payloads, *self.features)
+        self._step_tail = (
+            self.post, self.counts, self.rows, self.keys, self.responses, self.resp_bytes, self.versions,
             c.keys, c.expiry, c.values, c.ttl_ns, c.quantum, c.stats,
-            m.model, m.channel, self.max_queue_ns,
+            m.model, m.hist, m.summary, m.batch_hist, m.channel, self.wake, self.max_queue_ns,
         )  # fmt: skip
-        if n == 0:
-            return 0
-        self.start = (self.start + 1) % len(self.channels)
-        raws = []
-        for i, mid in enumerate(ModelId):
-            cnt = int(self.counts[mid])
-            raws.append(self._infer(mid, self.features[i][:cnt]) if cnt else self.no_rows[i])
-        _loop.finish(
-            self.table, self.sq_state, self.cq_state, self.alloc, self.offsets, n, drain_ns,
-            self.reqs, *raws, self.post, self.counts, self.rows, self.keys, self.responses, self.resp_bytes,
-            c.keys, c.expiry, c.values, c.ttl_ns, c.stats,
-            m.model, m.hist, m.summary, m.batch_hist, m.channel, self.wake,
-        )  # fmt: skip
-        for ch in np.flatnonzero(self.wake):
-            self.cq_sems[ch].release()
-        self.passes += 1
+        self._model_slots = [(int(mid), i) for i, mid in enumerate(ModelId)]
+
+    def step(self, n_prev: int, raws: tuple[np.ndarray, ...], spin_ns: int) -> int:
+        """Publish the previous pass (``n_prev`` records, ``raws`` model outputs), drain the next.
+
+        Returns the number of records the new pass drained (0: none within ``spin_ns``).
+        """
+        n, wakes = _loop.step(
+            *self._step_head, n_prev, *self._step_middle, *raws, *self._step_tail, spin_ns
+        )
+        if wakes:
+            for ch in np.flatnonzero(self.wake):
+                self.cq_sems[ch].release()
+        if n_prev:
+            self.passes += 1
         return n
 
-    def _infer(self, mid: ModelId, batch: np.ndarray) -> np.ndarray:
+    def infer(self) -> tuple[np.ndarray, ...]:
+        """Run each model once on the rows the last drain queued for it."""
+        counts = self.counts.tolist()
+        return tuple(
+            self._infer(mid, self.features[i][: counts[mid]]) if counts[mid] else self.no_rows[i]
+            for mid, i in self._model_slots
+        )
+
+    def _infer(self, mid: int, batch: np.ndarray) -> np.ndarray:
         try:
-            return self.runners[int(mid)].predict(batch)
+            return self.runners[mid].predict(batch)
         except Exception as err:  # a failing model must not take the daemon or other models down
             rows = self.rows[mid, : len(batch)]
             self.responses["status"][rows] = Status.INTERNAL
             np.add.at(self.metrics.channel[:, met.REJECTED + Status.INTERNAL], self._channel_of(rows), 1)
             self.counts[mid] = 0
-            log("model_error", self.cfg.log_format, model=mid.name.lower(), error=repr(err))
+            log("model_error", self.cfg.log_format, model=ModelId(mid).name.lower(), error=repr(err))
             return self.no_rows[int(mid) - 1]
 
     def _channel_of(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.offsets[1:], rows, side="right")
 
-    def idle(self) -> None:
-        """Spin for the configured window, then sleep until a producer rings."""
-        if _loop.spin_for_work(self.table, self.sq_state, self.cq_state, self.ready, self.spin_ns):
-            return
+    def sleep(self) -> None:
+        """Announce sleep on every SQ, re-check, and sleep until a producer rings."""
         if _loop.prepare_sleep(self.table, self.sq_state, self.cq_state, self.ready) == 0:
             try:
                 self.doorbell.acquire(SLEEP_TIMEOUT_S)
@@ -265,13 +277,20 @@ class Daemon:
         log("control", self.cfg.log_format, command=command, model=argument)
 
     def serve_forever(self) -> None:
+        n = self.pending
+        raws = self.infer() if n else tuple(self.no_rows)
         while not self.stopping:
-            if self.run_pass() == 0:
+            n = self.step(n, raws, self.spin_ns)
+            if n:
+                raws = self.infer()
+                if time.monotonic_ns() - self.last_housekeeping >= HOUSEKEEPING_NS:
+                    self.housekeeping()
+            else:
+                raws = tuple(self.no_rows)
                 self.housekeeping()
-                self.idle()
-            elif time.monotonic_ns() - self.last_housekeeping >= HOUSEKEEPING_NS:
-                self.housekeeping()
-        # Whatever was drained is answered: run_pass publishes before it returns.
+                self.sleep()
+        if n:  # publish what the last pass drained (what this drains again stays in the SQ)
+            self.step(n, raws, 0)
 
     # --- stop -----------------------------------------------------------------------------
 
