@@ -30,7 +30,7 @@ from numba import njit
 
 import ringbuf
 from bench._stats import ratio, summarize, table, write_json
-from kernel_abi import ABI_VERSION, PAYLOAD_OFFSET, PAYLOADS, REQ_NO_CACHE, REQUEST, REQUESTS, ModelId
+from kernel_abi import ABI_VERSION, PAYLOAD_OFFSET, PAYLOADS, REQ_NO_CACHE, REQUEST, REQUESTS, RESPONSE, ModelId
 from ringbuf import _core as core
 
 MODEL = ModelId.WORKLOAD
@@ -88,28 +88,51 @@ def _ping(sq64, sq32, sq_slots, sq_state, cq64, cq_slots, cq_state, template, n,
     return n, False
 
 
+FIXED, DISTINCT, TYPICAL = 0, 1, 2  # how _stream varies the features of each request
+_VALUE_BITS = (np.arange(65536, dtype=np.float32) / 65536).view(np.uint32).astype(np.uint64)
+_HIST0 = PAYLOAD_OFFSET + PAYLOADS[MODEL].fields["historical_cpu"][1]
+_FLAGS = RESPONSE.fields["flags"][1]
+
+
 @njit(nogil=True, cache=True)
-def _stream(sq64, sq32, sq_slots, sq_state, cq64, cq_slots, cq_state, batch_rows, run_ns, resp):
-    """Keep the SQ fed with batches for ``run_ns``; count completions. Returns (done, wakes_needed)."""
+def _vary(row, request_id, mode, agents, epoch):
+    if mode == DISTINCT:  # two features from the id: unique for 2**32 requests, so never a hit
+        _put(row, _CPU, _VALUE_BITS[request_id & 0xFFFF], 4)
+        _put(row, _HIST0, _VALUE_BITS[(request_id >> 16) & 0xFFFF], 4)
+    elif mode == TYPICAL:  # agent's own features, changing once per epoch
+        agent = request_id % agents
+        _put(row, _HIST0, _VALUE_BITS[agent & 0xFFFF], 4)
+        _put(row, _CPU, _VALUE_BITS[(agent * 7919 + epoch * 104729) & 0xFFFF], 4)
+
+
+@njit(nogil=True, cache=True)
+def _stream(sq64, sq32, sq_slots, sq_state, cq64, cq_slots, cq_state, batch_rows, run_ns, resp, mode, agents,
+            change_ns, counts):  # fmt: skip
+    """Keep the SQ fed with batches for ``run_ns``; ``counts`` += [answers, cache hits].
+
+    Returns True when it stopped early because the daemon sleeps (post, call again).
+    """
     start = core.monotonic_ns()
-    done = 0
-    wakes = 0
-    next_id = 1
+    next_id = counts[2] + 1
     while core.monotonic_ns() - start < run_ns:
         k = batch_rows.shape[0]
+        epoch = (core.monotonic_ns() - start) // change_ns
         for j in range(k):
             _put(batch_rows[j], _ID, np.uint64(next_id + j), 8)
+            _vary(batch_rows[j], next_id + j, mode, agents, epoch)
         accepted, wake = core.ring_produce(sq64, sq32, sq_slots, sq_state, batch_rows, k)
         if accepted > 0:
             next_id += accepted
+            counts[2] = next_id - 1
         if wake:
-            wakes += 1
-            return done, wakes
+            return True
         got = core.ring_peek(cq64, cq_slots, cq_state, resp, resp.shape[0])
         if got > 0:
+            for j in range(got):
+                counts[1] += resp[j, _FLAGS] & 1
             core.ring_release(cq64, cq_state, got)
-            done += got
-    return done, wakes
+            counts[0] += got
+    return False
 
 
 @njit(nogil=True, cache=True)
@@ -215,23 +238,25 @@ def _rtt_child(prefix: str, channel: str, n: int, miss: bool) -> list[float]:
         a.close()
 
 
-def _stream_child(prefix: str, channel: str, seconds: float, batch: int) -> tuple[int, float]:
+def _stream_child(
+    prefix: str, channel: str, seconds: float, batch: int, mode: int = FIXED, agents: int = 1000,
+    change_ms: float = 10.0,
+) -> tuple[int, int, float]:
+    """Closed-loop batches for ``seconds``: (answers, cache hits, seconds taken)."""
     a = _Attached(prefix, channel)
     try:
-        template = _template(no_cache=True)
-        rows = np.repeat(template[None, :], batch, axis=0)
-        vals = (np.arange(batch, dtype=np.float32) / batch).view(np.uint8).reshape(batch, 4)
-        rows[:, _CPU : _CPU + 4] = vals  # distinct rows: every prediction is inferred
+        rows = np.repeat(_template(no_cache=mode == FIXED)[None, :], batch, axis=0)
+        if mode == FIXED:  # distinct rows, cache bypassed: every prediction is inferred
+            vals = (np.arange(batch, dtype=np.float32) / batch).view(np.uint8).reshape(batch, 4)
+            rows[:, _CPU : _CPU + 4] = vals
         resp = np.zeros((a.client.channel.cq.capacity, 64), np.uint8)
-        total = 0
+        counts = np.zeros(3, np.int64)  # answers, hits, last id
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
             remaining = int((seconds - (time.monotonic() - t0)) * 1e9)
-            done, wakes = _stream(*a.args, rows, max(remaining, 0), resp)
-            total += done
-            if wakes:
+            if _stream(*a.args, rows, max(remaining, 0), resp, mode, agents, int(change_ms * 1e6), counts):
                 a.doorbell.release()
-        return total, time.monotonic() - t0
+        return int(counts[0]), int(counts[1]), time.monotonic() - t0
     finally:
         a.close()
 
@@ -254,14 +279,14 @@ def _open_loop_child(prefix: str, channel: str, rate: float, n: int) -> list[flo
 # --- the daemon under test ------------------------------------------------------------
 
 
-def _start_daemon(prefix: str, channels: str) -> tuple[subprocess.Popen, float]:
+def _start_daemon(prefix: str, channels: str, *extra: str) -> tuple[subprocess.Popen, float]:
     """Start ``shmd serve``; seconds until the first prediction was answered."""
     from shmd.client import Client
     from tests._samples import WORKLOAD
 
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shmd.cli", "serve", "--prefix", prefix, "--no-http", "--channels", channels],
+        [sys.executable, "-m", "shmd.cli", "serve", "--prefix", prefix, "--no-http", "--channels", channels, *extra],
         stderr=subprocess.DEVNULL,
     )
     deadline = t0 + 120
@@ -305,6 +330,38 @@ def _model_call_us(n: int) -> list[float]:
     return out
 
 
+def _cache_figures(pool: ProcessPoolExecutor, prefix: str, seconds: float) -> dict[str, float]:
+    """Throughput with the cache on (this daemon) and off (a second one), at 0% and typical hits.
+
+    Typical: 1,000 agents asked in turn as fast as the daemon answers (about
+    every millisecond each at ~1M/s) while each agent's telemetry changes
+    every 10 ms; workload's TTL is 100 ms.
+    """
+    out: dict[str, float] = {}
+    off_prefix = prefix + "n"
+    config = f"/tmp/{off_prefix}.toml"
+    with open(config, "w") as f:
+        f.write("".join(f"[cache.{m.name.lower()}]\nenabled = false\n" for m in ModelId))
+    for label, pfx in (("on", prefix), ("off", off_prefix)):
+        proc = None
+        if label == "off":
+            proc, _ = _start_daemon(pfx, "c0", "--config", config)
+        try:
+            for mode, name in ((DISTINCT, "zero_hit"), (TYPICAL, "typical")):
+                done, hits, secs = pool.submit(_stream_child, pfx, "c0", seconds, 256, mode).result()
+                out[f"{name}_per_s_cache_{label}"] = done / secs
+                out[f"{name}_hit_rate_cache_{label}"] = hits / max(done, 1)
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
+                ringbuf.remove_leftovers(pfx)
+    os.unlink(config)
+    out["zero_hit_cost"] = 1 - ratio(out["zero_hit_per_s_cache_on"], out["zero_hit_per_s_cache_off"])
+    out["typical_speedup"] = ratio(out["typical_per_s_cache_on"], out["typical_per_s_cache_off"])
+    return out
+
+
 def run(quick: bool) -> dict[str, Any]:
     from bench.ring import _floor
 
@@ -325,11 +382,12 @@ def run(quick: bool) -> dict[str, Any]:
             fig["idle_cpu_fraction"] = (_cpu_s(proc.pid) - before) / 2.0
             fig["rtt_miss_us"] = summarize(pool.submit(_rtt_child, prefix, "c0", n_rtt, True).result())
             fig["rtt_hit_us"] = summarize(pool.submit(_rtt_child, prefix, "c0", n_rtt, False).result())
-            total, secs = pool.submit(_stream_child, prefix, "c0", seconds, 256).result()
+            total, _, secs = pool.submit(_stream_child, prefix, "c0", seconds, 256).result()
             fig["throughput_1_client_per_s"] = total / secs
             futs = [pool.submit(_stream_child, prefix, f"c{i}", seconds, 256) for i in range(4)]
             parts = [f.result() for f in futs]
-            fig["throughput_4_clients_per_s"] = sum(t for t, _ in parts) / max(s for _, s in parts)
+            fig["throughput_4_clients_per_s"] = sum(p[0] for p in parts) / max(p[2] for p in parts)
+            fig["cache"] = _cache_figures(pool, prefix, seconds)
             for rate in rates:
                 n = int(min(rate * (0.5 if quick else 1.0), 400_000))
                 lat = pool.submit(_open_loop_child, prefix, "c1", float(rate), n).result()
@@ -373,6 +431,16 @@ def report(r: dict[str, Any]) -> str:
         ["cold start to first answer (s)", f["cold_start_s"], "", "<= 1"],
         ["daemon RSS (MB), after load", f["rss_mb_after_load"], "", "<= 250"],
         ["idle CPU (fraction of a core)", f["idle_cpu_fraction"], "", "< 0.01"],
+    ]
+    cache = f["cache"]
+    rows += [
+        ["cache on, 0% hits (pred/s)", cache["zero_hit_per_s_cache_on"], "", ""],
+        ["cache off, same load (pred/s)", cache["zero_hit_per_s_cache_off"], "", ""],
+        ["cache cost at 0% hits (fraction)", cache["zero_hit_cost"], "", "< 0.10"],
+        ["typical: hit rate", cache["typical_hit_rate_cache_on"], "", "> 0.80"],
+        ["typical: pred/s cache on", cache["typical_per_s_cache_on"], "", ""],
+        ["typical: pred/s cache off", cache["typical_per_s_cache_off"], "", ""],
+        ["typical: speed-up from the cache", cache["typical_speedup"], "", ""],
     ]
     ratios = "\n".join(f"{k}: {v:.2f}" for k, v in q.items())
     rows = [row + [""] * (4 - len(row)) for row in rows]

@@ -24,8 +24,10 @@ PROBE = 8  # entries examined per lookup: bounds the worst case, keeps hits on o
 HITS, MISSES, INSERTS, EVICTIONS = 0, 1, 2, 3
 N_STATS = 4
 
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
+_SEED = np.uint64(0x243F6A8885A308D3)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 @dataclass
@@ -65,17 +67,27 @@ class CacheArrays:
 
 @njit(nogil=True, cache=True)
 def feature_key(features, quantum):
-    """FNV-1a over the (quantised) features; never 0."""
-    h = _FNV_OFFSET
+    """A 64-bit key of the (quantised) features; never 0.
+
+    One multiply-xorshift round per feature and a final avalanche
+    (splitmix64's): cheap enough to run on every request, and mixing well
+    enough that two feature vectors sharing a key (which would answer one
+    with the other's prediction) is a ~2**-64 event per lookup.
+    """
+    h = _SEED
     bits = features.view(np.uint32)  # exact mode hashes the float32 bit patterns
     for j in range(features.shape[0]):
         if quantum > 0:
             word = np.uint64(np.int64(np.floor(features[j] / quantum + 0.5)))
         else:
             word = np.uint64(bits[j])
-        for _ in range(8):
-            h = (h ^ (word & np.uint64(0xFF))) * _FNV_PRIME
-            word >>= np.uint64(8)
+        h = (h ^ word) * _GOLDEN
+        h ^= h >> np.uint64(32)
+    h ^= h >> np.uint64(30)
+    h *= _MIX1
+    h ^= h >> np.uint64(27)
+    h *= _MIX2
+    h ^= h >> np.uint64(31)
     return h if h != 0 else np.uint64(1)
 
 

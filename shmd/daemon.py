@@ -39,6 +39,7 @@ from ._stats_segment import (
 )
 
 HOUSEKEEPING_NS = 10_000_000  # heartbeat, gauges and control commands at most this often
+CACHE_COUNT_NS = 1_000_000_000  # live cache entries are counted this often
 SLEEP_TIMEOUT_S = 0.1  # a sleeping loop still wakes this often (signals, CQ room freed)
 
 
@@ -182,6 +183,7 @@ class Daemon:
         self.pass_state = np.zeros(2, np.int64)
         self.passes = 0
         self.last_housekeeping = 0
+        self.last_cache_count = 0
         self._bind_pass_arguments()
 
     # --- the loop -------------------------------------------------------------------
@@ -261,8 +263,10 @@ class Daemon:
         if control[SEQUENCE] != control[DONE]:
             self._control(int(control[COMMAND]), int(control[ARGUMENT]))
             control[DONE] = control[SEQUENCE]
-        for mid in ModelId:
-            a["cache_entries"][mid] = self.cache.entries(int(mid), now)
+        if now - self.last_cache_count >= CACHE_COUNT_NS:  # a full scan: not every 10 ms
+            self.last_cache_count = now
+            for mid in ModelId:
+                a["cache_entries"][mid] = self.cache.entries(int(mid), now)
 
     def _control(self, command: int, argument: int) -> None:
         model = argument if argument in {int(m) for m in ModelId} else None

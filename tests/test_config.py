@@ -1,0 +1,56 @@
+"""`shmd serve` configuration: defaults < TOML < environment < flags, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shmd import ConfigError
+from shmd._config import DEFAULT_CHANNELS, load
+
+
+def test_defaults_follow_the_public_contract() -> None:
+    cfg = load([], environ={})
+    assert (cfg.prefix, cfg.channels, cfg.host, cfg.port, cfg.http) == ("shmd", DEFAULT_CHANNELS, "127.0.0.1", 9005, True)
+    assert cfg.spin_us <= 100 and cfg.backend == "litert"
+    assert {k: v.ttl_ms for k, v in cfg.cache.items()} == {
+        "workload": 100.0, "threat": 500.0, "failure": 1000.0, "memory": 50.0,
+    }  # fmt: skip
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    toml = tmp_path / "shmd.toml"
+    toml.write_text('prefix = "fromfile"\nspin_us = 10\nport = 9100\n[cache.threat]\nttl_ms = 250\nenabled = false\n')
+    cfg = load(["--config", str(toml), "--port", "9200"], environ={"SHMD_SPIN_US": "20", "SHMD_CHANNELS": "x,y"})
+    assert cfg.prefix == "fromfile"  # file only
+    assert cfg.spin_us == 20  # environment beats file
+    assert cfg.port == 9200  # flag beats file
+    assert cfg.channels == ("x", "y")
+    assert cfg.cache["threat"].ttl_ms == 250 and not cfg.cache["threat"].enabled
+    assert cfg.cache["workload"].ttl_ms == 100  # untouched models keep the seed's TTL
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        (["--spin-us", "-1"], {}, r"^spin_us must be in \[0, 100000\]: spin_us=-1.0$"),
+        ([], {"SHMD_PORT": "http"}, r"^port has an invalid value: port='http'"),
+        (["--channels", "a,a"], {}, r"^channels must be non-empty and distinct: channels=a,a$"),
+        (["--channels", "http"], {}, r"^channel name 'http' is reserved for the HTTP shim$"),
+        ([], {"SHMD_KEEP_SEGMENTS": "maybe"}, r"^keep_segments has an invalid value"),
+    ],
+)
+def test_bad_values_name_the_setting(argv: list[str], environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(argv, environ=environ)
+
+
+def test_unknown_settings_in_the_file_are_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text("spin_ms = 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: unknown setting 'spin_ms'$"):
+        load(["--config", str(toml)], environ={})
+    toml.write_text("[cache.weather]\nttl_ms = 3\n")
+    with pytest.raises(ConfigError, match=r"^cache has unknown models: weather$"):
+        load(["--config", str(toml)], environ={})
