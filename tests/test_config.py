@@ -12,7 +12,8 @@ from shmd._config import DEFAULT_CHANNELS, load
 
 def test_defaults_follow_the_public_contract() -> None:
     cfg = load([], environ={})
-    assert (cfg.prefix, cfg.channels, cfg.host, cfg.port, cfg.http) == ("shmd", DEFAULT_CHANNELS, "127.0.0.1", 9005, True)
+    expected = ("shmd", DEFAULT_CHANNELS, "127.0.0.1", 9005, True)
+    assert (cfg.prefix, cfg.channels, cfg.host, cfg.port, cfg.http) == expected
     assert cfg.spin_us <= 100 and cfg.backend == "litert"
     assert {k: v.ttl_ms for k, v in cfg.cache.items()} == {
         "workload": 100.0, "threat": 500.0, "failure": 1000.0, "memory": 50.0,
