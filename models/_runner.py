@@ -76,7 +76,10 @@ class LiteRTRunner(Runner):
         return slot
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        batch = self._check(batch)
+        if not (batch.dtype == np.float32 and batch.ndim == 2 and batch.flags.c_contiguous):
+            batch = self._check(batch)
+        elif batch.shape[1] != self.n_features:
+            self._check(batch)  # raises, naming the expected shape
         n = batch.shape[0]
         if n > MAX_BUCKET:
             return np.concatenate([self.predict(batch[i : i + MAX_BUCKET]) for i in range(0, n, MAX_BUCKET)])
