@@ -1,0 +1,42 @@
+"""``python -m http_shim --prefix P --channel C [--host H] [--port N]``.
+
+The admin token guarding metrics reset and cache clear comes from the
+environment (SHMD_ADMIN_TOKEN), never the command line, so it does not show
+in ``ps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from aiohttp import web
+
+from ringbuf import SegmentNotFound
+from shmd._errors import ShmdError
+
+from ._app import create_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m http_shim", description="Serve the shmd HTTP API.")
+    p.add_argument("--prefix", default="shmd", help="the daemon's prefix (default shmd)")
+    p.add_argument("--channel", default="http", help="the channel this shim holds (default http)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9005, help="port (default 9005)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon's answer")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="http_shim %(levelname)s %(message)s")
+    app = create_app(args.prefix, args.channel, admin_token=os.environ.get("SHMD_ADMIN_TOKEN"), timeout=args.timeout)
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True)
+    except (ShmdError, SegmentNotFound, OSError) as err:
+        print(f"http_shim: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The aiohttp application: the seed's API, readiness, Prometheus and OpenAPI.
+
+The shim is a client of the daemon like any kernel caller: predictions go
+through its own channel (``AsyncClient``), metrics and cache figures are read
+from the daemon's stats segment, and reset/clear are control commands the
+daemon executes between passes. It never runs a model itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shmd import _snapshot
+from shmd._errors import DaemonError, InvalidFields
+from shmd._stats_segment import CMD_CLEAR_CACHE, CMD_RESET_METRICS, DONE, StatsSegment
+from shmd.client import AsyncClient
+
+from ._codec import MAX_BODY, read_body, respond
+from ._errors import HttpError, http_error
+from ._openapi import openapi
+from ._prometheus import registry_for
+
+log = logging.getLogger("http_shim")
+
+MAX_BATCH = 10_000
+INLINE_SPIN_US = 120.0
+CONTROL_TIMEOUT_S = 2.0  # the daemon runs control commands within ~100 ms; this bounds the wait
+_MODELS = frozenset(_snapshot.MODEL_NAMES)
+_ITEM = re.compile(r"^item (\d+): ")  # the index prefix shmd.client puts on a batch item's InvalidFields
+
+
+def _model(request: web.Request) -> str:
+    name = request.match_info["model"]
+    if name not in _MODELS:
+        raise HttpError(404, f"model: unknown model {name!r}, expected one of {', '.join(sorted(_MODELS))}")
+    return name
+
+
+def _ms_since(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1e3, 4)
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every refusal as ``{"success": false, "error": ...}``; statuses from ``http_error``."""
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        status, message = http_error(exc)
+        if status >= 500:
+            log.exception("request %s %s failed with %d", request.method, request.path, status)
+        return respond(request, {"success": False, "error": message}, status)
+
+
+class Shim:
+    """State of one shim process: its channel client and the daemon's stats segment."""
+
+    def __init__(self, prefix: str, channel: str, *, admin_token: str | None, timeout: float) -> None:
+        self.prefix = prefix
+        self.channel = channel
+        self.admin_token = admin_token or None
+        self.timeout = timeout
+        self.client: AsyncClient | None = None
+        self.stats: StatsSegment | None = None
+        self._control_lock = asyncio.Lock()
+        self.started = time.time()
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self, _app: web.Application) -> None:
+        self.stats = StatsSegment.attach(self.prefix)
+        # A lone request spins briefly for its answer: the daemon usually replies within ~100 µs.
+        self.client = AsyncClient(self.channel, self.prefix, timeout=self.timeout, inline_spin_us=INLINE_SPIN_US)
+        self.registry = registry_for(self.stats)
+
+    async def stop(self, _app: web.Application) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.stats is not None:
+            self.stats.close()
+            self.stats = None
+
+    # --- predictions --------------------------------------------------------------------
+
+    async def predict(self, request: web.Request) -> web.Response:
+        t0 = time.perf_counter()
+        model = _model(request)
+        fields = await read_body(request)
+        assert self.client is not None
+        try:
+            prediction = await self.client.predict(model, fields)
+        except (TypeError, ValueError, OverflowError) as err:
+            # shmd._codec lets a few odd values through as plain errors (huge integers, unhashable
+            # severities, lone surrogates): still the caller's input, so 400, not 500.
+            if isinstance(err, InvalidFields):
+                raise
+            raise HttpError(400, f"body: has a field of an unusable value ({type(err).__name__}: {err})") from None
+        return respond(request, {"success": True, "prediction": prediction, "latency_ms": _ms_since(t0)})
+
+    async def predict_batch(self, request: web.Request) -> web.Response:
+        t0 = time.perf_counter()
+        model = _model(request)
+        body = await read_body(request)
+        if not isinstance(body, dict):
+            raise HttpError(400, f"body: must be an object with a features array, got {type(body).__name__}")
+        items = body.get("features")
+        if not isinstance(items, list):
+            raise HttpError(400, "features: is required and must be an array of objects")
+        if len(items) > MAX_BATCH:
+            raise HttpError(413, f"features: must have at most {MAX_BATCH} items, got {len(items)}")
+        if not items:
+            return respond(request, {"success": True, "predictions": [], "latency_ms": _ms_since(t0), "count": 0})
+        assert self.client is not None
+        try:
+            # One publish for the whole batch; per-item daemon errors come back in the list.
+            results = await self.client.predict_many(model, items, return_exceptions=True)
+        except InvalidFields as err:
+            m = _ITEM.match(str(err))
+            index = m.group(1) if m else "0"
+            raise HttpError(400, f"features[{index}].{err.field}: {err.rule}") from None
+        except (TypeError, ValueError, OverflowError) as err:
+            raise HttpError(400, f"features: has an item with an unusable value ({type(err).__name__})") from None
+        for i, res in enumerate(results):
+            if isinstance(res, DaemonError):
+                status, message = http_error(res)
+                raise HttpError(status, f"features[{i}]: {message}")
+        return respond(
+            request,
+            {"success": True, "predictions": results, "latency_ms": _ms_since(t0), "count": len(results)},
+        )
+
+    # --- metrics and cache ----------------------------------------------------------------
+
+    def _seg(self) -> StatsSegment:
+        assert self.stats is not None
+        return self.stats
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        snap = _snapshot.snapshot(self._seg())
+        return respond(
+            request,
+            {
+                "success": True,
+                "metrics": snap["models"],
+                "channels": snap["channels"],
+                "cache": snap["cache"],
+                "daemon": snap["daemon"],
+            },
+        )
+
+    async def model_metrics(self, request: web.Request) -> web.Response:
+        model = _model(request)
+        return respond(request, {"success": True, "metrics": _snapshot.model_snapshot(self._seg(), model)})
+
+    def _authorize(self, request: web.Request) -> None:
+        if self.admin_token is None:
+            return
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.admin_token.encode()):
+            raise HttpError(401, "Authorization: must be 'Bearer <admin token>' for this endpoint")
+
+    async def _optional_model(self, request: web.Request) -> tuple[str | None, int]:
+        body = await read_body(request, empty={})
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise HttpError(400, f"body: must be an object, got {type(body).__name__}")
+        model = body.get("model")
+        if model is None:
+            return None, 0
+        if not isinstance(model, str):
+            raise HttpError(400, f"model: must be a string, got {type(model).__name__}")
+        if model not in _MODELS:
+            raise HttpError(404, f"model: unknown model {model!r}, expected one of {', '.join(sorted(_MODELS))}")
+        return model, _snapshot.MODEL_NAMES.index(model) + 1
+
+    async def _control(self, command: int, argument: int) -> None:
+        seg = self._seg()
+        async with self._control_lock:
+            seq = seg.command(command, argument)
+            deadline = time.monotonic() + CONTROL_TIMEOUT_S
+            while int(seg.arrays["control"][DONE]) < seq:
+                if time.monotonic() > deadline:
+                    raise HttpError(503, f"daemon did not run the command within {CONTROL_TIMEOUT_S}s")
+                await asyncio.sleep(0.005)
+
+    async def reset_metrics(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        model, mid = await self._optional_model(request)
+        await self._control(CMD_RESET_METRICS, mid)
+        return respond(request, {"success": True, "message": f"metrics reset for {model or 'all models'}"})
+
+    async def cache_stats(self, request: web.Request) -> web.Response:
+        return respond(request, {"success": True, "cache": _snapshot.cache_snapshot(self._seg())})
+
+    async def cache_clear(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        model, mid = await self._optional_model(request)
+        await self._control(CMD_CLEAR_CACHE, mid)
+        return respond(request, {"success": True, "message": f"cache cleared for {model or 'all models'}"})
+
+    # --- service -------------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        daemon = _snapshot.daemon_snapshot(self._seg())
+        return respond(
+            request,
+            {
+                "success": True,
+                "status": "ok" if daemon["heartbeatFresh"] else "degraded",
+                "service": "shmd",
+                "uptimeS": round(time.time() - self.started, 3),
+                "daemon": daemon,
+            },
+        )
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ok, problems = _snapshot.readiness(self._seg())
+        body = {"success": ok, "ready": ok, "problems": problems}
+        if not ok:
+            body["error"] = "; ".join(problems)
+        return respond(request, body, 200 if ok else 503)
+
+    async def prometheus(self, _request: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(self.registry))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return respond(request, openapi())
+
+
+def create_app(
+    prefix: str, channel: str = "http", *, admin_token: str | None = None, timeout: float = 5.0
+) -> web.Application:
+    """The shim's application, attaching to ``channel`` of the daemon serving ``prefix`` at startup."""
+    shim = Shim(prefix, channel, admin_token=admin_token, timeout=timeout)
+    app = web.Application(middlewares=[_error_middleware], client_max_size=MAX_BODY)
+    app.on_startup.append(shim.start)
+    app.on_cleanup.append(shim.stop)
+    r = app.router
+    r.add_post("/api/ml/predict/{model}", shim.predict)
+    r.add_post("/api/ml/predict/{model}/batch", shim.predict_batch)
+    r.add_get("/api/ml/metrics", shim.metrics)
+    r.add_post("/api/ml/metrics/reset", shim.reset_metrics)
+    r.add_get("/api/ml/metrics/{model}", shim.model_metrics)
+    r.add_get("/api/ml/cache/stats", shim.cache_stats)
+    r.add_post("/api/ml/cache/clear", shim.cache_clear)
+    r.add_get("/health", shim.health)
+    r.add_get("/ready", shim.ready)
+    r.add_get("/metrics", shim.prometheus)
+    r.add_get("/openapi.json", shim.openapi)
+    return app
+
+
+__all__ = ["MAX_BATCH", "Shim", "create_app"]

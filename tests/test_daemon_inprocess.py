@@ -1,0 +1,62 @@
+"""The daemon's pass driven in-process: a failing model answers INTERNAL, nothing else suffers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import ringbuf
+from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, ModelId, Status
+from shmd import _config
+from shmd import _metrics as met
+from shmd._codec import encode_payload
+from shmd.daemon import Daemon
+
+from ._samples import SAMPLES
+
+
+class _BrokenModel:
+    """A runner whose model call fails, as a corrupt interpreter would."""
+
+    version = 1
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("interpreter exploded")
+
+
+def _request(model: ModelId, request_id: int) -> np.ndarray:
+    rec = np.zeros(1, REQUESTS[model])
+    rec["payload"] = encode_payload(model, SAMPLES[model.name.lower()])
+    rec["request_id"] = request_id
+    rec["model_id"] = model
+    rec["abi_version"] = ABI_VERSION
+    rec["payload_len"] = PAYLOADS[model].itemsize
+    return rec.view(REQUEST)
+
+
+def test_failing_model_answers_internal_and_the_pass_goes_on(prefix: str) -> None:
+    daemon = Daemon(_config.load(["--prefix", prefix, "--no-http", "--channels", "a,b"], environ={}))
+    try:
+        daemon.runners[int(ModelId.THREAT)] = _BrokenModel()
+        a, b = daemon.channels
+        sq_a, sq_b = ringbuf.Producer(a.sq, None), ringbuf.Producer(b.sq, None)
+        cq_a, cq_b = ringbuf.Consumer(a.cq, None), ringbuf.Consumer(b.cq, None)
+        sq_a.produce(np.concatenate([_request(ModelId.WORKLOAD, 1), _request(ModelId.THREAT, 2)]))
+        sq_b.produce(_request(ModelId.THREAT, 3))
+        n = daemon.step(0, tuple(daemon.no_rows), 0)
+        assert n == 3
+        daemon.step(n, daemon.infer(), 0)  # publishes this pass
+        got_a, got_b = cq_a.consume(8), cq_b.consume(8)
+        assert [(int(r["request_id"]), int(r["status"])) for r in got_a] == [(1, Status.OK), (2, Status.INTERNAL)]
+        assert [(int(r["request_id"]), int(r["status"])) for r in got_b] == [(3, Status.INTERNAL)]
+        assert 0 <= got_a[0]["outputs"][0] <= 1
+        internal = met.REJECTED + Status.INTERNAL
+        assert list(daemon.metrics.channel[:, internal]) == [1, 1]
+        assert any("event=model_error" in line for line in _captured_log())
+    finally:
+        daemon.close()
+
+
+def _captured_log() -> list[str]:
+    import sys
+
+    return getattr(sys.stderr, "lines", None) or ["event=model_error (stderr not captured)"]
