@@ -85,7 +85,10 @@ def _get(obj: Mapping[str, Any], key: str, path: str, default: Any = ...) -> Any
 def _number(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidFields(path, f"must be a number, got {type(value).__name__}")
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise InvalidFields(path, f"must be within ±{_F32_MAX:.3e} (float32)") from None
     if not math.isfinite(x):
         raise InvalidFields(path, "must be finite")
     if abs(x) > _F32_MAX:
@@ -107,6 +110,10 @@ def _integer(value: Any, path: str, lo: int, hi: int) -> int:
 def _string(value: Any, path: str) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LEN:
         raise InvalidFields(path, f"must be a string of 1..{MAX_ID_LEN} characters")
+    try:
+        value.encode("utf-8")  # strings travel as the hash of their UTF-8 bytes
+    except UnicodeEncodeError:
+        raise InvalidFields(path, "must be valid Unicode text (no lone surrogates)") from None
     return value
 
 
@@ -174,7 +181,7 @@ def _fill_threat(p: np.ndarray, f: Mapping[str, Any]) -> None:
         item = _mapping(item, f"anomalies[{i}]")
         types.add(_string(_get(item, "type", f"anomalies[{i}].type"), f"anomalies[{i}].type"))
         severity = _get(item, "severity", f"anomalies[{i}].severity")
-        if severity not in _SEVERITY:
+        if not isinstance(severity, str) or severity not in _SEVERITY:
             raise InvalidFields(f"anomalies[{i}].severity", f"must be one of {', '.join(_SEVERITY)}")
         counts[_SEVERITY[severity]] += 1
     p["anomaly_count"] = len(anomalies)
@@ -206,7 +213,11 @@ def _fill_memory(p: np.ndarray, f: Mapping[str, Any]) -> None:
     stamps = []
     for i, v in enumerate(raw):
         path = f"accessTimestamps[{i}]"
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(float(v)):
+        try:
+            ok = not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(float(v))
+        except OverflowError:
+            ok = False
+        if not ok:
             raise InvalidFields(path, "must be a finite number")
         stamps.append(float(v))  # f64 on the wire: no float32 bound
     p["access_timestamps"] = stamps

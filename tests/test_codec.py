@@ -1,0 +1,87 @@
+"""API fields to payload records: every malformed value is an InvalidFields naming its field."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernel_abi import PAYLOADS, ModelId, hash_str
+from shmd import InvalidFields
+from shmd._codec import decode_outputs, encode_payload, model_id
+
+from ._samples import SAMPLES
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+def _paths(obj: Any, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in obj.items():
+        path = f"{prefix}{key}"
+        out.append(path)
+        if isinstance(value, dict):
+            out += _paths(value, path + ".")
+    return out
+
+
+def _set(obj: dict, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for p in parents:
+        obj = obj[p]
+    obj[last] = value
+
+
+@pytest.mark.parametrize("model", list(SAMPLES))
+def test_samples_encode(model: str) -> None:
+    payload = encode_payload(model_id(model), SAMPLES[model])
+    assert payload.dtype == PAYLOADS[model_id(model)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(list(SAMPLES)), st.data(), _json)
+def test_any_value_in_any_field_is_encoded_or_refused_by_name(model: str, data: st.DataObject, value: Any) -> None:
+    fields = copy.deepcopy(SAMPLES[model])
+    path = data.draw(st.sampled_from(_paths(fields)))
+    _set(fields, path, value)
+    try:
+        encode_payload(model_id(model), fields)
+    except InvalidFields as err:
+        assert err.field.split("[")[0].split(".")[0] == path.split(".")[0], (err, path)
+
+
+def test_specific_refusals_name_field_and_rule() -> None:
+    w = dict(SAMPLES["workload"])
+    with pytest.raises(InvalidFields, match=r"^currentCpu: must be within ±3\.403e\+38 \(float32\)$"):
+        encode_payload(ModelId.WORKLOAD, dict(w, currentCpu=10**400))
+    with pytest.raises(InvalidFields, match=r"^agentId: must be valid Unicode text"):
+        encode_payload(ModelId.WORKLOAD, dict(w, agentId="a\udc80"))
+    with pytest.raises(InvalidFields, match=r"^anomalies\[0\]\.severity: must be one of low, medium, high, critical$"):
+        encode_payload(ModelId.THREAT, dict(SAMPLES["threat"], anomalies=[{"type": "x", "severity": ["high"]}]))
+    with pytest.raises(InvalidFields, match=r"^historicalGpu\[2\]: must be finite$"):
+        encode_payload(ModelId.WORKLOAD, dict(w, historicalGpu=[0, 0, float("nan")] + [0] * 7))
+
+
+def test_optional_fields_default_and_strings_travel_as_hashes() -> None:
+    w = {k: v for k, v in SAMPLES["workload"].items() if k not in ("historicalGpu", "currentGpu")}
+    p = encode_payload(ModelId.WORKLOAD, w)
+    assert p["current_gpu"] == 0 and not p["historical_gpu"].any()
+    assert p["agent_hash"] == hash_str("agent-123")
+    t = encode_payload(ModelId.THREAT, dict(SAMPLES["threat"], historicalThreats=[0.5]))
+    assert list(t["historical_threats"]) == pytest.approx([0.5] + [0] * 9)
+    assert list(t["severity_counts"]) == [1, 0, 1, 0] and t["distinct_anomaly_types"] == 2
+
+
+def test_outputs_decode_with_enum_names() -> None:
+    assert decode_outputs(ModelId.THREAT, [0.9, 3, 0.8, 2]) == {
+        "threatScore": 0.9, "threatType": 3, "threatTypeName": "denial_of_service", "confidence": 0.8,
+        "recommendedAction": 2, "recommendedActionName": "throttle",
+    }  # fmt: skip
+    assert decode_outputs(ModelId.WORKLOAD, [0.5, 1234.0, 0.1, 0.9])["predictedMemory"] == 1234
