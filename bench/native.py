@@ -1,0 +1,197 @@
+"""``python -m bench native [--quick] [--json PATH]``: the C client against a real daemon.
+
+Figures (from ``kernel_abi/c/build/shmd_bench``, a C program on the C client library):
+
+- single-request round trip through ``shmd_client_predict``, cache miss
+  (``SHMD_REQ_NO_CACHE``: every request is inferred) and cache hit (the same request
+  repeated), median and p99 of per-call times;
+- sustained predictions/s through ``shmd_client_predict_batch`` with batches of 32
+  and 256 (cache off).
+
+Baselines measured in the same run: the Python client (``shmd.client.Client.predict``
+in a loop, miss and hit, and ``predict_many`` batches of 256) on the same daemon, and
+the raw shared-memory ping-pong floor (``bench.ring._floor``, means of 64 round trips).
+Every run is bounded by a count and a subprocess timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import ringbuf
+from bench._stats import ratio, summarize, table, write_json
+from kernel_abi import ABI_VERSION, PAYLOADS, REQUESTS, ModelId
+
+ROOT = Path(__file__).resolve().parent.parent
+C_DIR = ROOT / "kernel_abi" / "c"
+BENCH_BIN = C_DIR / "build" / "shmd_bench"
+RUN_TIMEOUT_S = 60.0
+
+
+def _request_bytes() -> bytes:
+    """The seed's workload example as one raw request record (the C tool sets ids, flags, times)."""
+    from shmd import _codec
+    from tests._samples import WORKLOAD
+
+    rec = np.zeros(1, REQUESTS[ModelId.WORKLOAD])
+    _codec.fill_payload(ModelId.WORKLOAD, rec[0:1]["payload"][0], WORKLOAD)
+    rec["model_id"] = ModelId.WORKLOAD
+    rec["abi_version"] = ABI_VERSION
+    rec["payload_len"] = PAYLOADS[ModelId.WORKLOAD].itemsize
+    return rec.tobytes()
+
+
+def _c_bench(prefix: str, channel: str, mode: str, n: int, batch: int = 1) -> tuple[np.ndarray, dict[str, int]]:
+    """Run shmd_bench; per-call (or per-batch) ns samples and its summary line's numbers."""
+    args = [str(BENCH_BIN), prefix, channel, mode, str(n)] + ([str(batch)] if mode == "batch" else [])
+    proc = subprocess.run(args, input=_request_bytes(), capture_output=True, timeout=RUN_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise RuntimeError(f"shmd_bench {mode} failed ({proc.returncode}): {proc.stderr.decode()}")
+    *lines, last = proc.stdout.decode().split("\n")[:-1]
+    done = {k: int(v) for k, v in (kv.split("=") for kv in last.split()[1:])}
+    return np.asarray([int(x) for x in lines], np.float64), done
+
+
+def _py_rtt(prefix: str, channel: str, n: int, miss: bool) -> list[float]:
+    """Python client round trips, µs per predict call."""
+    from shmd.client import Client
+    from tests._samples import WORKLOAD
+
+    out = []
+    with Client(channel, prefix, timeout=5) as c:
+        for _ in range(100):
+            c.predict("workload", WORKLOAD, no_cache=miss)
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            c.predict("workload", WORKLOAD, no_cache=miss)
+            out.append((time.perf_counter_ns() - t0) / 1000.0)
+    return out
+
+
+def _py_stream(prefix: str, channel: str, n_batches: int, batch: int) -> tuple[list[float], float]:
+    """Python client predict_many: predictions/s per batch, and overall."""
+    from shmd.client import Client
+    from tests._samples import WORKLOAD
+
+    items = [WORKLOAD] * batch
+    rates = []
+    with Client(channel, prefix, timeout=5) as c:
+        c.predict_many("workload", items, no_cache=True)
+        t_start = time.perf_counter()
+        for _ in range(n_batches):
+            t0 = time.perf_counter()
+            c.predict_many("workload", items, no_cache=True)
+            rates.append(batch / (time.perf_counter() - t0))
+        overall = n_batches * batch / (time.perf_counter() - t_start)
+    return rates, overall
+
+
+def run(quick: bool) -> dict[str, Any]:
+    from bench.daemon import _start_daemon
+    from bench.ring import SPAWN, _floor
+
+    make = subprocess.run(["make", "-s", "-C", str(C_DIR)], capture_output=True, text=True, timeout=180)
+    if make.returncode != 0:
+        raise RuntimeError(f"make -C {C_DIR} failed:\n{make.stdout}\n{make.stderr}")
+    scale = 1 if quick else 4
+    n_c, n_py = 5_000 * scale, 2_000 * scale
+    prefix = f"bn{os.getpid()}x{secrets.token_hex(3)}"
+    fig: dict[str, Any] = {}
+    base: dict[str, Any] = {}
+    proc, _ = _start_daemon(prefix, "c,py")
+    try:
+        for mode in ("miss", "hit"):
+            samples, done = _c_bench(prefix, "c", mode, n_c)
+            fig[f"c_rtt_{mode}_us"] = {**summarize(samples / 1000.0), "cache_hits": done["cache_hits"]}
+        for batch, n_batches in ((32, 1_000 * scale), (256, 200 * scale)):
+            samples, done = _c_bench(prefix, "c", "batch", n_batches, batch)
+            fig[f"c_batch{batch}_per_s"] = {
+                **summarize(batch / (samples / 1e9)),
+                "overall": done["count"] * batch / (done["total_ns"] / 1e9),
+            }
+        base["py_rtt_miss_us"] = summarize(_py_rtt(prefix, "py", n_py, True))
+        base["py_rtt_hit_us"] = summarize(_py_rtt(prefix, "py", n_py, False))
+        rates, overall = _py_stream(prefix, "py", 50 * scale, 256)
+        base["py_batch256_per_s"] = {**summarize(rates), "overall": overall}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        ringbuf.remove_leftovers(prefix)
+    floor_prefix = prefix + "f"
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=SPAWN) as pool:
+            floor_ns = _floor(pool, floor_prefix, 50_000 * scale)
+    finally:
+        ringbuf.remove_leftovers(floor_prefix)
+    base["floor_rtt_us"] = summarize(np.asarray(floor_ns) / 1000.0)
+    floor = base["floor_rtt_us"]["median"]
+    ratios = {
+        "c_miss_over_floor": ratio(fig["c_rtt_miss_us"]["median"], floor),
+        "c_hit_over_floor": ratio(fig["c_rtt_hit_us"]["median"], floor),
+        "py_miss_over_c_miss": ratio(base["py_rtt_miss_us"]["median"], fig["c_rtt_miss_us"]["median"]),
+        "py_hit_over_c_hit": ratio(base["py_rtt_hit_us"]["median"], fig["c_rtt_hit_us"]["median"]),
+        "c_batch256_over_py_batch256": ratio(fig["c_batch256_per_s"]["overall"], base["py_batch256_per_s"]["overall"]),
+    }
+    return {"benchmark": "native", "quick": quick, "figures": fig, "baselines": base, "ratios": ratios}
+
+
+def report(r: dict[str, Any]) -> str:
+    f, b, x = r["figures"], r["baselines"], r["ratios"]
+    lat = table(
+        ["round trip (µs)", "median", "p99", "n", "note"],
+        [
+            ("C client, cache miss", f["c_rtt_miss_us"]["median"], f["c_rtt_miss_us"]["p99"],
+             f["c_rtt_miss_us"]["n"], f"{x['c_miss_over_floor']:.1f}x floor"),
+            ("C client, cache hit", f["c_rtt_hit_us"]["median"], f["c_rtt_hit_us"]["p99"],
+             f["c_rtt_hit_us"]["n"], f"{x['c_hit_over_floor']:.1f}x floor"),
+            ("Python client, cache miss", b["py_rtt_miss_us"]["median"], b["py_rtt_miss_us"]["p99"],
+             b["py_rtt_miss_us"]["n"], f"{x['py_miss_over_c_miss']:.1f}x C"),
+            ("Python client, cache hit", b["py_rtt_hit_us"]["median"], b["py_rtt_hit_us"]["p99"],
+             b["py_rtt_hit_us"]["n"], f"{x['py_hit_over_c_hit']:.1f}x C"),
+            ("floor: numba ping-pong (64-trip means)", b["floor_rtt_us"]["median"], b["floor_rtt_us"]["p99"],
+             b["floor_rtt_us"]["n"], "1x"),
+        ],
+    )  # fmt: skip
+    thr = table(
+        ["sustained, cache off", "overall pred/s", "median pred/s", "p1 pred/s", "batches"],
+        [
+            (name, s["overall"], s["median"], s["p1"], s["n"])
+            for name, s in (
+                ("C predict_batch, 32", f["c_batch32_per_s"]),
+                ("C predict_batch, 256", f["c_batch256_per_s"]),
+                ("Python predict_many, 256", b["py_batch256_per_s"]),
+            )
+        ],
+    )
+    return "\n".join([
+        f"native benchmark ({'quick' if r['quick'] else 'full'}): workload model, one daemon, one client at a time",
+        lat, "", thr, "",
+        f"C batch-256 throughput = {x['c_batch256_over_py_batch256']:.1f}x the Python client's",
+    ])  # fmt: skip
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench native", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples, < 40 s")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as one JSON object")
+    args = parser.parse_args(argv)
+    t0 = time.monotonic()
+    result = run(args.quick)
+    result["wall_s"] = time.monotonic() - t0
+    print(report(result))
+    print(f"wall {result['wall_s']:.1f} s")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+

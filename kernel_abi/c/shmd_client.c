@@ -1,0 +1,943 @@
+/* shmd_client.c: the C client of a shmd channel. See shmd_client.h.
+ *
+ * Mirrors ringbuf/_core.py (ring protocol), ringbuf/_ends.py (wake-ups),
+ * ringbuf/_segment.py (names, layout checks), shmd/_lock.py (exclusive hold)
+ * and shmd/client.py (random id base, dropping ids not outstanding).
+ */
+#define _GNU_SOURCE
+#include "shmd_client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NAME_MAX_LEN 64
+#define WAIT_SLICE_NS 20000000ull /* re-check the daemon's liveness this often while sleeping */
+
+/* ------------------------------------------------------------ small helpers */
+
+static int fail(struct shmd_channel *ch, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(struct shmd_channel *ch, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ch->msg, sizeof ch->msg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Shared index loads and stores: real atomics, so the compiler can neither
+ * hoist a load out of a spin loop nor reorder a store with the slot copies. */
+static inline uint64_t load_acquire_u64(const uint64_t *shm_word)
+{
+    return atomic_load_explicit((_Atomic uint64_t *)shm_word, memory_order_acquire);
+}
+
+static inline void store_release_u64(uint64_t *shm_word, uint64_t value)
+{
+    atomic_store_explicit((_Atomic uint64_t *)shm_word, value, memory_order_release);
+}
+
+static inline uint32_t load_acquire_u32(const uint32_t *shm_word)
+{
+    return atomic_load_explicit((_Atomic uint32_t *)shm_word, memory_order_acquire);
+}
+
+static inline void store_release_u32(uint32_t *shm_word, uint32_t value)
+{
+    atomic_store_explicit((_Atomic uint32_t *)shm_word, value, memory_order_release);
+}
+
+static inline uint64_t load_relaxed_u64(const uint64_t *shm_word)
+{
+    return atomic_load_explicit((_Atomic uint64_t *)shm_word, memory_order_relaxed);
+}
+
+/* A statistics counter we alone write (the daemon only reads it). */
+static inline void counter_add(uint64_t *shm_counter, uint64_t n)
+{
+    _Atomic uint64_t *p = (_Atomic uint64_t *)shm_counter;
+    atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
+uint64_t shmd_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t shmd_hash_str(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a 64 offset basis */
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        h ^= *p;
+        h *= 0x100000001b3ull; /* FNV-1a 64 prime; u64 wrap-around is the hash's modulus */
+    }
+    return h;
+}
+
+static uint32_t payload_size(unsigned model)
+{
+    switch (model) {
+    case SHMD_MODEL_WORKLOAD: return sizeof(struct shmd_workload_payload);
+    case SHMD_MODEL_THREAT: return sizeof(struct shmd_threat_payload);
+    case SHMD_MODEL_FAILURE: return sizeof(struct shmd_failure_payload);
+    case SHMD_MODEL_MEMORY: return sizeof(struct shmd_memory_payload);
+    default: return 0;
+    }
+}
+
+int shmd_request_init(struct shmd_request *req, enum shmd_model_id model)
+{
+    memset(req, 0, sizeof *req);
+    if (!payload_size((unsigned)model))
+        return SHMD_EINVAL;
+    req->model_id = (uint16_t)model;
+    req->abi_version = SHMD_ABI_VERSION;
+    req->payload_len = payload_size((unsigned)model);
+    return SHMD_OK;
+}
+
+const char *shmd_strerror(int code)
+{
+    switch (code) {
+    case SHMD_OK: return "ok";
+    case SHMD_ENOTFOUND: return "channel not found (daemon not serving it)";
+    case SHMD_EBUSY: return "channel held by another client";
+    case SHMD_ELAYOUT: return "segment layout, magic or ABI version mismatch";
+    case SHMD_ECORRUPT: return "channel corrupt";
+    case SHMD_EDEAD: return "daemon dead or hung";
+    case SHMD_ETIMEDOUT: return "no answer before the deadline";
+    case SHMD_ESYS: return "system call failed";
+    case SHMD_EINVAL: return "invalid argument";
+    case SHMD_ENOFALLBACK: return "daemon unavailable and no fallback configured";
+    default: return "unknown error";
+    }
+}
+
+static int valid_name(const char *s)
+{
+    size_t n = 0;
+    if (!s)
+        return 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return 0;
+    }
+    return n >= 1 && n <= NAME_MAX_LEN;
+}
+
+/* --------------------------------------------- holds within this process */
+
+/* POSIX record locks never conflict within one process, so (like the Python
+ * client's _held set) segments held here are also remembered here. */
+static pthread_mutex_t held_lock = PTHREAD_MUTEX_INITIALIZER;
+static char held[32][136];
+
+static int held_add(const char *segment)
+{
+    int ok = 0;
+    pthread_mutex_lock(&held_lock);
+    int free_slot = -1;
+    for (int i = 0; i < 32; i++) {
+        if (held[i][0] && strcmp(held[i], segment) == 0) {
+            free_slot = -2;
+            break;
+        }
+        if (!held[i][0] && free_slot == -1)
+            free_slot = i;
+    }
+    if (free_slot >= 0) {
+        snprintf(held[free_slot], sizeof held[free_slot], "%s", segment);
+        ok = 1;
+    }
+    pthread_mutex_unlock(&held_lock);
+    return ok;
+}
+
+static void held_remove(const char *segment)
+{
+    pthread_mutex_lock(&held_lock);
+    for (int i = 0; i < 32; i++)
+        if (held[i][0] && strcmp(held[i], segment) == 0)
+            held[i][0] = '\0';
+    pthread_mutex_unlock(&held_lock);
+}
+
+/* Exclusive write lock on byte 0: 0 on success, else the holder's pid (-1 if
+ * the kernel would not say). */
+static pid_t try_lock(int fd)
+{
+    for (int attempt = 0; attempt < 3; attempt++) {
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+        if (fcntl(fd, F_SETLK, &fl) == 0)
+            return 0;
+        struct flock probe = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+        if (fcntl(fd, F_GETLK, &probe) != 0)
+            return -1;
+        if (probe.l_type != F_UNLCK)
+            return probe.l_pid;
+        /* released between our two calls: try again */
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------------ attach */
+
+static int ring_layout_ok(const struct shmd_ring_header *shm_hdr)
+{
+    /* Block 0 is written once at creation; re-checked because a live segment
+     * can still be scribbled on. Relaxed loads: no ordering is implied. */
+    return load_relaxed_u64(&shm_hdr->magic) == SHMD_RING_MAGIC &&
+           atomic_load_explicit((_Atomic uint32_t *)&shm_hdr->abi_version, memory_order_relaxed) ==
+               SHMD_ABI_VERSION;
+}
+
+static int map_ring(struct shmd_channel *ch, struct shmd_ring *r, uint32_t offset, uint32_t kind,
+                    uint32_t slot_size, const char *what)
+{
+    size_t size = ch->map_len;
+    if ((size_t)offset + SHMD_RING_HEADER_SIZE > size || offset % 8)
+        return fail(ch, SHMD_ELAYOUT, "segment %s has an impossible %s offset: offset=%u, size=%zu", ch->segment,
+                    what, offset, size);
+    struct shmd_ring_header *h = (struct shmd_ring_header *)((uint8_t *)ch->map + offset);
+    if (h->magic != SHMD_RING_MAGIC)
+        return fail(ch, SHMD_ELAYOUT, "segment %s is not a shmd channel: %s magic=%#llx found, %#llx expected",
+                    ch->segment, what, (unsigned long long)h->magic, (unsigned long long)SHMD_RING_MAGIC);
+    if (h->abi_version != SHMD_ABI_VERSION)
+        return fail(ch, SHMD_ELAYOUT, "segment %s speaks another ABI: %s abi_version=%u found, %u expected",
+                    ch->segment, what, h->abi_version, SHMD_ABI_VERSION);
+    if (h->kind != kind || h->slot_size != slot_size)
+        return fail(ch, SHMD_ELAYOUT, "segment %s: %s kind=%u slot_size=%u found, kind=%u slot_size=%u expected",
+                    ch->segment, what, h->kind, h->slot_size, kind, slot_size);
+    uint32_t cap = h->capacity;
+    if (cap < 2 || (cap & (cap - 1)) ||
+        (size_t)offset + SHMD_RING_HEADER_SIZE + (size_t)cap * slot_size > size)
+        return fail(ch, SHMD_ELAYOUT, "segment %s has an impossible %s capacity: capacity=%u, size=%zu", ch->segment,
+                    what, cap, size);
+    r->shm_hdr = h;
+    r->shm_slots = (uint8_t *)h + SHMD_RING_HEADER_SIZE;
+    r->capacity = cap;
+    r->mask = cap - 1;
+    r->slot_size = slot_size;
+    r->corrupt = 0;
+    return SHMD_OK;
+}
+
+int shmd_channel_attach(struct shmd_channel *ch, const char *prefix, const char *name)
+{
+    memset(ch, 0, sizeof *ch);
+    ch->fd = -1;
+    if (!valid_name(prefix))
+        return fail(ch, SHMD_EINVAL, "prefix must be 1-64 of [A-Za-z0-9_-]: prefix=\"%s\"", prefix ? prefix : "(null)");
+    if (!valid_name(name))
+        return fail(ch, SHMD_EINVAL, "channel must be 1-64 of [A-Za-z0-9_-]: channel=\"%s\"", name ? name : "(null)");
+    snprintf(ch->segment, sizeof ch->segment, "/%s.%s", prefix, name);
+
+    /* Exclusive hold within this process first, before opening any fd: POSIX
+     * drops all of a process's record locks on a file when *any* of its fds
+     * for that file is closed, so a refused second attach must never open one. */
+    if (!held_add(ch->segment))
+        return fail(ch, SHMD_EBUSY, "channel '%s' (prefix '%s') is held by this process; detach there first or "
+                    "pick another channel", name, prefix);
+    ch->fd = shm_open(ch->segment, O_RDWR, 0);
+    if (ch->fd < 0) {
+        int e = errno;
+        held_remove(ch->segment);
+        if (e == ENOENT)
+            return fail(ch, SHMD_ENOTFOUND, "no channel segment %s: is `shmd serve --prefix %s` running with channel '%s'?",
+                        ch->segment, prefix, name);
+        return fail(ch, SHMD_ESYS, "shm_open(%s) failed: %s", ch->segment, strerror(e));
+    }
+    int rc;
+    struct stat st;
+    if (fstat(ch->fd, &st) != 0) {
+        rc = fail(ch, SHMD_ESYS, "fstat(%s) failed: %s", ch->segment, strerror(errno));
+        goto out_close;
+    }
+    if ((size_t)st.st_size < sizeof(struct shmd_channel_header)) {
+        rc = fail(ch, SHMD_ELAYOUT, "segment %s is too small for a channel: size=%lld found, >= %zu expected",
+                  ch->segment, (long long)st.st_size, sizeof(struct shmd_channel_header));
+        goto out_close;
+    }
+    ch->map_len = (size_t)st.st_size;
+    ch->map = mmap(NULL, ch->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, ch->fd, 0);
+    if (ch->map == MAP_FAILED) {
+        ch->map = NULL;
+        rc = fail(ch, SHMD_ESYS, "mmap(%s) failed: %s", ch->segment, strerror(errno));
+        goto out_close;
+    }
+    ch->shm_chan = (struct shmd_channel_header *)ch->map;
+    const struct shmd_channel_header *h = ch->shm_chan;
+    if (h->magic != SHMD_CHANNEL_MAGIC) {
+        rc = fail(ch, SHMD_ELAYOUT, "segment %s is not a shmd channel: magic=%#llx found, %#llx expected", ch->segment,
+                  (unsigned long long)h->magic, (unsigned long long)SHMD_CHANNEL_MAGIC);
+        goto out_unmap;
+    }
+    if (h->abi_version != SHMD_ABI_VERSION) {
+        rc = fail(ch, SHMD_ELAYOUT,
+                  "segment %s speaks another ABI: abi_version=%u found, %u expected; rebuild against the daemon's "
+                  "shmd_abi.h",
+                  ch->segment, h->abi_version, SHMD_ABI_VERSION);
+        goto out_unmap;
+    }
+    if (h->segment_size != ch->map_len) {
+        rc = fail(ch, SHMD_ELAYOUT, "segment %s: segment_size=%u found, %zu expected", ch->segment, h->segment_size,
+                  ch->map_len);
+        goto out_unmap;
+    }
+    if ((rc = map_ring(ch, &ch->sq, h->sq_offset, SHMD_RING_SUBMISSION, SHMD_REQUEST_SLOT_SIZE, "submission")) ||
+        (rc = map_ring(ch, &ch->cq, h->cq_offset, SHMD_RING_COMPLETION, SHMD_RESPONSE_SLOT_SIZE, "completion")))
+        goto out_unmap;
+
+    /* Exclusive hold across processes: the kernel drops the lock when we die. */
+    pid_t holder = try_lock(ch->fd);
+    if (holder != 0) {
+        if (holder > 0)
+            rc = fail(ch, SHMD_EBUSY, "channel '%s' (prefix '%s') is held by pid %d; detach there first or pick "
+                      "another channel", name, prefix, (int)holder);
+        else
+            rc = fail(ch, SHMD_EBUSY, "channel '%s' (prefix '%s') is held by another process; detach there first or "
+                      "pick another channel", name, prefix);
+        goto out_unmap;
+    }
+
+    /* Semaphores are the daemon's: open, never create (a client creating them
+     * after the daemon unlinked its own would leave them behind). */
+    char sem_name[160];
+    snprintf(sem_name, sizeof sem_name, "/%s.doorbell", prefix);
+    ch->doorbell = sem_open(sem_name, 0);
+    if (ch->doorbell == SEM_FAILED) {
+        ch->doorbell = NULL;
+        rc = fail(ch, errno == ENOENT ? SHMD_ENOTFOUND : SHMD_ESYS, "sem_open(%s) failed: %s (is the daemon up?)",
+                  sem_name, strerror(errno));
+        goto out_unmap;
+    }
+    snprintf(sem_name, sizeof sem_name, "%s.cq", ch->segment);
+    ch->cq_sem = sem_open(sem_name, 0);
+    if (ch->cq_sem == SEM_FAILED) {
+        ch->cq_sem = NULL;
+        rc = fail(ch, errno == ENOENT ? SHMD_ENOTFOUND : SHMD_ESYS, "sem_open(%s) failed: %s (is the daemon up?)",
+                  sem_name, strerror(errno));
+        goto out_unmap;
+    }
+
+    /* Resume where the rings stand (as ringbuf's Producer/Consumer do): the
+     * SQ from its tail, the CQ from its head; what a previous holder left in
+     * the CQ is reaped and dropped by id. */
+    uint64_t sq_head = load_acquire_u64(&ch->sq.shm_hdr->head);
+    uint64_t sq_tail = load_acquire_u64(&ch->sq.shm_hdr->tail);
+    uint64_t cq_head = load_acquire_u64(&ch->cq.shm_hdr->head);
+    if (sq_tail - sq_head > ch->sq.capacity) {
+        rc = fail(ch, SHMD_ECORRUPT, "segment %s: submission indices invalid: head=%llu tail=%llu capacity=%u",
+                  ch->segment, (unsigned long long)sq_head, (unsigned long long)sq_tail, ch->sq.capacity);
+        goto out_unmap;
+    }
+    ch->sq.cached_own = sq_tail;
+    ch->sq.cached_peer = sq_head;
+    ch->cq.cached_own = cq_head;
+    ch->cq.cached_peer = cq_head;
+    ch->msg[0] = '\0';
+    return SHMD_OK;
+
+out_unmap:
+    munmap(ch->map, ch->map_len);
+    ch->map = NULL;
+    ch->shm_chan = NULL;
+out_close:
+    held_remove(ch->segment);
+    if (ch->doorbell)
+        sem_close(ch->doorbell);
+    if (ch->cq_sem)
+        sem_close(ch->cq_sem);
+    ch->doorbell = ch->cq_sem = NULL;
+    close(ch->fd); /* also drops our record lock, if taken */
+    ch->fd = -1;
+    return rc;
+}
+
+void shmd_channel_detach(struct shmd_channel *ch)
+{
+    if (ch->map) {
+        munmap(ch->map, ch->map_len);
+        ch->map = NULL;
+        held_remove(ch->segment);
+    }
+    ch->shm_chan = NULL;
+    ch->sq.shm_hdr = ch->cq.shm_hdr = NULL;
+    if (ch->doorbell)
+        sem_close(ch->doorbell);
+    if (ch->cq_sem)
+        sem_close(ch->cq_sem);
+    ch->doorbell = ch->cq_sem = NULL;
+    if (ch->fd >= 0)
+        close(ch->fd); /* the kernel drops the record lock with the last fd */
+    ch->fd = -1;
+}
+
+int shmd_channel_check(struct shmd_channel *ch)
+{
+    if (!ch->map)
+        return fail(ch, SHMD_ENOTFOUND, "channel %s is not attached", ch->segment);
+    const struct shmd_channel_header *h = ch->shm_chan;
+    uint64_t magic = load_relaxed_u64(&h->magic);
+    if (magic != SHMD_CHANNEL_MAGIC)
+        return fail(ch, SHMD_ECORRUPT, "channel %s header overwritten: magic=%#llx found, %#llx expected", ch->segment,
+                    (unsigned long long)magic, (unsigned long long)SHMD_CHANNEL_MAGIC);
+    if (!ring_layout_ok(ch->sq.shm_hdr) || !ring_layout_ok(ch->cq.shm_hdr))
+        return fail(ch, SHMD_ECORRUPT, "channel %s ring header overwritten (magic or abi_version)", ch->segment);
+    uint32_t pid = atomic_load_explicit((_Atomic uint32_t *)&h->daemon_pid, memory_order_relaxed);
+    if (pid == 0)
+        return fail(ch, SHMD_EDEAD, "channel %s has no daemon (daemon_pid=0): it stopped", ch->segment);
+    return SHMD_OK;
+}
+
+int shmd_channel_check_daemon(struct shmd_channel *ch, uint64_t stale_ns)
+{
+    int rc = shmd_channel_check(ch);
+    if (rc)
+        return rc;
+    const struct shmd_channel_header *h = ch->shm_chan;
+    uint32_t pid = atomic_load_explicit((_Atomic uint32_t *)&h->daemon_pid, memory_order_relaxed);
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return fail(ch, SHMD_EDEAD, "channel %s: daemon pid %u is not running", ch->segment, pid);
+    uint64_t beat = load_relaxed_u64(&h->daemon_heartbeat_ns);
+    uint64_t now = shmd_now_ns();
+    /* 0: the daemon has not done its first housekeeping yet. */
+    if (stale_ns && beat && now > beat && now - beat > stale_ns)
+        return fail(ch, SHMD_EDEAD, "channel %s: daemon pid %u is hung: heartbeat %.0f ms old (limit %.0f ms)",
+                    ch->segment, pid, (double)(now - beat) / 1e6, (double)stale_ns / 1e6);
+    return SHMD_OK;
+}
+
+/* -------------------------------------------------------- the rings: SQ side */
+
+/* Producer: free slots, or SHMD_ECORRUPT. Like ring_space. */
+int shmd_sq_space_left(struct shmd_channel *ch)
+{
+    struct shmd_ring *r = &ch->sq;
+    if (r->corrupt)
+        return SHMD_ECORRUPT;
+    /* Pairs with the daemon's release store of head: its reads of those slots
+     * are finished before we see the head that lets us overwrite them. */
+    uint64_t head = load_acquire_u64(&r->shm_hdr->head);
+    uint64_t tail = r->cached_own;
+    if (head < r->cached_peer || tail - head > r->capacity) {
+        /* corrupt_events sits in the consumer's block: the verdict stays private. */
+        r->corrupt = 1;
+        fail(ch, SHMD_ECORRUPT, "submission ring of %s is corrupt: head=%llu (last %llu), tail=%llu, capacity=%u",
+             ch->segment, (unsigned long long)head, (unsigned long long)r->cached_peer, (unsigned long long)tail,
+             r->capacity);
+        return SHMD_ECORRUPT;
+    }
+    r->cached_peer = head;
+    return (int)(r->capacity - (uint32_t)(tail - head));
+}
+
+static void sq_post_if_sleeping(struct shmd_channel *ch)
+{
+    /* Pairs with the daemon's fence between setting NEED_WAKEUP and
+     * re-reading our tail: at least one of us sees the other's store. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (load_acquire_u32(&ch->sq.shm_hdr->flags) & SHMD_RING_NEED_WAKEUP) {
+        sem_post(ch->doorbell);
+        ch->wakeups_posted++;
+    }
+}
+
+static void sq_publish(struct shmd_channel *ch, unsigned n)
+{
+    struct shmd_ring *r = &ch->sq;
+    r->cached_own += n;
+    /* The daemon must see the slot contents before it sees the tail. */
+    store_release_u64(&r->shm_hdr->tail, r->cached_own);
+    counter_add(&r->shm_hdr->produced, n);
+    sq_post_if_sleeping(ch);
+}
+
+int shmd_sq_submit(struct shmd_channel *ch, const struct shmd_request *reqs, unsigned n)
+{
+    int space = shmd_sq_space_left(ch);
+    if (space < 0)
+        return space;
+    unsigned k = n < (unsigned)space ? n : (unsigned)space;
+    if (k == 0) {
+        if (n)
+            counter_add(&ch->sq.shm_hdr->full_events, 1);
+        return 0;
+    }
+    struct shmd_ring *r = &ch->sq;
+    for (unsigned j = 0; j < k; j++)
+        memcpy(r->shm_slots + (size_t)((r->cached_own + j) & r->mask) * r->slot_size, &reqs[j], sizeof reqs[j]);
+    sq_publish(ch, k);
+    return (int)k;
+}
+
+void shmd_sq_nudge(struct shmd_channel *ch)
+{
+    if (ch->sq.corrupt)
+        return;
+    if (ch->sq.cached_own != load_acquire_u64(&ch->sq.shm_hdr->head))
+        sq_post_if_sleeping(ch);
+}
+
+/* -------------------------------------------------------- the rings: CQ side */
+
+static int cq_mark_corrupt(struct shmd_channel *ch, const char *why, uint64_t tail)
+{
+    ch->cq.corrupt = 1;
+    counter_add(&ch->cq.shm_hdr->corrupt_events, 1); /* consumer block: ours to write */
+    return fail(ch, SHMD_ECORRUPT, "completion ring of %s is corrupt (%s): tail=%llu (last %llu), head=%llu, capacity=%u",
+                ch->segment, why, (unsigned long long)tail, (unsigned long long)ch->cq.cached_peer,
+                (unsigned long long)ch->cq.cached_own, ch->cq.capacity);
+}
+
+/* Consumer: like ring_ready. */
+int shmd_cq_ready(struct shmd_channel *ch)
+{
+    struct shmd_ring *r = &ch->cq;
+    if (r->corrupt)
+        return SHMD_ECORRUPT;
+    if (!ring_layout_ok(r->shm_hdr))
+        return cq_mark_corrupt(ch, "header magic or abi_version overwritten", 0);
+    /* Pairs with the daemon's release store of tail: the response slots are
+     * written before we see the tail that covers them. */
+    uint64_t tail = load_acquire_u64(&r->shm_hdr->tail);
+    if (tail < r->cached_peer || tail - r->cached_own > r->capacity)
+        return cq_mark_corrupt(ch, "tail moved backwards or past capacity", tail);
+    r->cached_peer = tail;
+    return (int)(tail - r->cached_own);
+}
+
+int shmd_cq_reap(struct shmd_channel *ch, struct shmd_response *out, unsigned max)
+{
+    int n = shmd_cq_ready(ch);
+    if (n <= 0)
+        return n;
+    struct shmd_ring *r = &ch->cq;
+    unsigned k = (unsigned)n < max ? (unsigned)n : max;
+    for (unsigned j = 0; j < k; j++)
+        memcpy(&out[j], r->shm_slots + (size_t)((r->cached_own + j) & r->mask) * r->slot_size, sizeof out[j]);
+    r->cached_own += k;
+    /* The daemon must see our reads of those slots finished before it sees
+     * the head that lets it overwrite them. */
+    store_release_u64(&r->shm_hdr->head, r->cached_own);
+    counter_add(&r->shm_hdr->consumed, k);
+    return (int)k;
+}
+
+static void cq_end_sleep(struct shmd_channel *ch)
+{
+    uint32_t *shm_flags = &ch->cq.shm_hdr->flags;
+    store_release_u32(shm_flags, load_acquire_u32(shm_flags) & ~(uint32_t)SHMD_RING_NEED_WAKEUP);
+}
+
+/* Announce sleep, then re-check; sleep only if this returns 0. */
+static int cq_prepare_sleep(struct shmd_channel *ch)
+{
+    uint32_t *shm_flags = &ch->cq.shm_hdr->flags;
+    store_release_u32(shm_flags, load_acquire_u32(shm_flags) | SHMD_RING_NEED_WAKEUP);
+    /* Pairs with the daemon's fence after publishing the CQ tail: either it
+     * sees NEED_WAKEUP (and posts) or we see its tail in the re-check. */
+    atomic_thread_fence(memory_order_seq_cst);
+    return shmd_cq_ready(ch);
+}
+
+static int sem_wait_until(sem_t *sem, uint64_t deadline_ns)
+{
+    struct timespec ts = {.tv_sec = (time_t)(deadline_ns / 1000000000ull),
+                          .tv_nsec = (long)(deadline_ns % 1000000000ull)};
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 30))
+    return sem_clockwait(sem, CLOCK_MONOTONIC, &ts);
+#else
+    /* sem_timedwait counts in CLOCK_REALTIME: convert the remaining time. */
+    uint64_t now = shmd_now_ns();
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    uint64_t abs_rt = (uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec +
+                      (deadline_ns > now ? deadline_ns - now : 0);
+    ts.tv_sec = (time_t)(abs_rt / 1000000000ull);
+    ts.tv_nsec = (long)(abs_rt % 1000000000ull);
+    return sem_timedwait(sem, &ts);
+#endif
+}
+
+int shmd_cq_wait(struct shmd_channel *ch, uint64_t spin_ns, uint64_t deadline_ns)
+{
+    int n = shmd_cq_ready(ch);
+    if (n != 0)
+        return n;
+    uint64_t now = shmd_now_ns();
+    uint64_t spin_end = now + spin_ns < deadline_ns ? now + spin_ns : deadline_ns;
+    /* Bounded spin: a reply within the window costs no wake-up (~20 us each way). */
+    while (now < spin_end) {
+        cpu_relax();
+        if ((n = shmd_cq_ready(ch)) != 0)
+            return n;
+        now = shmd_now_ns();
+    }
+    for (;;) {
+        n = cq_prepare_sleep(ch);
+        if (n == 0) {
+            if (shmd_now_ns() >= deadline_ns) {
+                cq_end_sleep(ch);
+                return 0;
+            }
+            ch->sleeps++;
+            (void)sem_wait_until(ch->cq_sem, deadline_ns); /* timeout or EINTR: the re-check decides */
+            n = shmd_cq_ready(ch);
+        }
+        cq_end_sleep(ch);
+        if (n != 0)
+            return n;
+    }
+}
+
+/* ============================================================ the client */
+
+struct shmd_client {
+    struct shmd_client_config cfg;
+    char prefix[NAME_MAX_LEN + 1];
+    char channel[NAME_MAX_LEN + 1];
+    struct shmd_channel ch;
+    int attached;
+    enum shmd_breaker_state state;
+    uint64_t open_until_ns;
+    uint32_t misses; /* consecutive missed deadlines */
+    uint64_t next_id;
+    struct shmd_client_stats stats;
+    int last_code;
+    char last_msg[SHMD_MSG_LEN];
+    struct shmd_response *reaped; /* cq capacity entries */
+    unsigned reaped_cap;
+    uint8_t *done; /* per request of the current call */
+    unsigned done_cap;
+};
+
+static uint64_t random_id_base(void)
+{
+    uint64_t x = 0;
+    if (getrandom(&x, sizeof x, 0) != (ssize_t)sizeof x)
+        x = shmd_now_ns() ^ ((uint64_t)getpid() << 32);
+    /* 63 bits like the Python client: a fresh base per attach, so answers
+     * meant for an earlier holder (or re-sent after a daemon restart) carry
+     * ids this client does not have outstanding. */
+    return (x & 0x7fffffffffffffffull) | 1;
+}
+
+static void note(struct shmd_client *c, int code, const char *msg)
+{
+    c->last_code = code;
+    snprintf(c->last_msg, sizeof c->last_msg, "%s", msg);
+}
+
+static void detach(struct shmd_client *c)
+{
+    if (c->attached)
+        shmd_channel_detach(&c->ch);
+    c->attached = 0;
+}
+
+static int attach(struct shmd_client *c)
+{
+    detach(c);
+    int rc = shmd_channel_attach(&c->ch, c->prefix, c->channel);
+    if (rc == SHMD_OK)
+        rc = shmd_channel_check_daemon(&c->ch, (uint64_t)c->cfg.heartbeat_stale_ms * 1000000ull);
+    if (rc != SHMD_OK) {
+        note(c, rc, c->ch.msg);
+        if (c->ch.map)
+            shmd_channel_detach(&c->ch);
+        return rc;
+    }
+    c->attached = 1;
+    c->next_id = random_id_base();
+    if (c->reaped_cap < c->ch.cq.capacity) {
+        struct shmd_response *p = realloc(c->reaped, sizeof *p * c->ch.cq.capacity);
+        if (!p) {
+            note(c, SHMD_ESYS, "out of memory for the reap buffer");
+            detach(c);
+            return SHMD_ESYS;
+        }
+        c->reaped = p;
+        c->reaped_cap = c->ch.cq.capacity;
+    }
+    return SHMD_OK;
+}
+
+/* Open the breaker: fallback answers until the cool-down ends. */
+static void trip(struct shmd_client *c, int code, const char *msg)
+{
+    if (c->state != SHMD_BREAKER_OPEN)
+        c->stats.trips++;
+    c->state = SHMD_BREAKER_OPEN;
+    c->open_until_ns = shmd_now_ns() + (uint64_t)c->cfg.cooldown_ms * 1000000ull;
+    c->misses = 0;
+    if (msg != c->last_msg)
+        note(c, code, msg);
+    c->last_code = code;
+    /* A corrupt or orphaned mapping is of no further use; the probe re-attaches by name. */
+    if (code == SHMD_ECORRUPT || code == SHMD_EDEAD || code == SHMD_ENOTFOUND)
+        detach(c);
+}
+
+struct shmd_client *shmd_client_new(const struct shmd_client_config *cfg)
+{
+    if (!cfg || !valid_name(cfg->prefix) || !valid_name(cfg->channel)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct shmd_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->cfg = *cfg;
+    snprintf(c->prefix, sizeof c->prefix, "%s", cfg->prefix);
+    snprintf(c->channel, sizeof c->channel, "%s", cfg->channel);
+    c->cfg.prefix = c->prefix;
+    c->cfg.channel = c->channel;
+    if (!c->cfg.spin_us)
+        c->cfg.spin_us = 50;
+    if (!c->cfg.timeout_ms)
+        c->cfg.timeout_ms = 1000;
+    if (!c->cfg.cooldown_ms)
+        c->cfg.cooldown_ms = 200;
+    if (!c->cfg.heartbeat_stale_ms)
+        c->cfg.heartbeat_stale_ms = 2000;
+    if (!c->cfg.trip_after)
+        c->cfg.trip_after = 3;
+    c->ch.fd = -1;
+    int rc = attach(c);
+    if (rc == SHMD_OK) {
+        c->state = SHMD_BREAKER_CLOSED;
+    } else {
+        /* Start open with the cool-down already over: the first call probes. */
+        c->state = SHMD_BREAKER_OPEN;
+        c->open_until_ns = 0;
+        c->stats.trips++;
+    }
+    return c;
+}
+
+void shmd_client_free(struct shmd_client *c)
+{
+    if (!c)
+        return;
+    detach(c);
+    free(c->reaped);
+    free(c->done);
+    free(c);
+}
+
+enum shmd_breaker_state shmd_client_state(const struct shmd_client *c) { return c->state; }
+const struct shmd_client_stats *shmd_client_stats(const struct shmd_client *c) { return &c->stats; }
+const char *shmd_client_last_error(const struct shmd_client *c) { return c->last_msg; }
+int shmd_client_last_code(const struct shmd_client *c) { return c->last_code; }
+
+/* Answer reqs[i] by the fallback; SHMD_ENOFALLBACK without one. */
+static int fall_back(struct shmd_client *c, const struct shmd_request *req, struct shmd_response *resp)
+{
+    memset(resp, 0, sizeof *resp);
+    resp->request_id = req->request_id;
+    resp->model_id = req->model_id;
+    resp->flags = SHMD_RESP_FALLBACK;
+    if (!c->cfg.fallback) {
+        resp->status = SHMD_STATUS_INTERNAL;
+        return SHMD_ENOFALLBACK;
+    }
+    resp->status = SHMD_STATUS_OK;
+    c->cfg.fallback(req, resp, c->cfg.fallback_arg);
+    resp->flags |= SHMD_RESP_FALLBACK;
+    c->stats.fallback_answers++;
+    return SHMD_OK;
+}
+
+/* Submit all requests (as space allows) and collect their answers until the
+ * deadline. Returns how many were answered (< n: the deadline passed) or a
+ * negative error (corrupt channel, dead daemon). */
+static int exchange(struct shmd_client *c, struct shmd_request *reqs, struct shmd_response *resps, unsigned n,
+                    uint64_t deadline_ns)
+{
+    struct shmd_channel *ch = &c->ch;
+    uint64_t first = c->next_id;
+    c->next_id += n;
+    uint64_t now = shmd_now_ns();
+    for (unsigned i = 0; i < n; i++) {
+        reqs[i].request_id = first + i;
+        reqs[i].abi_version = SHMD_ABI_VERSION;
+        reqs[i].payload_len = payload_size(reqs[i].model_id);
+        reqs[i].submit_ns = now;
+    }
+    memset(c->done, 0, n);
+    unsigned sent = 0, got = 0;
+    uint64_t spin_ns = (uint64_t)c->cfg.spin_us * 1000ull;
+    for (;;) {
+        if (sent < n) {
+            int k = shmd_sq_submit(ch, reqs + sent, n - sent);
+            if (k < 0)
+                return k;
+            sent += (unsigned)k;
+        }
+        int r = shmd_cq_reap(ch, c->reaped, c->reaped_cap);
+        if (r < 0)
+            return r;
+        if (r > 0)
+            shmd_sq_nudge(ch); /* the daemon may have stopped draining our SQ for want of CQ room */
+        for (int j = 0; j < r; j++) {
+            uint64_t idx = c->reaped[j].request_id - first; /* u64: ids below first wrap to huge */
+            if (idx < n && !c->done[idx]) {
+                resps[idx] = c->reaped[j];
+                c->done[idx] = 1;
+                got++;
+            } else {
+                c->stats.dropped++; /* late answer to an earlier call, or a duplicate after a restart */
+            }
+        }
+        if (got == n)
+            return (int)n;
+        now = shmd_now_ns();
+        if (now >= deadline_ns)
+            return (int)got;
+        uint64_t until = now + WAIT_SLICE_NS < deadline_ns ? now + WAIT_SLICE_NS : deadline_ns;
+        int w = shmd_cq_wait(ch, spin_ns, until);
+        if (w < 0)
+            return w;
+        if (w == 0) {
+            /* A whole slice without an answer: is the daemon still there? */
+            int rc = shmd_channel_check_daemon(ch, (uint64_t)c->cfg.heartbeat_stale_ms * 1000000ull);
+            if (rc)
+                return rc;
+        }
+    }
+}
+
+static int ensure_done(struct shmd_client *c, unsigned n)
+{
+    if (c->done_cap >= n)
+        return SHMD_OK;
+    uint8_t *p = realloc(c->done, n);
+    if (!p)
+        return SHMD_ESYS;
+    c->done = p;
+    c->done_cap = n;
+    return SHMD_OK;
+}
+
+/* Fallback for every request not answered; the count, or SHMD_ENOFALLBACK. */
+static int fall_back_rest(struct shmd_client *c, struct shmd_request *reqs, struct shmd_response *resps, unsigned n,
+                          const uint8_t *answered)
+{
+    int count = 0, rc = SHMD_OK;
+    for (unsigned i = 0; i < n; i++) {
+        if (answered && answered[i])
+            continue;
+        if (fall_back(c, &reqs[i], &resps[i]) != SHMD_OK)
+            rc = SHMD_ENOFALLBACK;
+        count++;
+    }
+    return rc ? rc : count;
+}
+
+int shmd_client_predict_batch(struct shmd_client *c, struct shmd_request *reqs, struct shmd_response *resps,
+                              unsigned n)
+{
+    if (!c || (n && (!reqs || !resps)))
+        return SHMD_EINVAL;
+    if (n == 0)
+        return 0;
+    if (ensure_done(c, n) != SHMD_OK)
+        return SHMD_ESYS;
+    uint64_t now = shmd_now_ns();
+    uint64_t deadline = 0;
+    for (unsigned i = 0; i < n; i++)
+        if (reqs[i].deadline_ns && (!deadline || reqs[i].deadline_ns < deadline))
+            deadline = reqs[i].deadline_ns;
+    if (!deadline)
+        deadline = now + (uint64_t)c->cfg.timeout_ms * 1000000ull;
+
+    if (c->state == SHMD_BREAKER_OPEN) {
+        if (now < c->open_until_ns) {
+            for (unsigned i = 0; i < n; i++)
+                reqs[i].request_id = 0; /* never sent */
+            return fall_back_rest(c, reqs, resps, n, NULL);
+        }
+        c->state = SHMD_BREAKER_HALF_OPEN; /* cool-down over: this call probes */
+    }
+    if (c->state == SHMD_BREAKER_HALF_OPEN || !c->attached) {
+        int rc = attach(c);
+        if (rc != SHMD_OK) {
+            trip(c, rc, c->last_msg);
+            return fall_back_rest(c, reqs, resps, n, NULL);
+        }
+    }
+    int rc = shmd_channel_check(&c->ch);
+    if (rc != SHMD_OK) {
+        trip(c, rc, c->ch.msg);
+        return fall_back_rest(c, reqs, resps, n, NULL);
+    }
+
+    int got = exchange(c, reqs, resps, n, deadline);
+    if (got < 0) {
+        /* Corrupt or dead: what did arrive is still a valid answer. */
+        trip(c, got, c->ch.msg);
+        return fall_back_rest(c, reqs, resps, n, c->done);
+    }
+    /* The daemon's own "too late / could not" answers go to the fallback too;
+     * caller mistakes (INVALID_INPUT, UNKNOWN_MODEL, BAD_VERSION) stand. */
+    unsigned late = (unsigned)n - (unsigned)got;
+    for (unsigned i = 0; i < n; i++) {
+        if (!c->done[i])
+            continue;
+        uint16_t st = resps[i].status;
+        if (st == SHMD_STATUS_DEADLINE_EXCEEDED || st == SHMD_STATUS_OVERLOADED || st == SHMD_STATUS_INTERNAL) {
+            c->done[i] = 0;
+            late += st == SHMD_STATUS_DEADLINE_EXCEEDED;
+        } else {
+            c->stats.daemon_answers++;
+        }
+    }
+    if (late) {
+        c->stats.deadline_misses++;
+        char msg[SHMD_MSG_LEN];
+        snprintf(msg, sizeof msg, "%u of %u answers missed the deadline on channel %s", late, n, c->ch.segment);
+        if (c->state == SHMD_BREAKER_HALF_OPEN || ++c->misses >= c->cfg.trip_after)
+            trip(c, SHMD_ETIMEDOUT, msg);
+        else
+            note(c, SHMD_ETIMEDOUT, msg);
+    } else {
+        if (c->state == SHMD_BREAKER_HALF_OPEN)
+            c->stats.recoveries++;
+        c->state = SHMD_BREAKER_CLOSED;
+        c->misses = 0;
+    }
+    return fall_back_rest(c, reqs, resps, n, c->done);
+}
+
+int shmd_client_predict(struct shmd_client *c, struct shmd_request *req, struct shmd_response *resp)
+{
+    int rc = shmd_client_predict_batch(c, req, resp, 1);
+    return rc < 0 ? rc : (rc ? SHMD_SOURCE_FALLBACK : SHMD_SOURCE_DAEMON);
+}

@@ -1,0 +1,157 @@
+/* shmd_roundtrip: test driver for the C client (used by tests/test_native*.py).
+ *
+ *   shmd_roundtrip rt PREFIX CHANNEL [batch]   < requests.bin
+ *       Reads raw 320-byte shmd_request records from stdin, predicts each one
+ *       (or all as one batch) and prints one line per request:
+ *         index status flags source out0 out1 out2 out3     (outputs %.17g)
+ *       Exit status 0 when the daemon answered every request, 3 otherwise.
+ *
+ *   shmd_roundtrip watch PREFIX CHANNEL SECONDS   < request.bin
+ *       Predicts the one request every 2 ms (deadline 100 ms) for SECONDS and
+ *       prints a line whenever the answer's source changes:
+ *         source=daemon|fallback state=N code=C error=...
+ *       then a final "stats ..." line. Used by the circuit-breaker tests.
+ *
+ *   shmd_roundtrip hash STRING...
+ *       Prints shmd_hash_str of each argument in hex, one per line.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "shmd_client.h"
+
+#define MAX_REQS 4096
+
+/* Rule-based fallback: a recognisable marker the tests look for. */
+static void marker_fallback(const struct shmd_request *req, struct shmd_response *resp, void *arg)
+{
+    (void)arg;
+    resp->outputs[0] = -1.0;
+    resp->outputs[1] = (double)req->model_id;
+    resp->outputs[2] = 0.0;
+    resp->outputs[3] = 0.0;
+}
+
+static int read_requests(struct shmd_request *reqs, unsigned max)
+{
+    unsigned n = 0;
+    while (n < max && fread(&reqs[n], sizeof reqs[n], 1, stdin) == 1)
+        n++;
+    return (int)n;
+}
+
+static struct shmd_client *client_for(const char *prefix, const char *channel, uint32_t cooldown_ms)
+{
+    struct shmd_client_config cfg = {
+        .prefix = prefix, .channel = channel, .fallback = marker_fallback,
+        .timeout_ms = 5000, .cooldown_ms = cooldown_ms,
+    };
+    struct shmd_client *c = shmd_client_new(&cfg);
+    if (!c)
+        perror("shmd_client_new");
+    return c;
+}
+
+static int cmd_rt(const char *prefix, const char *channel, int batch)
+{
+    static struct shmd_request reqs[MAX_REQS];
+    static struct shmd_response resps[MAX_REQS];
+    int n = read_requests(reqs, MAX_REQS);
+    struct shmd_client *c = client_for(prefix, channel, 200);
+    if (!c)
+        return 2;
+    int fallbacks = 0;
+    if (batch) {
+        int rc = shmd_client_predict_batch(c, reqs, resps, (unsigned)n);
+        if (rc < 0) {
+            fprintf(stderr, "predict_batch: %s: %s\n", shmd_strerror(rc), shmd_client_last_error(c));
+            shmd_client_free(c);
+            return 2;
+        }
+        fallbacks = rc;
+    } else {
+        for (int i = 0; i < n; i++) {
+            int rc = shmd_client_predict(c, &reqs[i], &resps[i]);
+            if (rc < 0) {
+                fprintf(stderr, "predict: %s: %s\n", shmd_strerror(rc), shmd_client_last_error(c));
+                shmd_client_free(c);
+                return 2;
+            }
+            fallbacks += rc == SHMD_SOURCE_FALLBACK;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        const struct shmd_response *r = &resps[i];
+        printf("%d %u %u %s %.17g %.17g %.17g %.17g\n", i, r->status, r->flags,
+               (r->flags & SHMD_RESP_FALLBACK) ? "fallback" : "daemon", r->outputs[0], r->outputs[1],
+               r->outputs[2], r->outputs[3]);
+    }
+    if (fallbacks)
+        fprintf(stderr, "fallback answered %d: %s\n", fallbacks, shmd_client_last_error(c));
+    shmd_client_free(c);
+    return fallbacks ? 3 : 0;
+}
+
+static int cmd_watch(const char *prefix, const char *channel, double seconds)
+{
+    struct shmd_request tmpl;
+    if (read_requests(&tmpl, 1) != 1) {
+        fprintf(stderr, "watch: expected one request record on stdin\n");
+        return 2;
+    }
+    struct shmd_client *c = client_for(prefix, channel, 100);
+    if (!c)
+        return 2;
+    uint64_t end = shmd_now_ns() + (uint64_t)(seconds * 1e9);
+    int last = -1;
+    unsigned long calls = 0;
+    while (shmd_now_ns() < end) {
+        struct shmd_request req = tmpl;
+        struct shmd_response resp;
+        req.flags |= SHMD_REQ_NO_CACHE;
+        req.deadline_ns = shmd_now_ns() + 100000000ull;
+        int rc = shmd_client_predict(c, &req, &resp);
+        calls++;
+        if (rc < 0) {
+            fprintf(stderr, "predict: %s\n", shmd_strerror(rc));
+            break;
+        }
+        if (rc != last) {
+            printf("source=%s state=%d code=%d status=%u out0=%.17g error=%s\n",
+                   rc == SHMD_SOURCE_DAEMON ? "daemon" : "fallback", (int)shmd_client_state(c),
+                   shmd_client_last_code(c), resp.status, resp.outputs[0],
+                   rc == SHMD_SOURCE_DAEMON ? "-" : shmd_client_last_error(c));
+            fflush(stdout);
+            last = rc;
+        }
+        struct timespec pause = {0, 2000000};
+        nanosleep(&pause, NULL);
+    }
+    const struct shmd_client_stats *s = shmd_client_stats(c);
+    printf("stats calls=%lu daemon=%llu fallback=%llu trips=%llu recoveries=%llu misses=%llu dropped=%llu\n", calls,
+           (unsigned long long)s->daemon_answers, (unsigned long long)s->fallback_answers,
+           (unsigned long long)s->trips, (unsigned long long)s->recoveries, (unsigned long long)s->deadline_misses,
+           (unsigned long long)s->dropped);
+    fflush(stdout);
+    shmd_client_free(c);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 4 && strcmp(argv[1], "rt") == 0)
+        return cmd_rt(argv[2], argv[3], argc >= 5 && strcmp(argv[4], "batch") == 0);
+    if (argc >= 2 && strcmp(argv[1], "hash") == 0) {
+        for (int i = 2; i < argc; i++)
+            printf("%016llx\n", (unsigned long long)shmd_hash_str(argv[i]));
+        return 0;
+    }
+    if (argc >= 5 && strcmp(argv[1], "watch") == 0)
+        return cmd_watch(argv[2], argv[3], atof(argv[4]));
+    fprintf(stderr, "usage: shmd_roundtrip rt PREFIX CHANNEL [batch] < requests.bin\n"
+                    "       shmd_roundtrip watch PREFIX CHANNEL SECONDS < request.bin\n");
+    return 2;
+}
