@@ -10,6 +10,7 @@ semaphore only when NEED_WAKEUP is set.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -57,7 +58,7 @@ class Producer:
         slot_size = self.ring.slots.shape[1]
         records = np.ascontiguousarray(records)
         # Row size from the shape, not reshape(n, -1), which fails on an empty batch.
-        row_bytes = records.itemsize * int(np.prod(records.shape[1:]))
+        row_bytes = records.itemsize * math.prod(records.shape[1:])
         rows = records.view(np.uint8).reshape(len(records), row_bytes)
         if rows.shape[1] != slot_size:
             raise ValueError(f"record size must equal the slot size: record={rows.shape[1]} slot={slot_size}")
@@ -139,7 +140,7 @@ class Consumer:
     def peek(self, out: np.ndarray, max_n: int | None = None) -> int:
         """Copy up to ``max_n`` ready records into ``out`` without releasing them."""
         # Row size from the shape, not reshape(n, -1), which fails on an empty buffer.
-        rows = out.view(np.uint8).reshape(len(out), out.itemsize * int(np.prod(out.shape[1:])))
+        rows = out.view(np.uint8).reshape(len(out), out.itemsize * math.prod(out.shape[1:]))
         limit = len(out) if max_n is None else max_n
         return self._check(int(core.ring_peek(self.ring.hdr64, self.ring.slots, self.state, rows, limit)))
 
@@ -149,6 +150,7 @@ class Consumer:
 
     def consume(self, max_n: int) -> np.ndarray:
         """Up to ``max_n`` records, copied out and released."""
+        max_n = min(max_n, self.ready())  # size the copy by what is there, not by the ask
         out = np.empty(max_n, self.ring.record_dtype)
         n = self.peek(out)
         self.release(n)

@@ -40,7 +40,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 9005
     http: bool = True
-    spin_us: float = 50.0
+    spin_us: float = 100.0  # covers a Python client's turnaround, so a steady caller needs no wake-up
     models_dir: str | None = None
     backend: str = "litert"
     keep_segments: bool = False
@@ -130,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="HTTP shim address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP shim port (default 9005)")
     p.add_argument("--no-http", dest="http", action="store_false", default=None, help="do not start the HTTP shim")
-    p.add_argument("--spin-us", dest="spin_us", type=float, help="idle spin before sleeping, µs (default 50)")
+    p.add_argument("--spin-us", dest="spin_us", type=float, help="idle spin before sleeping, µs (default 100)")
     p.add_argument("--models-dir", dest="models_dir", help="model artifacts (default: the shipped ones)")
     p.add_argument("--backend", choices=("litert", "tf"), help="model runtime (default litert)")
     p.add_argument("--keep-segments", dest="keep_segments", action="store_true", default=None,
