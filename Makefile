@@ -19,7 +19,10 @@ venv: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/shmd serve $(SERVE_ARGS)
 
-test: $(STAMP)
+native:
+	$(MAKE) -C kernel_abi/c
+
+test: $(STAMP) native
 	$(BIN)/ruff check .
 	$(BIN)/python -m kernel_abi.gen --check
 	$(BIN)/python -m pytest -q -ra
