@@ -9,11 +9,12 @@ Samples are plain numbers in whatever unit the caller chose; name the unit in th
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import platform
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,26 @@ def write_json(path: str | Path, result: dict[str, Any]) -> None:
     """Write one benchmark's JSON object, stamped with the host and time of the run."""
     doc = {"host": platform.node(), "python": platform.python_version(), "unix_time": time.time(), **result}
     Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def cli(
+    argv: list[str],
+    prog: str,
+    description: str,
+    run: Callable[[bool], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    quick_help: str,
+) -> int:
+    """The shared ``[--quick] [--json PATH]`` command line of a benchmark: run, print, write."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", metavar="PATH", help="write the figures as one JSON object")
+    args = parser.parse_args(argv)
+    t0 = time.monotonic()
+    result = run(args.quick)
+    result["wall_s"] = time.monotonic() - t0
+    print(report(result))
+    print(f"wall {result['wall_s']:.1f} s")
+    if args.json:
+        write_json(args.json, result)
+    return 0

@@ -16,7 +16,6 @@ Figures (medians and p99) and their same-run baselines:
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import subprocess
@@ -29,7 +28,7 @@ import numpy as np
 from numba import njit
 
 import ringbuf
-from bench._stats import ratio, summarize, table, write_json
+from bench._stats import cli, ratio, summarize, table
 from kernel_abi import ABI_VERSION, PAYLOAD_OFFSET, PAYLOADS, REQ_NO_CACHE, REQUEST, REQUESTS, RESPONSE, ModelId
 from ringbuf import _core as core
 
@@ -209,7 +208,7 @@ class _Attached:
 
 def _template(no_cache: bool) -> np.ndarray:
     from shmd._codec import encode_payload
-    from tests._samples import WORKLOAD
+    from shmd.samples import WORKLOAD
 
     rec = np.zeros(1, REQUESTS[MODEL])
     rec["payload"] = encode_payload(MODEL, WORKLOAD)
@@ -282,7 +281,7 @@ def _open_loop_child(prefix: str, channel: str, rate: float, n: int) -> list[flo
 def _start_daemon(prefix: str, channels: str, *extra: str) -> tuple[subprocess.Popen, float]:
     """Start ``shmd serve``; seconds until the first prediction was answered."""
     from shmd.client import Client
-    from tests._samples import WORKLOAD
+    from shmd.samples import WORKLOAD
 
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -448,15 +447,7 @@ def report(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench daemon", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples (< 1 minute)")
-    parser.add_argument("--json", help="write the result here")
-    args = parser.parse_args(argv)
-    result = run(args.quick)
-    print(report(result))
-    if args.json:
-        write_json(args.json, result)
-    return 0
+    return cli(argv, "python -m bench daemon", __doc__.splitlines()[0], run, report, "fewer samples (< 1 minute)")
 
 
 __all__ = ["main"]

@@ -28,32 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from shmd.samples import WORKLOAD as SEED_WORKLOAD
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
 N_BODIES = 2048  # distinct bodies cycled through: far more than fit one TTL window at these rates
 
-SEED_WORKLOAD = {
-    "agentId": "agent-123",
-    "historicalCpu": [0.5, 0.6, 0.55, 0.65, 0.6, 0.7, 0.65, 0.75, 0.7, 0.8],
-    "historicalMemory": [
-        209715200,
-        220200960,
-        214958080,
-        230686720,
-        220200960,
-        251658240,
-        230686720,
-        272629760,
-        251658240,
-        293601280,
-    ],
-    "historicalGpu": [0.3, 0.35, 0.32, 0.38, 0.35, 0.4, 0.38, 0.42, 0.4, 0.45],
-    "timeOfDay": 14,
-    "dayOfWeek": 2,
-    "currentCpu": 0.75,
-    "currentMemory": 272629760,
-    "currentGpu": 0.42,
-}
 
 
 def _bodies(n: int) -> list[bytes]:

@@ -16,7 +16,6 @@ Every run is bounded by a count and a subprocess timeout.
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import subprocess
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 import ringbuf
-from bench._stats import ratio, summarize, table, write_json
+from bench._stats import cli, ratio, summarize, table
 from kernel_abi import ABI_VERSION, PAYLOADS, REQUESTS, ModelId
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +39,7 @@ RUN_TIMEOUT_S = 60.0
 def _request_bytes() -> bytes:
     """The seed's workload example as one raw request record (the C tool sets ids, flags, times)."""
     from shmd import _codec
-    from tests._samples import WORKLOAD
+    from shmd.samples import WORKLOAD
 
     rec = np.zeros(1, REQUESTS[ModelId.WORKLOAD])
     _codec.fill_payload(ModelId.WORKLOAD, rec[0:1]["payload"][0], WORKLOAD)
@@ -64,7 +63,7 @@ def _c_bench(prefix: str, channel: str, mode: str, n: int, batch: int = 1) -> tu
 def _py_rtt(prefix: str, channel: str, n: int, miss: bool) -> list[float]:
     """Python client round trips, µs per predict call."""
     from shmd.client import Client
-    from tests._samples import WORKLOAD
+    from shmd.samples import WORKLOAD
 
     out = []
     with Client(channel, prefix, timeout=5) as c:
@@ -80,7 +79,7 @@ def _py_rtt(prefix: str, channel: str, n: int, miss: bool) -> list[float]:
 def _py_stream(prefix: str, channel: str, n_batches: int, batch: int) -> tuple[list[float], float]:
     """Python client predict_many: predictions/s per batch, and overall."""
     from shmd.client import Client
-    from tests._samples import WORKLOAD
+    from shmd.samples import WORKLOAD
 
     items = [WORKLOAD] * batch
     rates = []
@@ -180,18 +179,7 @@ def report(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench native", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples, < 40 s")
-    parser.add_argument("--json", metavar="PATH", help="write the figures as one JSON object")
-    args = parser.parse_args(argv)
-    t0 = time.monotonic()
-    result = run(args.quick)
-    result["wall_s"] = time.monotonic() - t0
-    print(report(result))
-    print(f"wall {result['wall_s']:.1f} s")
-    if args.json:
-        write_json(args.json, result)
-    return 0
+    return cli(argv, "python -m bench native", __doc__.splitlines()[0], run, report, "fewer samples, < 40 s")
 
 
 

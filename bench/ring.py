@@ -17,7 +17,6 @@ of records. Every loop is bounded by a count and a deadline.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import secrets
@@ -42,7 +41,7 @@ from ringbuf import (
 from ringbuf import _core as core
 from ringbuf._atomics import cpu_relax, load_acquire, monotonic_ns, store_release
 
-from ._stats import ratio, summarize, table, write_json
+from ._stats import cli, ratio, summarize, table
 
 SPAWN = mp.get_context("spawn")
 CHUNK = 64  # round trips per latency sample
@@ -447,15 +446,4 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench ring", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples, < 20 s")
-    parser.add_argument("--json", metavar="PATH", help="write the figures as one JSON object")
-    args = parser.parse_args(argv)
-    t0 = time.monotonic()
-    result = run(args.quick)
-    result["wall_s"] = time.monotonic() - t0
-    print(report(result))
-    print(f"wall {result['wall_s']:.1f} s")
-    if args.json:
-        write_json(args.json, result)
-    return 0
+    return cli(argv, "python -m bench ring", __doc__.splitlines()[0], run, report, "fewer samples, < 20 s")

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from kernel_abi import PAYLOADS, ModelId, hash_str
 from shmd import InvalidFields
 from shmd._codec import decode_outputs, encode_payload, model_id
-
-from ._samples import SAMPLES
+from shmd.samples import SAMPLES
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),

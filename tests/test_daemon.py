@@ -17,9 +17,9 @@ from shmd import _metrics as met
 from shmd._codec import encode_payload
 from shmd._stats_segment import CMD_CLEAR_CACHE, CMD_RESET_METRICS, DONE, StatsSegment
 from shmd.client import Client, now_ns
+from shmd.samples import SAMPLES
 
 from ._daemon import DaemonProcess
-from ._samples import SAMPLES
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -249,7 +249,7 @@ import numpy as np
 from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, ModelId
 from shmd._codec import encode_payload
 from shmd.client import Client
-from tests._samples import SAMPLES
+from shmd.samples import SAMPLES
 c = Client("c", prefix={prefix!r})
 recs = np.zeros(1024, REQUESTS[ModelId.THREAT])
 recs["payload"] = encode_payload(ModelId.THREAT, SAMPLES["threat"])

@@ -11,8 +11,7 @@ from shmd import _config
 from shmd import _metrics as met
 from shmd._codec import encode_payload
 from shmd.daemon import Daemon
-
-from ._samples import SAMPLES
+from shmd.samples import SAMPLES
 
 
 class _BrokenModel:

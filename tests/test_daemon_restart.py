@@ -11,9 +11,9 @@ import pytest
 from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, ModelId, Status
 from shmd._codec import encode_payload
 from shmd.client import Client, now_ns
+from shmd.samples import SAMPLES
 
 from ._daemon import DaemonProcess
-from ._samples import SAMPLES
 
 pytestmark = pytest.mark.timeout(300)
 

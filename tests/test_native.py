@@ -25,8 +25,8 @@ from kernel_abi import ABI_VERSION, CHANNEL_HEADER, PAYLOADS, REQ_NO_CACHE, REQU
 from ringbuf import Channel, remove_leftovers
 from shmd import _codec
 from shmd.client import Client
+from shmd.samples import SAMPLES
 from tests._daemon import DaemonProcess
-from tests._samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
 C_DIR = ROOT / "kernel_abi" / "c"

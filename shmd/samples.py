@@ -1,4 +1,8 @@
-"""Valid request fields for each model (the seed's workload example first)."""
+"""Valid request fields of each model, in the API's names (API.md).
+
+``WORKLOAD`` is the seed document's curl example. Tests, benchmarks and the
+examples in the docs start from these.
+"""
 
 from __future__ import annotations
 
