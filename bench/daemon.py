@@ -57,11 +57,10 @@ def _get_u64(row, offset):
     return value
 
 
-_CPU_BITS = (np.arange(1000, dtype=np.float32) / 1000).view(np.uint32).astype(np.uint64)
 
 
 @njit(nogil=True, cache=True)
-def _ping(sq64, sq32, sq_slots, sq_state, cq64, cq_slots, cq_state, template, n, vary, out, deadline_ns):
+def _ping(sq64, sq32, sq_slots, sq_state, cq64, cq_slots, cq_state, template, n, out, deadline_ns):
     """``n`` sequential round trips; per-trip ns in ``out``. Stops at a needed wake-up.
 
     Returns ``(done, wake)``: the caller posts the doorbell when ``wake``.
@@ -70,8 +69,6 @@ def _ping(sq64, sq32, sq_slots, sq_state, cq64, cq_slots, cq_state, template, n,
     resp = np.empty((1, cq_slots.shape[1]), np.uint8)
     for i in range(n):
         _put(rec[0], _ID, np.uint64(i + 1), 8)
-        if vary:
-            _put(rec[0], _CPU, _CPU_BITS[i % 1000], 4)  # a new feature vector: a cache miss
         t0 = core.monotonic_ns()
         _put(rec[0], _SUBMIT, np.uint64(t0), 8)
         accepted, wake = core.ring_produce(sq64, sq32, sq_slots, sq_state, rec, 1)
@@ -222,12 +219,12 @@ def _template(no_cache: bool) -> np.ndarray:
 def _rtt_child(prefix: str, channel: str, n: int, miss: bool) -> list[float]:
     a = _Attached(prefix, channel)
     try:
-        template = _template(no_cache=False)
+        template = _template(no_cache=miss)  # a miss is an inference: the request bypasses the cache
         out = np.zeros(n, np.int64)
         done = 0
         deadline = time.monotonic_ns() + 60_000_000_000
         while done < n and time.monotonic_ns() < deadline:
-            k, wake = _ping(*a.args, template, n - done, miss, out[done:], deadline)
+            k, wake = _ping(*a.args, template, n - done, out[done:], deadline)
             done += k
             if wake:
                 a.doorbell.release()

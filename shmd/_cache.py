@@ -18,7 +18,7 @@ from numba import njit
 
 from kernel_abi import N_OUTPUTS
 
-PROBE = 8  # entries examined per lookup: bounds the worst case, keeps hits on one or two cache lines
+PROBE = 4  # entries (cache lines) examined per lookup: bounds the cost of a miss
 
 # Per-model counters in CacheArrays.stats
 HITS, MISSES, INSERTS, EVICTIONS = 0, 1, 2, 3
@@ -30,13 +30,25 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
+#: One entry fills one 64-byte cache line, so a probe costs one line fetched.
+ENTRY = np.dtype(
+    [("key", "<u8"), ("expiry", "<i8"), ("values", "<f8", (N_OUTPUTS,)), ("pad", "<u8", (2,))], align=True
+)
+
+
+def _aligned_entries(n_models: int, capacity: int) -> np.ndarray:
+    """Zeroed entries whose first byte starts a cache line (numpy only promises 16)."""
+    size = n_models * capacity * ENTRY.itemsize
+    raw = np.zeros(size + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + size].view(ENTRY).reshape(n_models, capacity)
+
+
 @dataclass
 class CacheArrays:
     """The cache of every model, indexed by model id (row 0 unused)."""
 
-    keys: np.ndarray  # uint64[models, capacity]
-    expiry: np.ndarray  # int64[models, capacity], CLOCK_MONOTONIC ns
-    values: np.ndarray  # float64[models, capacity, N_OUTPUTS]
+    entries: np.ndarray  # ENTRY[models, capacity]; expiry in CLOCK_MONOTONIC ns
     ttl_ns: np.ndarray  # int64[models]; 0 disables the model's cache
     quantum: np.ndarray  # float64[models]; 0 = exact features
     stats: np.ndarray  # int64[models, N_STATS]
@@ -46,9 +58,7 @@ class CacheArrays:
         if capacity < PROBE or capacity & (capacity - 1):
             raise ValueError(f"cache capacity must be a power of two >= {PROBE}: capacity={capacity}")
         return cls(
-            keys=np.zeros((n_models, capacity), np.uint64),
-            expiry=np.zeros((n_models, capacity), np.int64),
-            values=np.zeros((n_models, capacity, N_OUTPUTS), np.float64),
+            entries=_aligned_entries(n_models, capacity),
             ttl_ns=np.zeros(n_models, np.int64),
             quantum=np.zeros(n_models, np.float64),
             stats=np.zeros((n_models, N_STATS), np.int64),
@@ -57,32 +67,52 @@ class CacheArrays:
     def clear(self, model: int | None = None) -> None:
         """Forget every entry (of one model, or all); counters stay."""
         rows = slice(None) if model is None else model
-        self.keys[rows] = 0
-        self.expiry[rows] = 0
+        self.entries["key"][rows] = 0
+        self.entries["expiry"][rows] = 0
 
-    def entries(self, model: int, now_ns: int) -> int:
+    def entries_live(self, model: int, now_ns: int) -> int:
         """Live entries of ``model`` at ``now_ns``."""
-        return int(((self.keys[model] != 0) & (self.expiry[model] > now_ns)).sum())
+        e = self.entries[model]
+        return int(((e["key"] != 0) & (e["expiry"] > now_ns)).sum())
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _word(features, bits, j, quantum):
+    if quantum > 0:
+        return np.uint64(np.int64(np.floor(features[j] / quantum + 0.5)))
+    return np.uint64(bits[j])  # exact mode hashes the float32 bit patterns
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _round(h, word):
+    h = (h ^ word) * _GOLDEN
+    return h ^ (h >> np.uint64(32))
 
 
 @njit(nogil=True, cache=True)
 def feature_key(features, quantum):
     """A 64-bit key of the (quantised) features; never 0.
 
-    One multiply-xorshift round per feature and a final avalanche
-    (splitmix64's): cheap enough to run on every request, and mixing well
-    enough that two feature vectors sharing a key (which would answer one
-    with the other's prediction) is a ~2**-64 event per lookup.
+    One multiply-xorshift round per feature, in four independent lanes (the
+    multiplies of one lane wait for each other; four lanes keep the CPU busy),
+    then splitmix64's avalanche: cheap enough for every request, and mixing
+    well enough that two feature vectors sharing a key (which would answer
+    one with the other's prediction) is a ~2**-64 event per lookup.
     """
-    h = _SEED
-    bits = features.view(np.uint32)  # exact mode hashes the float32 bit patterns
-    for j in range(features.shape[0]):
-        if quantum > 0:
-            word = np.uint64(np.int64(np.floor(features[j] / quantum + 0.5)))
-        else:
-            word = np.uint64(bits[j])
-        h = (h ^ word) * _GOLDEN
-        h ^= h >> np.uint64(32)
+    bits = features.view(np.uint32)
+    n = features.shape[0]
+    h0, h1, h2, h3 = _SEED, _SEED ^ np.uint64(1), _SEED ^ np.uint64(2), _SEED ^ np.uint64(3)
+    j = 0
+    while j + 4 <= n:
+        h0 = _round(h0, _word(features, bits, j, quantum))
+        h1 = _round(h1, _word(features, bits, j + 1, quantum))
+        h2 = _round(h2, _word(features, bits, j + 2, quantum))
+        h3 = _round(h3, _word(features, bits, j + 3, quantum))
+        j += 4
+    while j < n:
+        h0 = _round(h0, _word(features, bits, j, quantum))
+        j += 1
+    h = _round(_round(_round(h0, h1), h2), h3) ^ np.uint64(n)
     h ^= h >> np.uint64(30)
     h *= _MIX1
     h ^= h >> np.uint64(27)
@@ -92,15 +122,14 @@ def feature_key(features, quantum):
 
 
 @njit(nogil=True, cache=True)
-def cache_get(keys, expiry, values, stats, model, key, now_ns, out):
+def cache_get(entries, stats, model, key, now_ns, out):
     """Copy a live entry for ``key`` into ``out``; True on a hit."""
-    capacity = keys.shape[1]
-    mask = capacity - 1
+    mask = entries.shape[1] - 1
     start = np.int64(key & np.uint64(mask))
     for p in range(PROBE):
-        i = (start + p) & mask
-        if keys[model, i] == key and expiry[model, i] > now_ns:
-            out[:] = values[model, i, :]
+        e = entries[model, (start + p) & mask]
+        if e.key == key and e.expiry > now_ns:
+            out[:] = e.values
             stats[model, HITS] += 1
             return True
     stats[model, MISSES] += 1
@@ -108,22 +137,23 @@ def cache_get(keys, expiry, values, stats, model, key, now_ns, out):
 
 
 @njit(nogil=True, cache=True)
-def cache_put(keys, expiry, values, stats, model, key, now_ns, ttl_ns, outputs):
+def cache_put(entries, stats, model, key, now_ns, ttl_ns, outputs):
     """Store ``outputs`` under ``key`` until ``now_ns + ttl_ns``."""
-    capacity = keys.shape[1]
-    mask = capacity - 1
+    mask = entries.shape[1] - 1
     start = np.int64(key & np.uint64(mask))
     victim = start
     for p in range(PROBE):
         i = (start + p) & mask
-        if keys[model, i] == key or keys[model, i] == 0 or expiry[model, i] <= now_ns:
+        e = entries[model, i]
+        if e.key == key or e.key == 0 or e.expiry <= now_ns:
             victim = i
             break
-        if expiry[model, i] < expiry[model, victim]:
+        if e.expiry < entries[model, victim].expiry:
             victim = i
     else:
         stats[model, EVICTIONS] += 1
-    keys[model, victim] = key
-    expiry[model, victim] = now_ns + ttl_ns
-    values[model, victim, :] = outputs
+    e = entries[model, victim]
+    e.key = key
+    e.expiry = now_ns + ttl_ns
+    e.values[:] = outputs
     stats[model, INSERTS] += 1

@@ -47,7 +47,7 @@ class Config:
     sq_capacity: int = 1024
     cq_capacity: int = 1024
     max_batch: int = 512  # records drained per pass, over all channels
-    cache_capacity: int = 1 << 16  # entries per model
+    cache_capacity: int = 1 << 14  # entries per model, 64 B each: 1 MiB, mostly cache-resident
     max_queue_ms: float = 0.0  # shed (OVERLOADED) requests queued longer; 0 = never
     admin_token: str | None = None  # bearer token guarding metrics reset and cache clear
     log_format: str = "kv"  # kv | json

@@ -157,7 +157,7 @@ def drain(
     staging, reqs, p_workload, p_threat, p_failure, p_memory,
     f_workload, f_threat, f_failure, f_memory,
     counts, rows, keys, responses, versions,
-    c_keys, c_expiry, c_values, c_ttl, c_quantum, c_stats,
+    c_entries, c_ttl, c_quantum, c_stats,
     m_model, m_channel, max_queue_ns, spin_ns,
 ):  # fmt: skip
     """Copy, validate, encode and cache-probe up to ``room`` records; how many.
@@ -192,7 +192,7 @@ def drain(
             _admit(
                 j, c, now, reqs, p_workload, p_threat, p_failure, p_memory,
                 f_workload, f_threat, f_failure, f_memory, counts, rows, keys, responses, versions,
-                c_keys, c_expiry, c_values, c_ttl, c_quantum, c_stats, m_model, m_channel, max_queue_ns,
+                c_entries, c_ttl, c_quantum, c_stats, m_model, m_channel, max_queue_ns,
             )  # fmt: skip
         n += got
     offsets[table.shape[0]] = n
@@ -205,7 +205,7 @@ def drain(
 def _admit(
     j, c, now, reqs, p_workload, p_threat, p_failure, p_memory,
     f_workload, f_threat, f_failure, f_memory, counts, rows, keys, responses, versions,
-    c_keys, c_expiry, c_values, c_ttl, c_quantum, c_stats, m_model, m_channel, max_queue_ns,
+    c_entries, c_ttl, c_quantum, c_stats, m_model, m_channel, max_queue_ns,
 ):  # fmt: skip
     """Decide one staged record: answered now (status, cache hit) or queued for inference."""
     req = reqs[j]
@@ -258,7 +258,7 @@ def _admit(
         return
     if c_ttl[mid] > 0 and (req.flags & REQ_NO_CACHE) == 0:
         key = cache.feature_key(feats, c_quantum[mid])
-        if cache.cache_get(c_keys, c_expiry, c_values, c_stats, mid, key, now, resp.outputs):
+        if cache.cache_get(c_entries, c_stats, mid, key, now, resp.outputs):
             resp.flags = RESP_CACHE_HIT
             m_model[mid, met.CACHE_HITS] += 1
             return
@@ -273,7 +273,7 @@ def finish(
     table, sq_state, cq_state, alloc, offsets, pass_state, n,
     reqs, raw_workload, raw_threat, raw_failure, raw_memory, post,
     counts, rows, keys, responses, resp_bytes,
-    c_keys, c_expiry, c_values, c_ttl, c_stats,
+    c_entries, c_ttl, c_stats,
     m_model, m_hist, m_summary, m_batch, m_channel, wake,
 ):  # fmt: skip
     """Post-process, cache, publish every channel's answers, then release its SQ slots.
@@ -302,7 +302,7 @@ def finish(
             j = rows[mid, r]
             responses[j].outputs[:] = post[r]
             if keys[j] != 0:
-                cache.cache_put(c_keys, c_expiry, c_values, c_stats, mid, keys[j], now, c_ttl[mid], post[r])
+                cache.cache_put(c_entries, c_stats, mid, keys[j], now, c_ttl[mid], post[r])
     publish = core.monotonic_ns()
     for j in range(n):
         responses[j].service_ns = publish - drain_ns
@@ -341,7 +341,7 @@ def step(
     f_workload, f_threat, f_failure, f_memory,
     raw_workload, raw_threat, raw_failure, raw_memory, post,
     counts, rows, keys, responses, resp_bytes, versions,
-    c_keys, c_expiry, c_values, c_ttl, c_quantum, c_stats,
+    c_entries, c_ttl, c_quantum, c_stats,
     m_model, m_hist, m_summary, m_batch, m_channel, wake, max_queue_ns, spin_ns,
 ):  # fmt: skip
     """Finish the previous pass (``n_prev`` records), then drain the next one.
@@ -357,7 +357,7 @@ def step(
             table, sq_state, cq_state, alloc, offsets, pass_state, n_prev,
             reqs, raw_workload, raw_threat, raw_failure, raw_memory, post,
             counts, rows, keys, responses, resp_bytes,
-            c_keys, c_expiry, c_values, c_ttl, c_stats,
+            c_entries, c_ttl, c_stats,
             m_model, m_hist, m_summary, m_batch, m_channel, wake,
         )  # fmt: skip
     spin = 0 if wakes > 0 else spin_ns  # (numba cannot take the conditional inline in a long call)
@@ -366,7 +366,7 @@ def step(
         staging, reqs, p_workload, p_threat, p_failure, p_memory,
         f_workload, f_threat, f_failure, f_memory,
         counts, rows, keys, responses, versions,
-        c_keys, c_expiry, c_values, c_ttl, c_quantum, c_stats,
+        c_entries, c_ttl, c_quantum, c_stats,
         m_model, m_channel, max_queue_ns, spin,
     )  # fmt: skip
     return n, wakes

@@ -198,7 +198,7 @@ class Daemon:
         self._step_middle = (self.staging, self.reqs, *self.payloads, *self.features)
         self._step_tail = (
             self.post, self.counts, self.rows, self.keys, self.responses, self.resp_bytes, self.versions,
-            c.keys, c.expiry, c.values, c.ttl_ns, c.quantum, c.stats,
+            c.entries, c.ttl_ns, c.quantum, c.stats,
             m.model, m.hist, m.summary, m.batch_hist, m.channel, self.wake, self.max_queue_ns,
         )  # fmt: skip
         self._model_slots = [(int(mid), i) for i, mid in enumerate(ModelId)]
@@ -266,7 +266,7 @@ class Daemon:
         if now - self.last_cache_count >= CACHE_COUNT_NS:  # a full scan: not every 10 ms
             self.last_cache_count = now
             for mid in ModelId:
-                a["cache_entries"][mid] = self.cache.entries(int(mid), now)
+                a["cache_entries"][mid] = self.cache.entries_live(int(mid), now)
 
     def _control(self, command: int, argument: int) -> None:
         model = argument if argument in {int(m) for m in ModelId} else None

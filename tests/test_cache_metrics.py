@@ -17,7 +17,7 @@ def _cache(capacity: int = 64) -> cache.CacheArrays:
 
 def _get(c: cache.CacheArrays, model: int, key: np.uint64, now: int) -> np.ndarray | None:
     out = np.zeros(4)
-    return out if cache.cache_get(c.keys, c.expiry, c.values, c.stats, model, key, now, out) else None
+    return out if cache.cache_get(c.entries, c.stats, model, key, now, out) else None
 
 
 def test_key_is_deterministic_and_sensitive_to_every_feature() -> None:
@@ -41,7 +41,7 @@ def test_quantum_makes_nearby_features_share_a_key() -> None:
 def test_entry_lives_for_its_ttl_then_misses() -> None:
     c = _cache()
     key = np.uint64(12345)
-    cache.cache_put(c.keys, c.expiry, c.values, c.stats, 2, key, 1_000, 500, np.arange(4.0))
+    cache.cache_put(c.entries, c.stats, 2, key, 1_000, 500, np.arange(4.0))
     got = _get(c, 2, key, 1_499)
     assert got is not None and list(got) == [0, 1, 2, 3]
     assert _get(c, 2, key, 1_500) is None  # expired exactly at put + ttl
@@ -53,18 +53,18 @@ def test_full_probe_window_evicts_the_entry_expiring_first() -> None:
     c = _cache(64)
     keys = [np.uint64(7 + 64 * i) for i in range(cache.PROBE + 1)]  # all land in one window
     for i, key in enumerate(keys[:-1]):
-        cache.cache_put(c.keys, c.expiry, c.values, c.stats, 1, key, 0, 1_000 + i, np.full(4, float(i)))
-    cache.cache_put(c.keys, c.expiry, c.values, c.stats, 1, keys[-1], 0, 5_000, np.full(4, 99.0))
+        cache.cache_put(c.entries, c.stats, 1, key, 0, 1_000 + i, np.full(4, float(i)))
+    cache.cache_put(c.entries, c.stats, 1, keys[-1], 0, 5_000, np.full(4, 99.0))
     assert c.stats[1, cache.EVICTIONS] == 1
     assert _get(c, 1, keys[0], 10) is None  # the one expiring first went
     assert all(_get(c, 1, key, 10) is not None for key in keys[1:])
-    assert c.entries(1, 10) == cache.PROBE
+    assert c.entries_live(1, 10) == cache.PROBE
 
 
 def test_clear_forgets_one_model_or_all() -> None:
     c = _cache()
     for model in (1, 2):
-        cache.cache_put(c.keys, c.expiry, c.values, c.stats, model, np.uint64(5), 0, 100, np.zeros(4))
+        cache.cache_put(c.entries, c.stats, model, np.uint64(5), 0, 100, np.zeros(4))
     c.clear(1)
     assert _get(c, 1, np.uint64(5), 1) is None and _get(c, 2, np.uint64(5), 1) is not None
     c.clear()
@@ -72,7 +72,7 @@ def test_clear_forgets_one_model_or_all() -> None:
 
 
 def test_capacity_must_be_a_power_of_two() -> None:
-    with pytest.raises(ValueError, match=r"^cache capacity must be a power of two >= 8: capacity=100$"):
+    with pytest.raises(ValueError, match=r"^cache capacity must be a power of two >= 4: capacity=100$"):
         cache.CacheArrays.new(5, 100)
 
 
@@ -104,3 +104,9 @@ def test_batch_histogram_buckets_by_power_of_two() -> None:
         met.record_batch(m.batch_hist, 1, size)
     assert list(m.batch_hist[1, :10]) == [1, 2, 1, 0, 0, 0, 0, 1, 1, 0]
     assert m.batch_hist[1, met.N_BATCH_BUCKETS - 1] == 1
+
+
+def test_entries_are_cache_line_sized_and_aligned() -> None:
+    c = _cache(64)
+    assert cache.ENTRY.itemsize == 64
+    assert c.entries.ctypes.data % 64 == 0
