@@ -31,7 +31,6 @@ from ._prometheus import registry_for
 log = logging.getLogger("http_shim")
 
 MAX_BATCH = 10_000
-INLINE_SPIN_US = 120.0
 CONTROL_TIMEOUT_S = 2.0  # the daemon runs control commands within ~100 ms; this bounds the wait
 _MODELS = frozenset(_snapshot.MODEL_NAMES)
 _ITEM = re.compile(r"^item (\d+): ")  # the index prefix shmd.client puts on a batch item's InvalidFields
@@ -80,7 +79,7 @@ class Shim:
     async def start(self, _app: web.Application) -> None:
         self.stats = StatsSegment.attach(self.prefix)
         # A lone request spins briefly for its answer: the daemon usually replies within ~100 µs.
-        self.client = AsyncClient(self.channel, self.prefix, timeout=self.timeout, inline_spin_us=INLINE_SPIN_US)
+        self.client = AsyncClient(self.channel, self.prefix, timeout=self.timeout)
         self.registry = registry_for(self.stats)
 
     async def stop(self, _app: web.Application) -> None:

@@ -253,8 +253,11 @@ class Client:
 class AsyncClient:
     """An asyncio front for one channel, shared by many concurrent tasks.
 
-    Submissions happen on the event loop; one reaper thread waits on the
-    completion ring (spin, then sleep) and resolves each request's future.
+    Submissions happen on the event loop. While requests are in flight the
+    loop itself polls the completion ring between its other callbacks: no
+    thread hand-off, no semaphore, and the daemon need not wake anyone. Only
+    after ``poll_us`` without an answer does a reaper thread take over the
+    wait (sleeping on the wake-up protocol) so a slow answer costs no CPU.
     """
 
     def __init__(
@@ -263,15 +266,17 @@ class AsyncClient:
         prefix: str = DEFAULT_PREFIX,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        inline_spin_us: float = 0.0,
+        poll_us: float = 200.0,
     ) -> None:
-        self._client = Client(channel, prefix, timeout=timeout)
+        # The reaper thread only runs once polling gave up: it sleeps at once.
+        self._client = Client(channel, prefix, timeout=timeout, spin_us=0)
         self.timeout = timeout
-        # > 0: a lone request spins this long on the event-loop thread for its answer before
-        # falling back to the reaper thread; saves two thread wake-ups (~150 µs) at low load.
-        self.inline_spin_us = inline_spin_us
+        self.poll_ns = int(poll_us * 1000)
         self._futures: dict[int, asyncio.Future] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._polling = False
+        self._progress_ns = 0
+        self._sleeper = threading.Event()  # set: the reaper thread waits for completions
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         self._lock = threading.Lock()  # guards the client's outstanding-id set across threads
@@ -286,15 +291,45 @@ class AsyncClient:
             self._reaper = threading.Thread(target=self._reap_forever, name="shmd-reaper", daemon=True)
             self._reaper.start()
 
+    def _reap(self) -> None:
+        with self._lock:
+            got = self._client.reap()
+        if len(got):
+            self._progress_ns = time.monotonic_ns()
+            self._resolve(got)
+
+    def _poll(self) -> None:
+        """One look at the completion ring; reschedules itself while answers are due."""
+        if self._client._cq.ready():
+            self._reap()
+        if not self._futures:
+            self._polling = False
+        elif time.monotonic_ns() - self._progress_ns < self.poll_ns:
+            assert self._loop is not None
+            self._loop.call_soon(self._poll)
+        else:
+            self._polling = False
+            self._sleeper.set()
+
+    def _kick(self) -> None:
+        if not self._polling:
+            assert self._loop is not None
+            self._polling = True
+            self._progress_ns = time.monotonic_ns()
+            self._loop.call_soon(self._poll)
+
     def _reap_forever(self) -> None:
         while not self._stop.is_set():
-            if not self._client.wait(0.05):
+            if not self._sleeper.wait(0.1):
                 continue
-            with self._lock:
-                got = self._client.reap()
-            if len(got):
-                assert self._loop is not None
-                self._loop.call_soon_threadsafe(self._resolve, got)
+            if self._client.wait(0.05):
+                with self._lock:
+                    got = self._client.reap()
+                if len(got):
+                    assert self._loop is not None
+                    self._loop.call_soon_threadsafe(self._resolve, got)
+            if not self._futures:  # nothing left to wait for: back to idle
+                self._sleeper.clear()
 
     def _resolve(self, got: np.ndarray) -> None:
         for resp in got:
@@ -307,20 +342,19 @@ class AsyncClient:
         self._start()
         assert self._loop is not None
         futures = [self._loop.create_future() for _ in range(len(records))]
-        for rid, fut in zip(records["request_id"], futures, strict=True):
-            self._futures[int(rid)] = fut
+        for rid, fut in zip(records["request_id"].tolist(), futures, strict=True):
+            self._futures[rid] = fut
         sent = 0
         deadline = time.monotonic() + self.timeout
         try:
             while sent < len(records):
                 with self._lock:
                     sent += self._client.submit(records[sent:])
+                self._kick()
                 if sent < len(records):
                     if time.monotonic() > deadline:
                         raise NotReady(f"submission ring of {self.channel.name!r} stayed full for {self.timeout}s")
                     await asyncio.sleep(0.0005)  # back-pressure: let the daemon drain
-            if self.inline_spin_us > 0 and len(self._futures) == len(records):
-                self._reap_inline()
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
                 return list(await asyncio.gather(*futures))
         except TimeoutError:
@@ -329,21 +363,8 @@ class AsyncClient:
                 "is the daemon running?"
             ) from None
         finally:
-            for rid in records["request_id"]:
-                self._futures.pop(int(rid), None)
-
-    def _reap_inline(self) -> None:
-        """Spin (nogil, read-only on the ring) for a completion, then reap it here.
-
-        Only reads the CQ tail while spinning, so it never touches the sleep
-        protocol the reaper thread may be in; reaping itself is under the lock.
-        """
-        cq = self._client._cq
-        if ringbuf._core.ring_spin_ready(cq.ring.hdr64, cq.state, cq.ring.capacity, int(self.inline_spin_us * 1000)):
-            with self._lock:
-                got = self._client.reap()
-            if len(got):
-                self._resolve(got)
+            for rid in records["request_id"].tolist():
+                self._futures.pop(rid, None)
 
     async def predict_many(
         self, model: str, items: Sequence[Mapping[str, Any]], *, return_exceptions: bool = False
@@ -367,6 +388,7 @@ class AsyncClient:
 
     def close(self) -> None:
         self._stop.set()
+        self._sleeper.set()
         if self._reaper is not None:
             self._reaper.join(timeout=1.0)
         self._client.close()
