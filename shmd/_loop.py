@@ -48,6 +48,7 @@ TABLE_SQ_HDR, TABLE_SQ_SLOTS, TABLE_SQ_CAP, TABLE_CQ_HDR, TABLE_CQ_SLOTS, TABLE_
 TABLE_COLUMNS = 6
 
 PASS_START, PASS_DRAIN_NS = 0, 1  # words of the pass_state array
+MAX_INNER_PASSES = 64  # model-free passes ``step`` may finish before returning to Python
 N_MODELS = max(ModelId) + 1  # arrays indexed by model id; row 0 unused
 _WORKLOAD, _THREAT, _FAILURE, _MEMORY = (int(m) for m in ModelId)
 _PAYLOAD_LEN = np.array([0] + [PAYLOADS[m].itemsize for m in ModelId], np.int64)
@@ -351,22 +352,29 @@ def step(
     ``(drained, wakes)``; with clients to wake it does not spin, so their
     semaphores are posted without delay.
     """
+    # A pass that needs no model (cache hits, refusals) is published in the
+    # next round here rather than after a trip to Python; bounded, so Python
+    # still sees signals and housekeeping, and stopped when a client must be woken.
+    n = n_prev
     wakes = 0
-    if n_prev > 0:
-        wakes = finish(
-            table, sq_state, cq_state, alloc, offsets, pass_state, n_prev,
-            reqs, raw_workload, raw_threat, raw_failure, raw_memory, post,
-            counts, rows, keys, responses, resp_bytes,
-            c_entries, c_ttl, c_stats,
-            m_model, m_hist, m_summary, m_batch, m_channel, wake,
+    for _ in range(MAX_INNER_PASSES):
+        if n > 0:
+            wakes = finish(
+                table, sq_state, cq_state, alloc, offsets, pass_state, n,
+                reqs, raw_workload, raw_threat, raw_failure, raw_memory, post,
+                counts, rows, keys, responses, resp_bytes,
+                c_entries, c_ttl, c_stats,
+                m_model, m_hist, m_summary, m_batch, m_channel, wake,
+            )  # fmt: skip
+        spin = 0 if wakes > 0 else spin_ns  # (numba cannot take the conditional inline in a long call)
+        n = drain(
+            table, sq_state, cq_state, ready, alloc, offsets, pass_state, room,
+            staging, reqs, p_workload, p_threat, p_failure, p_memory,
+            f_workload, f_threat, f_failure, f_memory,
+            counts, rows, keys, responses, versions,
+            c_entries, c_ttl, c_quantum, c_stats,
+            m_model, m_channel, max_queue_ns, spin,
         )  # fmt: skip
-    spin = 0 if wakes > 0 else spin_ns  # (numba cannot take the conditional inline in a long call)
-    n = drain(
-        table, sq_state, cq_state, ready, alloc, offsets, pass_state, room,
-        staging, reqs, p_workload, p_threat, p_failure, p_memory,
-        f_workload, f_threat, f_failure, f_memory,
-        counts, rows, keys, responses, versions,
-        c_entries, c_ttl, c_quantum, c_stats,
-        m_model, m_channel, max_queue_ns, spin,
-    )  # fmt: skip
+        if n == 0 or wakes > 0 or counts.sum() > 0:
+            break
     return n, wakes
