@@ -99,6 +99,48 @@ def ring_ready(hdr64, state, capacity):
 
 
 @njit(nogil=True, cache=True)
+def copy_from_ring(slots, first, out, n):
+    """``out[j] = slots[(first + j) & mask]`` for ``j < n``.
+
+    By 64-bit words when the slot size allows: a byte-wise row copy is what
+    numba makes of a slice assignment, and it ran ~4x slower.
+    """
+    mask = np.uint64(slots.shape[0] - 1)
+    width = slots.shape[1]
+    if width % 8 != 0:
+        for j in range(n):
+            out[j, :] = slots[(first + np.uint64(j)) & mask, :]
+        return
+    words = width // 8
+    src = slots.reshape(-1).view(np.uint64)
+    dst = out.reshape(-1).view(np.uint64)
+    for j in range(n):
+        s = np.int64((first + np.uint64(j)) & mask) * words
+        d = j * words
+        for w in range(words):
+            dst[d + w] = src[s + w]
+
+
+@njit(nogil=True, cache=True)
+def copy_into_ring(records, slots, first, n):
+    """``slots[(first + j) & mask] = records[j]`` for ``j < n`` (see ``copy_from_ring``)."""
+    mask = np.uint64(slots.shape[0] - 1)
+    width = slots.shape[1]
+    if width % 8 != 0:
+        for j in range(n):
+            slots[(first + np.uint64(j)) & mask, :] = records[j, :]
+        return
+    words = width // 8
+    src = records.reshape(-1).view(np.uint64)
+    dst = slots.reshape(-1).view(np.uint64)
+    for j in range(n):
+        d = np.int64((first + np.uint64(j)) & mask) * words
+        s = j * words
+        for w in range(words):
+            dst[d + w] = src[s + w]
+
+
+@njit(nogil=True, cache=True)
 def ring_peek(hdr64, slots, state, out, max_n):
     """Consumer: copy up to ``max_n`` ready records into private ``out``.
 
@@ -111,10 +153,7 @@ def ring_peek(hdr64, slots, state, out, max_n):
     if n <= 0:
         return n
     n = min(n, max_n, out.shape[0])
-    mask = np.uint64(capacity - 1)
-    head = state[OWN]
-    for j in range(n):
-        out[j, :] = slots[(head + np.uint64(j)) & mask, :]
+    copy_from_ring(slots, state[OWN], out, n)
     return n
 
 
@@ -175,10 +214,7 @@ def ring_produce(hdr64, hdr32, slots, state, records, n):
         if n > 0:
             hdr64[FULL_EVENTS] += np.uint64(1)
         return 0, False
-    mask = np.uint64(capacity - 1)
-    tail = state[OWN]
-    for j in range(k):
-        slots[(tail + np.uint64(j)) & mask, :] = records[j, :]
+    copy_into_ring(records, slots, state[OWN], k)
     return k, ring_publish(hdr64, hdr32, state, k)
 
 

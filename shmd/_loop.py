@@ -322,11 +322,8 @@ def finish(
         cq_hdr = _hdr64(table, c, TABLE_CQ_HDR)
         cq_slots = _slots(table, c, TABLE_CQ_SLOTS, TABLE_CQ_CAP, RESPONSE_SLOT_SIZE)
         state = cq_state[c]
-        mask = np.uint64(cq_slots.shape[0] - 1)
-        tail = state[core.OWN]
         first = offsets[c]
-        for i in range(k):
-            cq_slots[(tail + np.uint64(i)) & mask, :] = resp_bytes[first + i]
+        core.copy_into_ring(resp_bytes[first : first + k], cq_slots, state[core.OWN], k)
         wake[c] = core.ring_publish(cq_hdr, _hdr32(table, c, TABLE_CQ_HDR), state, k)
         wakes += wake[c]
         m_channel[c, met.COMPLETED] += k
