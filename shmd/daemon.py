@@ -1,9 +1,15 @@
 """``shmd serve``: channels, models, the poll loop, and a clean stop.
 
-The loop in Python is only orchestration; see ``_loop`` for what each
-compiled step does. Per pass: drain -> one model call per model with rows
--> finish -> post the semaphores of clients that sleep. With nothing to do it
-spins for ``spin_us`` and then sleeps on the prefix's doorbell semaphore.
+The loop in Python is only orchestration; see ``_loop`` for what the
+compiled code does. Per pass: one model call per model with rows, then one
+``step`` (finish this pass, drain the next), then posts to the semaphores of
+clients that sleep. With nothing to do the drain spins for ``spin_us`` and
+the loop then sleeps on the prefix's doorbell semaphore.
+
+On SIGTERM/SIGINT the pass in hand is published; requests still waiting in
+an SQ stay there (a daemon restarted with ``--keep-segments`` on the same
+prefix answers them; otherwise the segments are unlinked and callers time
+out).
 """
 
 from __future__ import annotations
@@ -43,12 +49,17 @@ CACHE_COUNT_NS = 1_000_000_000  # live cache entries are counted this often
 SLEEP_TIMEOUT_S = 0.1  # a sleeping loop still wakes this often (signals, CQ room freed)
 
 
+def _kv(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if not text or any(c in text for c in ' "=\n') else text
+
+
 def log(event: str, fmt: str = "kv", **fields: Any) -> None:
-    """One structured event per line on stderr."""
+    """One structured event per line on stderr (``key=value``, quoted when needed, or JSON)."""
     if fmt == "json":
         line = json.dumps({"event": event, **fields})
     else:
-        line = " ".join([f"event={event}", *(f"{k}={v}" for k, v in fields.items())])
+        line = " ".join([f"event={event}", *(f"{k}={_kv(v)}" for k, v in fields.items())])
     print(line, file=sys.stderr, flush=True)
 
 

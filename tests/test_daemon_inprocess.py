@@ -51,6 +51,7 @@ def test_failing_model_answers_internal_and_the_pass_goes_on(prefix: str, capfd:
         assert 0 <= got_a[0]["outputs"][0] <= 1
         internal = met.REJECTED + Status.INTERNAL
         assert list(daemon.metrics.channel[:, internal]) == [1, 1]
-        assert "event=model_error model=threat error=RuntimeError('interpreter exploded')" in capfd.readouterr().err
+        logged = capfd.readouterr().err
+        assert "event=model_error model=threat error=\"RuntimeError('interpreter exploded')\"" in logged
     finally:
         daemon.close()
