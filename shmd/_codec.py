@@ -126,14 +126,26 @@ def _array(value: Any, path: str, length: int, *, pad: bool = False) -> list[Any
     return list(value) + [0] * (length - len(value))
 
 
+# The array readers check every item inline first (the common, valid case: no
+# call per item) and only on a failure rerun the per-item readers, which name
+# the offending item. NaN and +-inf fail the range comparison.
+
+
 def _numbers(obj: Mapping[str, Any], key: str, length: int, *, pad: bool = False, default: Any = ...) -> list:
-    raw = _get(obj, key, key, default)
-    return [_number(v, f"{key}[{i}]") for i, v in enumerate(_array(raw, key, length, pad=pad))]
+    raw = _array(_get(obj, key, key, default), key, length, pad=pad)
+    for v in raw:
+        kind = type(v)
+        if (kind is not float and kind is not int) or not -_F32_MAX <= v <= _F32_MAX:
+            return [_number(v, f"{key}[{i}]") for i, v in enumerate(raw)]
+    return raw
 
 
 def _integers(obj: Mapping[str, Any], key: str, length: int, lo: int, hi: int) -> list[int]:
     raw = _array(_get(obj, key, key), key, length)
-    return [_integer(v, f"{key}[{i}]", lo, hi) for i, v in enumerate(raw)]
+    for v in raw:
+        if type(v) is not int or not lo <= v <= hi:
+            return [_integer(v, f"{key}[{i}]", lo, hi) for i, v in enumerate(raw)]
+    return raw
 
 
 def _mapping(value: Any, path: str) -> Mapping[str, Any]:
