@@ -257,7 +257,12 @@ class AsyncClient:
     loop itself polls the completion ring between its other callbacks: no
     thread hand-off, no semaphore, and the daemon need not wake anyone. Only
     after ``poll_us`` without an answer does a reaper thread take over the
-    wait (sleeping on the wake-up protocol) so a slow answer costs no CPU.
+    wait (sleeping on the wake-up protocol) so a slow answer costs no CPU;
+    once it has an answer it hands the ring back to the loop.
+
+    Exactly one of the two reads the completion ring at any time (a ring's
+    consumer state is single-threaded): the hand-over goes through
+    ``_reaper_active``, changed only under ``_lock``.
     """
 
     def __init__(
@@ -276,10 +281,11 @@ class AsyncClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._polling = False
         self._progress_ns = 0
-        self._sleeper = threading.Event()  # set: the reaper thread waits for completions
+        self._reaper_active = False
+        self._sleeper = threading.Event()  # set: the reaper thread owns the completion ring
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
-        self._lock = threading.Lock()  # guards the client's outstanding-id set across threads
+        self._lock = threading.Lock()  # guards the outstanding ids and the hand-over
 
     @property
     def channel(self) -> ringbuf.Channel:
@@ -291,45 +297,52 @@ class AsyncClient:
             self._reaper = threading.Thread(target=self._reap_forever, name="shmd-reaper", daemon=True)
             self._reaper.start()
 
-    def _reap(self) -> None:
-        with self._lock:
-            got = self._client.reap()
-        if len(got):
-            self._progress_ns = time.monotonic_ns()
-            self._resolve(got)
-
     def _poll(self) -> None:
         """One look at the completion ring; reschedules itself while answers are due."""
-        if self._client._cq.ready():
-            self._reap()
+        if self._client._cq.ready():  # while polling, only this thread reads the ring
+            with self._lock:
+                got = self._client.reap()
+            self._progress_ns = time.monotonic_ns()
+            self._resolve(got)
         if not self._futures:
             self._polling = False
         elif time.monotonic_ns() - self._progress_ns < self.poll_ns:
             assert self._loop is not None
             self._loop.call_soon(self._poll)
-        else:
-            self._polling = False
+        else:  # no answer for a while: let the reaper thread sleep for it
+            with self._lock:
+                self._polling = False
+                self._reaper_active = True
             self._sleeper.set()
 
     def _kick(self) -> None:
-        if not self._polling:
-            assert self._loop is not None
+        """Make sure someone watches the completion ring (event loop only)."""
+        with self._lock:
+            if self._polling or self._reaper_active:
+                return
             self._polling = True
-            self._progress_ns = time.monotonic_ns()
-            self._loop.call_soon(self._poll)
+        self._progress_ns = time.monotonic_ns()
+        assert self._loop is not None
+        self._loop.call_soon(self._poll)
+
+    def _handed_back(self, got: np.ndarray) -> None:
+        self._resolve(got)
+        if self._futures:
+            self._kick()
 
     def _reap_forever(self) -> None:
         while not self._stop.is_set():
             if not self._sleeper.wait(0.1):
                 continue
-            if self._client.wait(0.05):
-                with self._lock:
-                    got = self._client.reap()
-                if len(got):
-                    assert self._loop is not None
-                    self._loop.call_soon_threadsafe(self._resolve, got)
-            if not self._futures:  # nothing left to wait for: back to idle
-                self._sleeper.clear()
+            self._client.wait(0.05)
+            with self._lock:
+                got = self._client.reap()
+                if len(got) or not self._futures:  # an answer (or nothing left): back to the loop
+                    self._reaper_active = False
+                    self._sleeper.clear()
+            if len(got):
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._handed_back, got)
 
     def _resolve(self, got: np.ndarray) -> None:
         for resp in got:
