@@ -98,17 +98,6 @@ def channels_with_work(table, sq_state, cq_state, ready):
 
 
 @njit(nogil=True, cache=True)
-def spin_for_work(table, sq_state, cq_state, ready, spin_ns):
-    """Spin up to ``spin_ns`` for any channel with drainable work; total found."""
-    deadline = core.monotonic_ns() + spin_ns
-    while True:
-        total = channels_with_work(table, sq_state, cq_state, ready)
-        if total > 0 or core.monotonic_ns() >= deadline:
-            return total
-        core.cpu_relax()
-
-
-@njit(nogil=True, cache=True)
 def prepare_sleep(table, sq_state, cq_state, ready):
     """Set NEED_WAKEUP on every SQ, fence, re-check; sleep only if this is 0."""
     for c in range(table.shape[0]):

@@ -290,3 +290,29 @@ def test_idle_daemon_uses_under_one_percent_of_a_core(daemon: DaemonProcess) -> 
     time.sleep(2.0)
     used = cpu_seconds() - before
     assert used / 2.0 < 0.01, f"idle daemon used {used / 2.0:.1%} of a core"
+
+
+def test_full_completion_ring_stops_draining_and_loses_nothing(daemon: DaemonProcess) -> None:
+    from ringbuf import _core as core
+
+    with Client("c", prefix=daemon.prefix) as c:
+        cap = c.channel.cq.capacity
+        first = _records(ModelId.MEMORY, cap, c, SAMPLES["memory"])
+        assert c.submit(first.view(REQUEST)) == cap
+        deadline = time.monotonic() + 10
+        while c._cq.ready() < cap:  # the daemon fills our CQ; we do not reap
+            assert time.monotonic() < deadline, "daemon did not answer the first ring-full"
+            time.sleep(0.01)
+        second = _records(ModelId.MEMORY, cap, c, SAMPLES["memory"])
+        assert c.submit(second.view(REQUEST)) == cap  # the SQ slots were released after answering
+        time.sleep(0.3)
+        sq = c.channel.sq.hdr64
+        assert int(sq[core.TAIL] - sq[core.HEAD]) == cap, "the daemon drained with nowhere to answer"
+        assert c._cq.ready() == cap
+        answered: list[int] = []
+        while len(answered) < 2 * cap:
+            assert time.monotonic() < deadline + 10, f"{len(answered)} of {2 * cap} answered"
+            c.wait(0.05)
+            answered += [int(i) for i in c.reap()["request_id"]]
+    expected = [int(i) for i in first["request_id"]] + [int(i) for i in second["request_id"]]
+    assert answered == expected  # every one, once, in order
