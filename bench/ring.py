@@ -142,6 +142,9 @@ def _stream_producer(hdr64, hdr32, slots, state, record, n, batch, deadline_ns):
     """Write ``n`` copies of ``record`` (sequence number in word 0) in batches of ``batch``."""
     capacity = slots.shape[0]
     mask = np.uint64(capacity - 1)
+    words = slots.shape[1] // 8
+    slots64 = slots.reshape(-1).view(np.uint64)
+    record64 = record.view(np.uint64)
     sent = 0
     spins = 0
     while sent < n:
@@ -154,10 +157,11 @@ def _stream_producer(hdr64, hdr32, slots, state, record, n, batch, deadline_ns):
             continue
         k = min(batch, n - sent)
         tail = state[core.OWN]
-        for j in range(k):
-            row = slots[(tail + np.uint64(j)) & mask]
-            row[:] = record
-            row[:8].view(np.uint64)[0] = np.uint64(sent + j)
+        for j in range(k):  # straight into the slots, by 64-bit words (a byte-wise row copy is ~4x slower)
+            base = np.int64((tail + np.uint64(j)) & mask) * words
+            for w in range(words):
+                slots64[base + w] = record64[w]
+            slots64[base] = np.uint64(sent + j)
         core.ring_publish(hdr64, hdr32, state, k)
         sent += k
     return sent
