@@ -98,46 +98,41 @@ def ring_ready(hdr64, state, capacity):
     return np.int64(tail - head)
 
 
-@njit(nogil=True, cache=True)
-def copy_from_ring(slots, first, out, n):
-    """``out[j] = slots[(first + j) & mask]`` for ``j < n``.
+_NO_WRAP = np.uint64(0xFFFFFFFFFFFFFFFF)  # the mask of a plain (non-ring) array of rows
 
-    By 64-bit words when the slot size allows: a byte-wise row copy is what
+
+@njit(nogil=True, cache=True)
+def _copy_rows(src, src_first, src_mask, dst, dst_first, dst_mask, n):
+    """``dst[(dst_first + j) & dst_mask] = src[(src_first + j) & src_mask]`` for ``j < n``.
+
+    By 64-bit words when the row size allows: a byte-wise row copy is what
     numba makes of a slice assignment, and it ran ~4x slower.
     """
-    mask = np.uint64(slots.shape[0] - 1)
-    width = slots.shape[1]
+    width = src.shape[1]
     if width % 8 != 0:
         for j in range(n):
-            out[j, :] = slots[(first + np.uint64(j)) & mask, :]
+            dst[(dst_first + np.uint64(j)) & dst_mask, :] = src[(src_first + np.uint64(j)) & src_mask, :]
         return
     words = width // 8
-    src = slots.reshape(-1).view(np.uint64)
-    dst = out.reshape(-1).view(np.uint64)
+    src64 = src.reshape(-1).view(np.uint64)
+    dst64 = dst.reshape(-1).view(np.uint64)
     for j in range(n):
-        s = np.int64((first + np.uint64(j)) & mask) * words
-        d = j * words
+        s = np.int64((src_first + np.uint64(j)) & src_mask) * words
+        d = np.int64((dst_first + np.uint64(j)) & dst_mask) * words
         for w in range(words):
-            dst[d + w] = src[s + w]
+            dst64[d + w] = src64[s + w]
+
+
+@njit(nogil=True, cache=True)
+def copy_from_ring(slots, first, out, n):
+    """``out[j] = slots[(first + j) & mask]`` for ``j < n``."""
+    _copy_rows(slots, first, np.uint64(slots.shape[0] - 1), out, np.uint64(0), _NO_WRAP, n)
 
 
 @njit(nogil=True, cache=True)
 def copy_into_ring(records, slots, first, n):
-    """``slots[(first + j) & mask] = records[j]`` for ``j < n`` (see ``copy_from_ring``)."""
-    mask = np.uint64(slots.shape[0] - 1)
-    width = slots.shape[1]
-    if width % 8 != 0:
-        for j in range(n):
-            slots[(first + np.uint64(j)) & mask, :] = records[j, :]
-        return
-    words = width // 8
-    src = records.reshape(-1).view(np.uint64)
-    dst = slots.reshape(-1).view(np.uint64)
-    for j in range(n):
-        d = np.int64((first + np.uint64(j)) & mask) * words
-        s = j * words
-        for w in range(words):
-            dst[d + w] = src[s + w]
+    """``slots[(first + j) & mask] = records[j]`` for ``j < n``."""
+    _copy_rows(records, np.uint64(0), _NO_WRAP, slots, first, np.uint64(slots.shape[0] - 1), n)
 
 
 @njit(nogil=True, cache=True)
