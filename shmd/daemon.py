@@ -29,7 +29,7 @@ import posix_ipc
 import ringbuf
 from kernel_abi import REQUEST, REQUEST_SLOT_SIZE, REQUESTS, RESPONSE, ModelId, Status
 
-from . import _config, _loop
+from . import _config, _lock, _loop
 from . import _metrics as met
 from ._cache import N_STATS, CacheArrays
 from ._errors import ShmdError
@@ -159,18 +159,45 @@ class Daemon:
         self.table = np.zeros((n_ch, _loop.TABLE_COLUMNS), np.int64)
         self.sq_state = np.zeros((n_ch, ringbuf._core.STATE_WORDS), np.uint64)
         self.cq_state = np.zeros((n_ch, ringbuf._core.STATE_WORDS), np.uint64)
-        for c, ch in enumerate(self.channels):
-            for cols, ring in (
-                ((_loop.TABLE_SQ_HDR, _loop.TABLE_SQ_SLOTS, _loop.TABLE_SQ_CAP), ch.sq),
-                ((_loop.TABLE_CQ_HDR, _loop.TABLE_CQ_SLOTS, _loop.TABLE_CQ_CAP), ch.cq),
-            ):
-                self.table[c, cols[0]] = ring.hdr64.ctypes.data
-                self.table[c, cols[1]] = ring.slots.ctypes.data
-                self.table[c, cols[2]] = ring.capacity
-            # Resume where the rings stand: a restarted daemon answers what is pending.
-            head, tail = int(ch.sq.hdr64[ringbuf._core.HEAD]), int(ch.cq.hdr64[ringbuf._core.TAIL])
-            self.sq_state[c] = ringbuf._core.new_state(head, head)
-            self.cq_state[c] = ringbuf._core.new_state(tail, int(ch.cq.hdr64[ringbuf._core.HEAD]))
+        for c in range(n_ch):
+            self._bind_channel(c)
+
+    def _bind_channel(self, c: int) -> None:
+        """Point the loop's table row ``c`` at channel ``c`` and take up its ring indices."""
+        ch = self.channels[c]
+        for cols, ring in (
+            ((_loop.TABLE_SQ_HDR, _loop.TABLE_SQ_SLOTS, _loop.TABLE_SQ_CAP), ch.sq),
+            ((_loop.TABLE_CQ_HDR, _loop.TABLE_CQ_SLOTS, _loop.TABLE_CQ_CAP), ch.cq),
+        ):
+            self.table[c, cols[0]] = ring.hdr64.ctypes.data
+            self.table[c, cols[1]] = ring.slots.ctypes.data
+            self.table[c, cols[2]] = ring.capacity
+        # Resume where the rings stand: a restarted daemon answers what is pending.
+        head, tail = int(ch.sq.hdr64[ringbuf._core.HEAD]), int(ch.cq.hdr64[ringbuf._core.TAIL])
+        self.sq_state[c] = ringbuf._core.new_state(head, head)
+        self.cq_state[c] = ringbuf._core.new_state(tail, int(ch.cq.hdr64[ringbuf._core.HEAD]))
+
+    def _reset_corrupt_channels(self) -> None:
+        """Re-create a corrupt channel once no client holds it.
+
+        Corruption means the holder broke the protocol; its requests cannot be
+        trusted, so nothing is carried over. Waiting for the hold to go keeps a
+        live (if broken) client from writing into the fresh rings.
+        """
+        corrupt = self.sq_state[:, ringbuf._core.CORRUPT_FLAG] | self.cq_state[:, ringbuf._core.CORRUPT_FLAG]
+        for c in np.flatnonzero(corrupt):
+            old = self.channels[c]
+            if _lock.holder(old.fd):
+                continue
+            old.unlink()
+            fresh = ringbuf.Channel.create(
+                self.cfg.prefix, old.name, sq_capacity=self.cfg.sq_capacity, cq_capacity=self.cfg.cq_capacity
+            )
+            fresh.header["daemon_pid"] = os.getpid()
+            self.channels[c] = fresh
+            self._bind_channel(c)
+            old.close()
+            log("channel_reset", self.cfg.log_format, channel=old.name, reason="corrupt")
 
     def _make_buffers(self) -> None:
         room, n_ch = self.cfg.max_batch, len(self.channels)
@@ -270,6 +297,7 @@ class Daemon:
         for c, ch in enumerate(self.channels):
             ch.header["daemon_heartbeat_ns"] = now
             a["gauges"][c] = (int(ch.sq.hdr64[ringbuf._core.TAIL] - self.sq_state[c, 0]), self.sq_state[c, 2])
+        self._reset_corrupt_channels()
         control = a["control"]
         if control[SEQUENCE] != control[DONE]:
             self._control(int(control[COMMAND]), int(control[ARGUMENT]))

@@ -316,3 +316,24 @@ def test_full_completion_ring_stops_draining_and_loses_nothing(daemon: DaemonPro
             answered += [int(i) for i in c.reap()["request_id"]]
     expected = [int(i) for i in first["request_id"]] + [int(i) for i in second["request_id"]]
     assert answered == expected  # every one, once, in order
+
+
+def test_corrupt_channel_is_reset_once_its_holder_lets_go(daemon: DaemonProcess) -> None:
+    from ringbuf import _core as core
+
+    def resets() -> int:
+        return sum("event=channel_reset channel=a reason=corrupt" in line for line in daemon.lines)
+
+    before = resets()
+    with Client("a", prefix=daemon.prefix) as broken:
+        broken.channel.sq.hdr64[core.TAIL] = 10**12  # a tail no ring can have
+        time.sleep(0.4)  # the daemon looks at every ring at least every 100 ms
+        with Client("b", prefix=daemon.prefix) as healthy:  # others are untouched meanwhile
+            assert 0 <= healthy.predict("workload", SAMPLES["workload"])["predictedCpu"] <= 1
+        assert resets() == before, "reset while the broken client still held the channel"
+    deadline = time.monotonic() + 5
+    while resets() == before:
+        assert time.monotonic() < deadline, "corrupt channel was never reset"
+        time.sleep(0.02)
+    with Client("a", prefix=daemon.prefix) as fresh:
+        assert 0 <= fresh.predict("workload", SAMPLES["workload"])["predictedCpu"] <= 1
