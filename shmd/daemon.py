@@ -14,11 +14,9 @@ out).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from typing import Any
@@ -33,6 +31,7 @@ from . import _config, _lock, _loop
 from . import _metrics as met
 from ._cache import N_STATS, CacheArrays
 from ._errors import ShmdError
+from ._http_child import HttpChild
 from ._stats_segment import (
     ARGUMENT,
     CMD_CLEAR_CACHE,
@@ -69,6 +68,7 @@ class Daemon:
     def __init__(self, cfg: _config.Config) -> None:
         self.cfg = cfg
         self.stopping = False
+        self.http: HttpChild | None = None  # set by main() when the shim runs
         self.channels: list[ringbuf.Channel] = []
         self.names = list(cfg.channels) + ([_config.HTTP_CHANNEL] if cfg.http else [])
         t0 = time.monotonic()
@@ -298,6 +298,8 @@ class Daemon:
             ch.header["daemon_heartbeat_ns"] = now
             a["gauges"][c] = (int(ch.sq.hdr64[ringbuf._core.TAIL] - self.sq_state[c, 0]), self.sq_state[c, 2])
         self._reset_corrupt_channels()
+        if self.http is not None:
+            self.http.check()
         control = a["control"]
         if control[SEQUENCE] != control[DONE]:
             self._control(int(control[COMMAND]), int(control[ARGUMENT]))
@@ -338,7 +340,9 @@ class Daemon:
     # --- stop -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Unmap everything; unlink what we own unless told to keep it."""
+        """Stop the shim, unmap everything; unlink what we own unless told to keep it."""
+        if self.http is not None:
+            self.http.stop()
         keep = self.cfg.keep_segments
         for ch in self.channels:
             ch.header["daemon_pid"] = 0
@@ -359,19 +363,6 @@ class Daemon:
             self.stats.unlink()
 
 
-def _start_http(cfg: _config.Config) -> subprocess.Popen | None:
-    if not cfg.http:
-        return None
-    if importlib.util.find_spec("http_shim.__main__") is None:
-        log("http_unavailable", cfg.log_format, reason="http_shim is not installed")
-        return None
-    cmd = [sys.executable, "-m", "http_shim", "--prefix", cfg.prefix, "--channel", _config.HTTP_CHANNEL,
-           "--host", cfg.host, "--port", str(cfg.port)]  # fmt: skip
-    if cfg.admin_token:
-        os.environ["SHMD_ADMIN_TOKEN"] = cfg.admin_token
-    return subprocess.Popen(cmd)
-
-
 def main(argv: list[str]) -> int:
     from models import ArtifactError
 
@@ -387,22 +378,23 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    http = _start_http(cfg)
+    if cfg.http:
+        daemon.http = HttpChild(cfg, lambda event, **kv: log(event, cfg.log_format, **kv))
+        try:
+            daemon.http.start()
+        except ShmdError as err:
+            daemon.close()
+            print(f"shmd serve: {err}", file=sys.stderr)
+            return 2
     log(
         "ready", cfg.log_format, pid=os.getpid(), prefix=cfg.prefix, channels=",".join(daemon.names),
         models=",".join(f"{m.name.lower()}@{daemon.versions[m]}" for m in ModelId),
         backend=cfg.backend, startup_ms=round(daemon.startup_s * 1000, 1),
-        http=f"{cfg.host}:{cfg.port}" if http else "off",
+        http=f"{cfg.host}:{cfg.port}" if cfg.http else "off",
     )  # fmt: skip
     try:
         daemon.serve_forever()
     finally:
-        if http is not None:
-            http.terminate()
-            try:
-                http.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                http.kill()
         daemon.close()
         log("stopped", cfg.log_format, passes=daemon.passes)
     return 0

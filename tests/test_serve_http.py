@@ -1,0 +1,72 @@
+"""`shmd serve` and its HTTP shim child: a failed start is an error, a dead shim comes back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+import ringbuf
+
+from ._http_daemon import free_port, unique_prefix
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _serve(prefix: str, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "shmd.cli", "serve", "--prefix", prefix, "--port", str(port), "--channels", "a"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _health(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
+            return json.load(resp)
+    except OSError:
+        return None
+
+
+def test_port_in_use_fails_serve_with_the_reason() -> None:
+    prefix, port = unique_prefix("sv"), free_port()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        proc = _serve(prefix, port)
+        _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 2
+    assert "address already in use" in err
+    assert f"shmd serve: the HTTP shim exited with code 2 before listening on 127.0.0.1:{port}" in err
+    assert "event=ready" not in err
+    assert not ringbuf.leftovers(prefix)
+
+
+def test_a_dead_shim_is_restarted() -> None:
+    prefix, port = unique_prefix("sv"), free_port()
+    proc = _serve(prefix, port)
+    try:
+        deadline = time.monotonic() + 90
+        while (health := _health(port)) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.1)
+        shim = subprocess.run(["pgrep", "-f", f"http_shim --prefix {prefix} "], capture_output=True, text=True)
+        os.kill(int(shim.stdout.split()[0]), signal.SIGKILL)
+        time.sleep(0.5)
+        assert _health(port) is None
+        deadline = time.monotonic() + 20  # restarts are at most every 5 s
+        while (health := _health(port)) is None:
+            assert time.monotonic() < deadline, "the shim was not restarted"
+            time.sleep(0.1)
+        assert health["daemon"]["pid"] == proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "event=http_exited code=-9 action=restart" in err
+    assert not ringbuf.leftovers(prefix)
