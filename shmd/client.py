@@ -6,9 +6,11 @@
         c.predict_many("threat", [{...}, ...])
 
 A client holds its channel exclusively (a POSIX record lock on the segment,
-which the OS drops when the process dies), fills request slots in place,
-publishes once per batch, and waits on the completion ring by spinning
-briefly and then sleeping on the wake-up protocol.
+which the OS drops when the process dies), builds a batch's records and
+copies them into the ring with one index store per ring-full, and waits on
+the completion ring by spinning briefly and then sleeping on the wake-up
+protocol. (Callers that want to write slots in place use ``ringbuf``'s
+``Producer.reserve``/``commit``.)
 
 Request ids start at a random 63-bit base per client, so responses meant for
 a previous holder of the channel, or duplicates the daemon re-sends after a
