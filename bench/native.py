@@ -42,7 +42,7 @@ def _request_bytes() -> bytes:
     from shmd.samples import WORKLOAD
 
     rec = np.zeros(1, REQUESTS[ModelId.WORKLOAD])
-    _codec.fill_payload(ModelId.WORKLOAD, rec[0:1]["payload"][0], WORKLOAD)
+    rec["payload"] = _codec.encode_payload(ModelId.WORKLOAD, WORKLOAD)
     rec["model_id"] = ModelId.WORKLOAD
     rec["abi_version"] = ABI_VERSION
     rec["payload_len"] = PAYLOADS[ModelId.WORKLOAD].itemsize

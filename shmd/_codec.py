@@ -2,6 +2,9 @@
 
 This module checks what the record format cannot carry: presence, types,
 array lengths, string lengths, finiteness and what fits the field's width.
+Fields are checked and converted item by item in Python, then numpy builds
+the records from the converted tuples in one call (assigning field by field
+into records was most of the cost).
 Value ranges are the encoders' job (models.validate / the compiled path), so
 each rule lives in one place; ``describe_invalid`` turns an encoder's verdict
 back into the API field name.
@@ -157,7 +160,7 @@ def _mapping(value: Any, path: str) -> Mapping[str, Any]:
 _U64_MAX = 2**64 - 1
 
 
-def _fill_workload(p: np.ndarray, f: Mapping[str, Any]) -> None:
+def _fill_workload(p: dict[str, Any], f: Mapping[str, Any]) -> None:
     p["agent_hash"] = hash_str(_string(_get(f, "agentId", "agentId"), "agentId"))
     p["historical_cpu"] = _numbers(f, "historicalCpu", 10)
     p["historical_memory"] = _integers(f, "historicalMemory", 10, 0, _U64_MAX)
@@ -172,7 +175,7 @@ def _fill_workload(p: np.ndarray, f: Mapping[str, Any]) -> None:
 _SEVERITY = {s.name.lower(): s for s in Severity}
 
 
-def _fill_threat(p: np.ndarray, f: Mapping[str, Any]) -> None:
+def _fill_threat(p: dict[str, Any], f: Mapping[str, Any]) -> None:
     p["agent_hash"] = hash_str(_string(_get(f, "agentId", "agentId"), "agentId"))
     metrics = _mapping(_get(f, "metrics", "metrics"), "metrics")
     for key, field in (
@@ -203,7 +206,7 @@ def _fill_threat(p: np.ndarray, f: Mapping[str, Any]) -> None:
     p["time_since_last_threat"] = _number(_get(f, "timeSinceLastThreat", "timeSinceLastThreat"), "timeSinceLastThreat")
 
 
-def _fill_failure(p: np.ndarray, f: Mapping[str, Any]) -> None:
+def _fill_failure(p: dict[str, Any], f: Mapping[str, Any]) -> None:
     p["component_hash"] = hash_str(_string(_get(f, "component", "component"), "component"))
     for key, field in (
         ("healthScore", "health_score"),
@@ -217,7 +220,7 @@ def _fill_failure(p: np.ndarray, f: Mapping[str, Any]) -> None:
     p["failure_history"] = _integers(f, "failureHistory", 10, 0, 1)
 
 
-def _fill_memory(p: np.ndarray, f: Mapping[str, Any]) -> None:
+def _fill_memory(p: dict[str, Any], f: Mapping[str, Any]) -> None:
     p["agent_hash"] = hash_str(_string(_get(f, "agentId", "agentId"), "agentId"))
     p["access_history"] = _numbers(f, "accessHistory", 20)
     p["access_types"] = _integers(f, "accessTypes", 20, 0, len(AccessType) - 1)
@@ -245,16 +248,33 @@ _FILL = {
 }
 
 
-def fill_payload(model: ModelId, payload: np.ndarray, fields: Any) -> None:
-    """Write API ``fields`` into a payload record (e.g. ``slot["payload"]``)."""
-    _FILL[model](payload, _mapping(fields, "body"))
+def _values(model: ModelId, fields: Any) -> tuple:
+    """API ``fields`` checked and converted, in the order of the payload struct's fields."""
+    values: dict[str, Any] = {}
+    _FILL[model](values, _mapping(fields, "body"))
+    return tuple(values[name] for name in PAYLOADS[model].names)
 
 
 def encode_payload(model: ModelId, fields: Any) -> np.ndarray:
-    """API ``fields`` as a fresh payload record of ``PAYLOADS[model]``."""
-    payload = np.zeros((), PAYLOADS[model])
-    fill_payload(model, payload, fields)
-    return payload
+    """API ``fields`` as a payload record of ``PAYLOADS[model]``."""
+    return np.array(_values(model, fields), PAYLOADS[model])
+
+
+def encode_payloads(model: ModelId, items: Sequence[Any]) -> np.ndarray:
+    """Many API field sets as an array of payload records, built by numpy in one go.
+
+    An invalid item raises InvalidFields whose message starts ``item i: ``
+    when there is more than one item.
+    """
+    rows = []
+    for i, fields in enumerate(items):
+        try:
+            rows.append(_values(model, fields))
+        except InvalidFields as err:
+            if len(items) > 1:
+                err.args = (f"item {i}: {err.args[0]}",)
+            raise
+    return np.array(rows, PAYLOADS[model])
 
 
 def describe_invalid(model: ModelId, payload: np.ndarray, payload_field: str) -> InvalidFields:

@@ -182,13 +182,7 @@ class Client:
         self, mid: ModelId, items: Sequence[Mapping[str, Any]], deadline_ms: float | None, no_cache: bool
     ) -> np.ndarray:
         records = np.zeros(len(items), REQUESTS[mid])
-        for i, fields in enumerate(items):
-            try:
-                _codec.fill_payload(mid, records[i : i + 1]["payload"][0], fields)
-            except _codec.InvalidFields as err:
-                if len(items) > 1:
-                    err.args = (f"item {i}: {err.args[0]}",)
-                raise
+        records["payload"] = _codec.encode_payloads(mid, items)
         submit = now_ns()
         records["request_id"] = self.new_ids(len(items))
         records["model_id"] = mid

@@ -84,8 +84,7 @@ def _records(model: str, items: list[dict[str, Any]]) -> bytes:
     """REQUEST records as raw bytes for the C tools (ids and times are set by the client)."""
     mid = _codec.model_id(model)
     records = np.zeros(len(items), REQUESTS[mid])
-    for i, fields in enumerate(items):
-        _codec.fill_payload(mid, records[i : i + 1]["payload"][0], fields)
+    records["payload"] = _codec.encode_payloads(mid, items)
     records["model_id"] = mid
     records["abi_version"] = ABI_VERSION
     records["payload_len"] = PAYLOADS[mid].itemsize
