@@ -246,6 +246,32 @@ class Client:
         self.close()
 
 
+class _Batch:
+    """One submission's answers: a single future, resolved when the last one lands."""
+
+    def __init__(self, future: asyncio.Future, n: int) -> None:
+        self.future = future
+        self.responses: list[Any] = [None] * n
+        self.remaining = n
+
+
+class _Slot:
+    """Where one request id's answer goes."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    def answer(self, resp: np.ndarray) -> None:
+        b = self.batch
+        b.responses[self.index] = resp
+        b.remaining -= 1
+        if b.remaining == 0 and not b.future.done():
+            b.future.set_result(b.responses)
+
+
 class AsyncClient:
     """An asyncio front for one channel, shared by many concurrent tasks.
 
@@ -273,7 +299,7 @@ class AsyncClient:
         self._client = Client(channel, prefix, timeout=timeout, spin_us=0)
         self.timeout = timeout
         self.poll_ns = int(poll_us * 1000)
-        self._futures: dict[int, asyncio.Future] = {}
+        self._futures: dict[int, _Slot] = {}  # request id -> where its answer goes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._polling = False
         self._progress_ns = 0
@@ -342,17 +368,18 @@ class AsyncClient:
 
     def _resolve(self, got: np.ndarray) -> None:
         for resp in got:
-            fut = self._futures.pop(int(resp["request_id"]), None)
-            if fut is not None and not fut.done():
-                fut.set_result(resp)
+            waiting = self._futures.pop(int(resp["request_id"]), None)
+            if waiting is not None:
+                waiting.answer(resp)
 
     async def submit_records(self, records: np.ndarray) -> list[np.ndarray]:
         """Publish REQUEST records and await their RESPONSE records, in order."""
         self._start()
         assert self._loop is not None
-        futures = [self._loop.create_future() for _ in range(len(records))]
-        for rid, fut in zip(records["request_id"].tolist(), futures, strict=True):
-            self._futures[rid] = fut
+        batch = _Batch(self._loop.create_future(), len(records))
+        ids = records["request_id"].tolist()
+        for index, rid in enumerate(ids):
+            self._futures[rid] = _Slot(batch, index)
         sent = 0
         deadline = time.monotonic() + self.timeout
         try:
@@ -365,14 +392,14 @@ class AsyncClient:
                         raise NotReady(f"submission ring of {self.channel.name!r} stayed full for {self.timeout}s")
                     await asyncio.sleep(0.0005)  # back-pressure: let the daemon drain
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
-                return list(await asyncio.gather(*futures))
+                return await batch.future
         except TimeoutError:
             raise NotReady(
                 f"predictions unanswered after {self.timeout}s on channel {self.channel.name!r}: "
                 "is the daemon running?"
             ) from None
         finally:
-            for rid in records["request_id"].tolist():
+            for rid in ids:
                 self._futures.pop(rid, None)
 
     async def predict_many(
