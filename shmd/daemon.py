@@ -26,6 +26,7 @@ import posix_ipc
 
 import ringbuf
 from kernel_abi import REQUEST, REQUEST_SLOT_SIZE, REQUESTS, RESPONSE, ModelId, Status
+from ringbuf import _core as core
 
 from . import _config, _lock, _loop
 from . import _metrics as met
@@ -153,12 +154,12 @@ class Daemon:
             self.channels.append(ch)
             self.cq_sems.append(ringbuf.open_semaphore(ringbuf.completion_semaphore_name(prefix, name)))
             if not ch.created:
-                pending = int(ch.sq.hdr64[ringbuf._core.TAIL] - ch.sq.hdr64[ringbuf._core.HEAD])
+                pending = int(ch.sq.hdr64[core.TAIL] - ch.sq.hdr64[core.HEAD])
                 log("channel_reattached", self.cfg.log_format, channel=name, pending=pending)
         n_ch = len(self.channels)
         self.table = np.zeros((n_ch, _loop.TABLE_COLUMNS), np.int64)
-        self.sq_state = np.zeros((n_ch, ringbuf._core.STATE_WORDS), np.uint64)
-        self.cq_state = np.zeros((n_ch, ringbuf._core.STATE_WORDS), np.uint64)
+        self.sq_state = np.zeros((n_ch, core.STATE_WORDS), np.uint64)
+        self.cq_state = np.zeros((n_ch, core.STATE_WORDS), np.uint64)
         for c in range(n_ch):
             self._bind_channel(c)
 
@@ -173,9 +174,9 @@ class Daemon:
             self.table[c, cols[1]] = ring.slots.ctypes.data
             self.table[c, cols[2]] = ring.capacity
         # Resume where the rings stand: a restarted daemon answers what is pending.
-        head, tail = int(ch.sq.hdr64[ringbuf._core.HEAD]), int(ch.cq.hdr64[ringbuf._core.TAIL])
-        self.sq_state[c] = ringbuf._core.new_state(head, head)
-        self.cq_state[c] = ringbuf._core.new_state(tail, int(ch.cq.hdr64[ringbuf._core.HEAD]))
+        head, tail = int(ch.sq.hdr64[core.HEAD]), int(ch.cq.hdr64[core.TAIL])
+        self.sq_state[c] = core.new_state(head, head)
+        self.cq_state[c] = core.new_state(tail, int(ch.cq.hdr64[core.HEAD]))
 
     def _reset_corrupt_channels(self) -> None:
         """Re-create a corrupt channel once no client holds it.
@@ -184,7 +185,7 @@ class Daemon:
         trusted, so nothing is carried over. Waiting for the hold to go keeps a
         live (if broken) client from writing into the fresh rings.
         """
-        corrupt = self.sq_state[:, ringbuf._core.CORRUPT_FLAG] | self.cq_state[:, ringbuf._core.CORRUPT_FLAG]
+        corrupt = self.sq_state[:, core.CORRUPT_FLAG] | self.cq_state[:, core.CORRUPT_FLAG]
         for c in np.flatnonzero(corrupt):
             old = self.channels[c]
             if _lock.holder(old.fd):
@@ -296,7 +297,8 @@ class Daemon:
         a["heartbeat"][:] = (now, self.passes)
         for c, ch in enumerate(self.channels):
             ch.header["daemon_heartbeat_ns"] = now
-            a["gauges"][c] = (int(ch.sq.hdr64[ringbuf._core.TAIL] - self.sq_state[c, 0]), self.sq_state[c, 2])
+            queued = int(ch.sq.hdr64[core.TAIL] - self.sq_state[c, core.OWN])
+            a["gauges"][c] = (queued, self.sq_state[c, core.CORRUPT_FLAG])
         self._reset_corrupt_channels()
         if self.http is not None:
             self.http.check()
