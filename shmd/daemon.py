@@ -154,7 +154,8 @@ class Daemon:
             self.channels.append(ch)
             self.cq_sems.append(ringbuf.open_semaphore(ringbuf.completion_semaphore_name(prefix, name)))
             if not ch.created:
-                pending = int(ch.sq.hdr64[core.TAIL] - ch.sq.hdr64[core.HEAD])
+                # Both words are the previous holders' to write: u64 arithmetic, no trust.
+                pending = (int(ch.sq.hdr64[core.TAIL]) - int(ch.sq.hdr64[core.HEAD])) % 2**64
                 log("channel_reattached", self.cfg.log_format, channel=name, pending=pending)
         n_ch = len(self.channels)
         self.table = np.zeros((n_ch, _loop.TABLE_COLUMNS), np.int64)
@@ -297,8 +298,11 @@ class Daemon:
         a["heartbeat"][:] = (now, self.passes)
         for c, ch in enumerate(self.channels):
             ch.header["daemon_heartbeat_ns"] = now
-            queued = int(ch.sq.hdr64[core.TAIL] - self.sq_state[c, core.OWN])
-            a["gauges"][c] = (queued, self.sq_state[c, core.CORRUPT_FLAG])
+            # The client writes the SQ tail: a raw read is hostile input. The drain's
+            # last validated tail (PEER_SEEN, private) is at most one pass old.
+            sq = self.sq_state[c]
+            queued = 0 if sq[core.CORRUPT_FLAG] else int(sq[core.PEER_SEEN]) - int(sq[core.OWN])
+            a["gauges"][c] = (queued, sq[core.CORRUPT_FLAG])
         self._reset_corrupt_channels()
         if self.http is not None:
             self.http.check()

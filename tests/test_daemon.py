@@ -12,7 +12,7 @@ import pytest
 
 import ringbuf
 from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, ModelId, Status
-from shmd import ChannelBusy, DeadlineExceeded, InvalidFields, InvalidInput, Overloaded
+from shmd import ChannelBusy, DeadlineExceeded, InvalidFields, InvalidInput, NotReady, Overloaded
 from shmd import _metrics as met
 from shmd._codec import encode_payload
 from shmd._stats_segment import CMD_CLEAR_CACHE, CMD_RESET_METRICS, DONE, StatsSegment
@@ -337,3 +337,26 @@ def test_corrupt_channel_is_reset_once_its_holder_lets_go(daemon: DaemonProcess)
         time.sleep(0.02)
     with Client("a", prefix=daemon.prefix) as fresh:
         assert 0 <= fresh.predict("workload", SAMPLES["workload"])["predictedCpu"] <= 1
+
+
+@pytest.mark.parametrize("tail", ["back_by_3", "all_ones"])
+def test_hostile_sq_tail_never_stops_the_daemon(daemon: DaemonProcess, tail: str) -> None:
+    """Housekeeping once did arithmetic on the raw tail and died with OverflowError."""
+    from ringbuf import _core as core
+
+    with Client("a", prefix=daemon.prefix) as hostile:
+        hdr = hostile.channel.sq.hdr64
+        hdr[core.TAIL] = (int(hdr[core.TAIL]) - 3) % 2**64 if tail == "back_by_3" else np.uint64(2**64 - 1)
+        time.sleep(0.1)  # several housekeeping rounds (every 10 ms) read the gauges
+        with Client("b", prefix=daemon.prefix) as witness:
+            assert 0 <= witness.predict("workload", SAMPLES["workload"])["predictedCpu"] <= 1
+    assert daemon.proc.poll() is None, daemon.log()
+    deadline = time.monotonic() + 5  # the channel is re-created once the hostile holder lets go
+    while True:
+        try:
+            with Client("a", prefix=daemon.prefix, timeout=1.0) as fresh:
+                assert 0 <= fresh.predict("workload", SAMPLES["workload"])["predictedCpu"] <= 1
+            break
+        except (ringbuf.RingCorrupt, ringbuf.RingError, NotReady):
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.05)
