@@ -1,7 +1,7 @@
-"""Generate ``include/shmd_abi.h`` from the Python definition of the wire format.
+"""Generate ``include/shmd_abi.h`` (and the Rust client's ``abi.rs``) from the Python wire format.
 
-    python -m kernel_abi.gen            # rewrite the checked-in header
-    python -m kernel_abi.gen --check    # exit 1 if the checked-in header is stale
+    python -m kernel_abi.gen            # rewrite the checked-in header and abi.rs
+    python -m kernel_abi.gen --check    # exit 1 if either checked-in file is stale
 
 The header holds only structs, enums, flags and constants (as liburing's
 ``io_uring.h`` does); the C client library includes it and adds functions.
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _constants as c
+from . import _gen_rust
 from . import _layout as lay
 
 HEADER_PATH = Path(__file__).parent / "include" / "shmd_abi.h"
@@ -204,17 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kernel_abi.gen", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the checked-in header is stale")
     parser.add_argument("--out", type=Path, default=HEADER_PATH, help="where to write the header")
+    parser.add_argument("--rust-out", type=Path, default=_gen_rust.RUST_PATH, help="where to write abi.rs")
     args = parser.parse_args(argv)
-    text = render()
+    outputs = [(args.out, render()), (args.rust_out, _gen_rust.render())]
     if args.check:
-        current = args.out.read_text() if args.out.exists() else ""
-        if current != text:
-            print(f"{args.out} is stale: run `python -m kernel_abi.gen`", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
+        stale = [path for path, text in outputs if (path.read_text() if path.exists() else "") != text]
+        for path in stale:
+            print(f"{path} is stale: run `python -m kernel_abi.gen`", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 
