@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SERVE_ARGS ?=
+RUST_CRATE := kernel_abi/rust/shmd-client
+CARGO ?= $(shell command -v cargo || echo $(HOME)/.cargo/bin/cargo)
 
-.PHONY: serve test venv lint header native clean
+.PHONY: serve test venv lint header native rust clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +24,17 @@ serve: $(STAMP)
 native:
 	$(MAKE) -C kernel_abi/c
 
-test: $(STAMP) native
+# The Rust client: std only, so it builds offline. Format and lints where the
+# toolchain has them; tests/test_rust.py runs `cargo test` against a daemon.
+rust:
+	@if [ ! -x "$(CARGO)" ]; then echo "cargo not installed: the Rust client is not built (tests/test_rust.py skips)"; exit 0; fi; \
+	cd $(RUST_CRATE) && \
+	if $(CARGO) fmt --version >/dev/null 2>&1; then $(CARGO) fmt --check; else echo "rustfmt not installed: format not checked"; fi && \
+	if $(CARGO) clippy --version >/dev/null 2>&1; then $(CARGO) clippy --offline --quiet --all-targets -- -D warnings; \
+	else echo "clippy not installed: lints not checked"; fi && \
+	$(CARGO) build --offline --quiet --release --bins --examples
+
+test: $(STAMP) native rust
 	$(BIN)/ruff check .
 	$(BIN)/python -m kernel_abi.gen --check
 	$(BIN)/python -m pytest -q -ra

@@ -126,7 +126,7 @@ def _enum(cls: type[enum.IntEnum], name: str, repr_: str) -> list[str]:
     lines = [
         f"/// `{cls.__name__}` of kernel_abi/_constants.py, carried as `{repr_}` (or an output `f64`).",
         f"#[repr({repr_})]",
-        "#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]",
+        "#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]",
         f"pub enum {name} {{",
         *(f"    {_camel(m.name)} = {int(m)}," for m in members),
         "}",
@@ -156,7 +156,8 @@ def _enum(cls: type[enum.IntEnum], name: str, repr_: str) -> list[str]:
 
 def _model_tables() -> list[str]:
     """Per-model facts the client needs: payload size, field names, output names."""
-    rows = ["impl ModelId {", "    /// `payload_len` of this model's requests.", "    pub const fn payload_len(self) -> u32 {"]
+    rows = ["impl ModelId {", "    /// `payload_len` of this model's requests."]
+    rows += ["    pub const fn payload_len(self) -> u32 {"]
     rows += ["        match self {"]
     rows += [f"            ModelId::{_camel(m.name)} => {dt.itemsize}," for m, dt in lay.PAYLOADS.items()]
     rows += ["        }", "    }", ""]

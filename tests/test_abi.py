@@ -35,6 +35,16 @@ def test_gen_check_flags_a_stale_header(tmp_path: Path) -> None:
     assert gen.main(["--check", "--out", str(stale)]) == 1
 
 
+def test_gen_check_covers_the_rust_abi(tmp_path: Path) -> None:
+    """The Rust client's abi.rs is generated too: current in the tree, and a stale copy fails --check."""
+    from kernel_abi import _gen_rust
+
+    assert _gen_rust.RUST_PATH.read_text() == _gen_rust.render(), "stale abi.rs: run `python -m kernel_abi.gen`"
+    stale = tmp_path / "abi.rs"
+    stale.write_text(_gen_rust.RUST_PATH.read_text().replace("offset_of!(Response, status) == 8", "true", 1))
+    assert gen.main(["--check", "--rust-out", str(stale)]) == 1
+
+
 def _layout_program() -> str:
     """A C program printing `struct field offset size` for every row of layout_rows()."""
     lines = ['#include <stdio.h>', '#include "shmd_abi.h"', "int main(void) {"]

@@ -38,7 +38,7 @@ pub const RING_NEED_WAKEUP: u32 = 1 << RING_NEED_WAKEUP_BIT;
 
 /// `ModelId` of kernel_abi/_constants.py, carried as `u16` (or an output `f64`).
 #[repr(u16)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ModelId {
     Workload = 1,
     Threat = 2,
@@ -73,7 +73,7 @@ impl ModelId {
 
 /// `Status` of kernel_abi/_constants.py, carried as `u16` (or an output `f64`).
 #[repr(u16)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Status {
     Ok = 0,
     InvalidInput = 1,
@@ -117,7 +117,7 @@ impl Status {
 
 /// `RingKind` of kernel_abi/_constants.py, carried as `u32` (or an output `f64`).
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RingKind {
     Submission = 1,
     Completion = 2,
@@ -146,7 +146,7 @@ impl RingKind {
 
 /// `Severity` of kernel_abi/_constants.py, carried as `u8` (or an output `f64`).
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
     Low = 0,
     Medium = 1,
@@ -181,7 +181,7 @@ impl Severity {
 
 /// `ThreatType` of kernel_abi/_constants.py, carried as `u8` (or an output `f64`).
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ThreatType {
     None = 0,
     Exfiltration = 1,
@@ -222,7 +222,7 @@ impl ThreatType {
 
 /// `RecommendedAction` of kernel_abi/_constants.py, carried as `u8` (or an output `f64`).
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RecommendedAction {
     Allow = 0,
     Monitor = 1,
@@ -260,7 +260,7 @@ impl RecommendedAction {
 
 /// `FailureType` of kernel_abi/_constants.py, carried as `u8` (or an output `f64`).
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FailureType {
     None = 0,
     ResourceExhaustion = 1,
@@ -301,7 +301,7 @@ impl FailureType {
 
 /// `AccessType` of kernel_abi/_constants.py, carried as `u8` (or an output `f64`).
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AccessType {
     Read = 0,
     Write = 1,

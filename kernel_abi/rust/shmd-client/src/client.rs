@@ -157,6 +157,15 @@ enum Outcome {
     Unanswered,
 }
 
+/// The daemon's "too late / could not" statuses: the fallback answers those
+/// (a status the ABI does not define stands, as a `BadAnswer`).
+fn daemon_could_not(status: u16) -> bool {
+    matches!(
+        Status::from_raw(u64::from(status)),
+        Some(Status::DeadlineExceeded | Status::Overloaded | Status::Internal)
+    )
+}
+
 /// A shmd channel behind a circuit breaker. Not `Sync`: one per thread.
 pub struct Client {
     prefix: String,
@@ -309,10 +318,9 @@ impl Client {
             if *o != Outcome::Daemon {
                 continue;
             }
-            let st = Status::from_raw(u64::from(resp.status));
-            if matches!(st, Some(Status::DeadlineExceeded | Status::Overloaded | Status::Internal)) {
+            if daemon_could_not(resp.status) {
                 *o = Outcome::Refused(resp.status);
-                late += usize::from(st == Some(Status::DeadlineExceeded));
+                late += usize::from(resp.status == Status::DeadlineExceeded as u16);
             } else {
                 self.stats.daemon_answers += 1;
             }
@@ -462,5 +470,29 @@ impl Client {
     }
     pub fn predict_memory(&mut self, f: &MemoryFeatures) -> Result<MemoryPrediction, Error> {
         self.predict(f, CallOptions::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fallback_answers_what_the_daemon_could_not() {
+        let could_not: Vec<Status> = Status::ALL.into_iter().filter(|s| daemon_could_not(*s as u16)).collect();
+        assert_eq!(could_not, [Status::DeadlineExceeded, Status::Overloaded, Status::Internal]);
+        assert!(!daemon_could_not(99));
+    }
+
+    #[test]
+    fn without_a_daemon_the_client_exists_and_falls_back_or_says_why() {
+        let mut c = Client::builder("unitnodaemon", "none").fallback(|_| [-1.0, 0.0, 0.0, 0.0]).attach().unwrap();
+        assert_eq!(c.state(), BreakerState::Open);
+        let p = c.predict_workload(&WorkloadFeatures::default()).unwrap();
+        assert_eq!((p.meta.source, p.predicted_cpu), (Source::Fallback, -1.0));
+        let mut bare = Client::attach("unitnodaemon", "none2").unwrap();
+        let e = bare.predict_workload(&WorkloadFeatures::default()).unwrap_err();
+        assert!(matches!(&e, Error::NotFound(m) if m.contains("no channel segment /unitnodaemon.none2")), "{e:?}");
+        assert!(Client::attach("bad/prefix", "x").is_err());
     }
 }
