@@ -205,15 +205,16 @@ class Watch:
             self.proc.wait(5)
 
 
-def test_fallback_engages_when_daemon_stops_and_recovers(built: dict[str, Path], prefix: str) -> None:
-    """Daemon stopped: the fallback answers at once; restarted on the same prefix: the daemon again."""
+def breaker_cycle(tool: Path, prefix: str, mark: str) -> None:
+    """Daemon stopped under a ``watch`` of ``tool``: the fallback (its outputs[0] printed as ``mark``)
+    answers at once; restarted on the same prefix: the daemon again. Shared with the Rust client's test."""
     first = DaemonProcess(prefix, "--channels", "scheduler")
-    watch = Watch(built["release"] / "shmd_roundtrip", prefix, 8.0)
+    watch = Watch(tool, prefix, 8.0)
     try:
         watch.expect("daemon")
         first.stop()
         line = watch.expect("fallback", timeout=5)
-        assert f"out0={FALLBACK_MARK:g}" in line and ("daemon_pid=0" in line or "no channel" in line), line
+        assert f"out0={mark} " in line and ("daemon_pid=0" in line or "no channel" in line), line
         with DaemonProcess(prefix, "--channels", "scheduler"):
             watch.expect("daemon", timeout=5)
             stats = watch.finish()
@@ -222,6 +223,11 @@ def test_fallback_engages_when_daemon_stops_and_recovers(built: dict[str, Path],
     finally:
         watch.kill()
         first.stop()
+
+
+def test_fallback_engages_when_daemon_stops_and_recovers(built: dict[str, Path], prefix: str) -> None:
+    """Daemon stopped: the fallback answers at once; restarted on the same prefix: the daemon again."""
+    breaker_cycle(built["release"] / "shmd_roundtrip", prefix, f"{FALLBACK_MARK:g}")
 
 
 def test_absent_daemon_answers_by_fallback(built: dict[str, Path], prefix: str) -> None:

@@ -28,7 +28,7 @@ from shmd import _codec
 from shmd.client import Client
 from shmd.samples import SAMPLES
 from tests._daemon import DaemonProcess
-from tests.test_native import C_DIR, Watch, _parse_rt, _records, _variants
+from tests.test_native import C_DIR, Watch, _parse_rt, _records, _variants, breaker_cycle
 
 ROOT = Path(__file__).resolve().parent.parent
 CRATE = ROOT / "kernel_abi" / "rust" / "shmd-client"
@@ -141,21 +141,7 @@ def test_absent_daemon_answers_by_fallback(built: Path, prefix: str) -> None:
 
 def test_breaker_engages_when_the_daemon_stops_and_recovers(built: Path, prefix: str) -> None:
     """Daemon stopped: the fallback answers at once; restarted on the same prefix: the daemon again."""
-    first = DaemonProcess(prefix, "--channels", "scheduler")
-    watch = Watch(built / "shmd_rs_tool", prefix, 8.0)
-    try:
-        watch.expect("daemon")
-        first.stop()
-        line = watch.expect("fallback", timeout=5)
-        assert f"out0={FALLBACK_MARK}" in line and ("daemon_pid=0" in line or "no channel" in line), line
-        with DaemonProcess(prefix, "--channels", "scheduler"):
-            watch.expect("daemon", timeout=5)
-            stats = watch.finish()
-        counts = dict(kv.split("=") for kv in stats.split()[1:])
-        assert int(counts["recoveries"]) >= 1 and int(counts["trips"]) >= 1, stats
-    finally:
-        watch.kill()
-        first.stop()
+    breaker_cycle(built / "shmd_rs_tool", prefix, f"{FALLBACK_MARK!r}")
 
 
 def _poke(prefix: str, offset: int, value: int) -> int:
