@@ -25,7 +25,9 @@ one small table keeps that cost constant whatever the number of channels.
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import carray, njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from kernel_abi import (
@@ -43,11 +45,18 @@ from ringbuf import _core as core
 
 from . import _cache as cache
 from . import _metrics as met
+from ._errors import ConfigError
 
 TABLE_SQ_HDR, TABLE_SQ_SLOTS, TABLE_SQ_CAP, TABLE_CQ_HDR, TABLE_CQ_SLOTS, TABLE_CQ_CAP = range(6)
 TABLE_COLUMNS = 6
 
-PASS_START, PASS_DRAIN_NS = 0, 1  # words of the pass_state array
+# Words of the pass_state array. The last two are a test-only fault point (see
+# ``fault_state``): which step of ``finish`` to die after, and after how many times.
+PASS_START, PASS_DRAIN_NS, PASS_FAULT, PASS_FAULT_COUNTDOWN = range(4)
+PASS_STATE_WORDS = 4
+FAULT_NONE, FAULT_AFTER_PUBLISH, FAULT_AFTER_RELEASE = range(3)
+FAULT_POINTS = {"after_publish": FAULT_AFTER_PUBLISH, "after_release": FAULT_AFTER_RELEASE}
+FAULT_EXIT_CODE = 86  # what a daemon killed by its fault point exits with
 MAX_INNER_PASSES = 64  # model-free passes ``step`` may finish before returning to Python
 N_MODELS = max(ModelId) + 1  # arrays indexed by model id; row 0 unused
 _WORKLOAD, _THREAT, _FAILURE, _MEMORY = (int(m) for m in ModelId)
@@ -66,6 +75,45 @@ def _voidptr(typingctx, address):
         return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
 
     return types.voidptr(address), codegen
+
+
+@intrinsic
+def _exit_now(typingctx, code):
+    """libc ``_exit(code)``: die on the spot, like kill -9 (no handler, no cleanup)."""
+    if not isinstance(code, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(32)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "_exit")
+        builder.call(fn, [builder.trunc(args[0], ir.IntType(32))])
+        return context.get_dummy_value()
+
+    return types.void(code), codegen
+
+
+def fault_state(spec: str) -> tuple[int, int]:
+    """``SHMD_TEST_FAULT`` (test-only) as (PASS_FAULT, PASS_FAULT_COUNTDOWN) words.
+
+    ``after_publish:N`` / ``after_release:N``: the N-th time ``finish`` has just
+    published a channel's answers / released its SQ slots, the daemon ``_exit``s
+    with FAULT_EXIT_CODE. The crash-safety tests use it to kill the daemon between
+    the two steps whose order makes a crash lose nothing.
+    """
+    if not spec:
+        return FAULT_NONE, 0
+    point, _, count = spec.partition(":")
+    if point not in FAULT_POINTS or not count.isdigit() or int(count) < 1:
+        raise ConfigError(f"SHMD_TEST_FAULT must be after_publish:N or after_release:N (N >= 1): {spec!r}")
+    return FAULT_POINTS[point], int(count)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fault_point(pass_state, point):
+    if pass_state[PASS_FAULT] == point:
+        pass_state[PASS_FAULT_COUNTDOWN] -= 1
+        if pass_state[PASS_FAULT_COUNTDOWN] == 0:
+            _exit_now(FAULT_EXIT_CODE)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -314,10 +362,12 @@ def finish(
         first = offsets[c]
         core.copy_into_ring(resp_bytes[first : first + k], cq_slots, state[core.OWN], k)
         wake[c] = core.ring_publish(cq_hdr, _hdr32(table, c, TABLE_CQ_HDR), state, k)
+        _fault_point(pass_state, FAULT_AFTER_PUBLISH)
         wakes += wake[c]
         m_channel[c, met.COMPLETED] += k
         # Only now may the client reuse the request slots: the answers are out.
         core.ring_release(_hdr64(table, c, TABLE_SQ_HDR), sq_state[c], k)
+        _fault_point(pass_state, FAULT_AFTER_RELEASE)
     return wakes
 
 

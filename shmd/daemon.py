@@ -220,7 +220,9 @@ class Daemon:
         self.wake = np.zeros(n_ch, np.bool_)
         self.max_queue_ns = int(self.cfg.max_queue_ms * 1e6)
         self.spin_ns = int(self.cfg.spin_us * 1000)
-        self.pass_state = np.zeros(2, np.int64)
+        self.pass_state = np.zeros(_loop.PASS_STATE_WORDS, np.int64)
+        fault = os.environ.get("SHMD_TEST_FAULT", "")  # test-only: see _loop.fault_state
+        self.pass_state[_loop.PASS_FAULT : _loop.PASS_FAULT_COUNTDOWN + 1] = _loop.fault_state(fault)
         self.passes = 0
         self.last_housekeeping = 0
         self.last_cache_count = 0

@@ -16,14 +16,14 @@ READY_TIMEOUT_S = 120.0  # first start on a fresh clone compiles and caches the 
 class DaemonProcess:
     """A ``shmd serve --no-http`` child; ``lines`` collects its log."""
 
-    def __init__(self, prefix: str, *args: str) -> None:
+    def __init__(self, prefix: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.prefix = prefix
         self.lines: list[str] = []
         self._ready = threading.Event()
         cmd = [sys.executable, "-m", "shmd.cli", "serve", "--prefix", prefix, "--no-http", *args]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=Path(__file__).resolve().parent.parent, env={**os.environ, **(env or {})},
         )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + READY_TIMEOUT_S
