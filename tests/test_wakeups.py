@@ -1,0 +1,53 @@
+"""Lost wake-ups fail loudly instead of hiding behind the daemon's sleep timeout.
+
+A sleeping daemon still wakes on a safety-net timeout, so a request whose
+wake-up was lost is answered late, not never: a test that only waits for the
+answer passes. These tests look at the protocol itself (the daemon announces
+its sleep with NEED_WAKEUP on every SQ) and time round trips with the safety
+net raised to seconds, where one lost wake-up costs far more than the bound.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kernel_abi import RING_NEED_WAKEUP
+from ringbuf import _core as core
+from shmd.client import Client
+from shmd.samples import SAMPLES
+
+from ._daemon import DaemonProcess
+
+pytestmark = pytest.mark.timeout(120)
+
+SAFETY_NET_MS = 10_000  # the daemon's sleep timeout here: a lost wake-up costs 10 s
+TRIPS = 20
+
+
+def test_an_idle_daemon_announces_its_sleep_on_every_sq(prefix: str) -> None:
+    with DaemonProcess(prefix, "--channels", "a,b"), Client("a", prefix=prefix) as a, Client("b", prefix=prefix) as b:
+        for c in (a, b):
+            flags = c.channel.sq.hdr32
+            deadline = time.monotonic() + 5
+            while not flags[core.FLAGS] & RING_NEED_WAKEUP:  # spin (100 µs) over, the daemon must sleep
+                assert time.monotonic() < deadline, f"channel {c.channel.name}: the idle daemon never set NEED_WAKEUP"
+                time.sleep(0.001)
+
+
+def test_requests_to_a_sleeping_daemon_wake_it(prefix: str) -> None:
+    env = {"SHMD_SLEEP_TIMEOUT_MS": str(SAFETY_NET_MS)}
+    with DaemonProcess(prefix, "--channels", "a", env=env), Client("a", prefix=prefix, timeout=30) as c:
+        c.predict("memory", SAMPLES["memory"], no_cache=True)
+        slowest = 0.0
+        for _ in range(TRIPS):
+            deadline = time.monotonic() + 5
+            while not c.channel.sq.hdr32[core.FLAGS] & RING_NEED_WAKEUP:  # asleep, so only the doorbell wakes it
+                assert time.monotonic() < deadline, "the idle daemon never set NEED_WAKEUP"
+                time.sleep(0.001)
+            t0 = time.monotonic()
+            c.predict("memory", SAMPLES["memory"], no_cache=True)
+            slowest = max(slowest, time.monotonic() - t0)
+        # A generous bound: a woken daemon answers in well under a millisecond; a lost wake-up takes 10 s.
+        assert slowest < 2.0, f"a round trip to a sleeping daemon took {slowest:.3f} s: a lost wake-up"
