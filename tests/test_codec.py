@@ -128,7 +128,8 @@ def codec_problems(model: str, body: Any) -> list[str]:
 # Values at every limit and one past it, and arbitrary JSON.
 _EDGES = [
     True, False, None, 0, 1, -1, 2, 3, 6, 7, 23, 24, U64, U64 + 1, -(2**63), 10**400, 0.5, 3.0, 3.5, -0.0,
-    F32_MAX, -F32_MAX, math.nextafter(F32_MAX, math.inf), int(F32_MAX), int(F32_MAX) * 2, 1e39, 1e308, math.nan, math.inf, -math.inf,
+    F32_MAX, -F32_MAX, math.nextafter(F32_MAX, math.inf), int(F32_MAX), int(F32_MAX) * 2, 1e39, 1e308,
+    math.nan, math.inf, -math.inf,
     "", "a", "x" * 128, "x" * 129, "a\udc80", "é∑", *SEVERITIES, "severe", [], {}, [0.5], {"type": "a"},
 ]  # fmt: skip
 _value = st.sampled_from(_EDGES) | _json | st.lists(st.sampled_from(_EDGES), max_size=3)
@@ -174,6 +175,12 @@ def mutated(draw: st.DrawFn, model: str) -> Any:
     else:
         parent[key] = draw(_value)
     return body
+
+
+@pytest.mark.parametrize("model", list(SAMPLES))
+def test_samples_encode(model: str) -> None:
+    payload = encode_payload(model_id(model), SAMPLES[model])
+    assert payload.dtype == PAYLOADS[model_id(model)]
 
 
 @settings(max_examples=600, deadline=None)
