@@ -28,7 +28,7 @@ import ringbuf
 from kernel_abi import REQUEST, REQUEST_SLOT_SIZE, REQUESTS, RESPONSE, ModelId, Status
 from ringbuf import _core as core
 
-from . import _config, _lock, _loop
+from . import _config, _lock, _loop, _notify, _readiness
 from . import _metrics as met
 from ._cache import N_STATS, CacheArrays
 from ._errors import ShmdError
@@ -70,6 +70,7 @@ class Daemon:
         self.cfg = cfg
         self.stopping = False
         self.http: HttpChild | None = None  # set by main() when the shim runs
+        self.notifier = _notify.Notifier()  # systemd's $NOTIFY_SOCKET, if any
         self.channels: list[ringbuf.Channel] = []
         self.names = list(cfg.channels) + ([_config.HTTP_CHANNEL] if cfg.http else [])
         t0 = time.monotonic()
@@ -298,6 +299,7 @@ class Daemon:
         self.last_housekeeping = now
         a = self.stats.arrays
         a["heartbeat"][:] = (now, self.passes)
+        self.notifier.heartbeat(now)  # WATCHDOG=1 only from here: a wedged loop stops the pings
         for c, ch in enumerate(self.channels):
             ch.header["daemon_heartbeat_ns"] = now
             # The client writes the SQ tail: a raw read is hostile input. The drain's
@@ -383,11 +385,13 @@ def main(argv: list[str]) -> int:
 
     def stop(signum: int, _frame: Any) -> None:
         daemon.stopping = True
+        daemon.notifier.stopping()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    log_event = lambda event, **kv: log(event, cfg.log_format, **kv)  # noqa: E731
     if cfg.http:
-        daemon.http = HttpChild(cfg, lambda event, **kv: log(event, cfg.log_format, **kv))
+        daemon.http = HttpChild(cfg, log_event)
         try:
             daemon.http.start()
         except ShmdError as err:
@@ -400,6 +404,7 @@ def main(argv: list[str]) -> int:
         backend=cfg.backend, startup_ms=round(daemon.startup_s * 1000, 1),
         http=f"{cfg.host}:{cfg.port}" if cfg.http else "off",
     )  # fmt: skip
+    _readiness.announce(daemon.notifier, cfg, log_event)
     try:
         daemon.serve_forever()
     finally:
