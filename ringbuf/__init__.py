@@ -7,12 +7,22 @@ records through them with acquire/release ordering and io_uring-style wake-ups.
 
 from ._core import CORRUPT
 from ._ends import DEFAULT_SPIN_US, Consumer, Producer
-from ._errors import LayoutMismatch, RingCorrupt, RingError, SegmentExists, SegmentNotFound
+from ._errors import (
+    AccessDenied,
+    LayoutMismatch,
+    RingCorrupt,
+    RingError,
+    SegmentExists,
+    SegmentNotFound,
+    UntrustedObject,
+)
+from ._ownership import DAEMON_UID_ENV, PRIVATE, Access, Trust, open_own_segment, open_peer_segment
 from ._segment import (
     DEFAULT_MODE,
     Channel,
     RingView,
     completion_semaphore_name,
+    create_semaphore,
     doorbell_name,
     leftovers,
     open_semaphore,
@@ -22,8 +32,12 @@ from ._segment import (
 
 __all__ = [
     "CORRUPT",
+    "DAEMON_UID_ENV",
     "DEFAULT_MODE",
     "DEFAULT_SPIN_US",
+    "PRIVATE",
+    "Access",
+    "AccessDenied",
     "Channel",
     "Consumer",
     "LayoutMismatch",
@@ -33,9 +47,14 @@ __all__ = [
     "RingView",
     "SegmentExists",
     "SegmentNotFound",
+    "Trust",
+    "UntrustedObject",
     "completion_semaphore_name",
+    "create_semaphore",
     "doorbell_name",
     "leftovers",
+    "open_own_segment",
+    "open_peer_segment",
     "open_semaphore",
     "remove_leftovers",
     "segment_name",

@@ -35,3 +35,22 @@ class RingCorrupt(RingError):
 
     The ring is no longer read or written; recreate the channel.
     """
+
+
+class UntrustedObject(RingError):
+    """Raised when an existing segment or semaphore is not from whom it should be.
+
+    The daemon raises it for an object it did not create itself (another
+    owner, a wider mode or another group than configured): someone may be
+    squatting the name to read or forge requests. A caller raises it for a
+    segment whose owner is not the daemon's expected uid. The message names
+    the object, its owner, group and mode, and what was expected.
+    """
+
+
+class AccessDenied(RingError, PermissionError):
+    """Raised when this process's user may not open a segment or semaphore.
+
+    The message names the owner, group and mode, and which user or group
+    membership would work.
+    """

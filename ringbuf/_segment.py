@@ -12,10 +12,8 @@ Names under a prefix P (every name also gets posix_ipc's leading '/'):
 from __future__ import annotations
 
 import mmap
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import posix_ipc
@@ -36,10 +34,20 @@ from kernel_abi import (
 )
 
 from ._errors import LayoutMismatch, SegmentExists, SegmentNotFound
+from ._ownership import (
+    DEFAULT_MODE,
+    PRIVATE,
+    SHM_DIR,
+    Access,
+    Trust,
+    check_own_semaphore,
+    denied,
+    open_own_segment,
+    open_peer_segment,
+    shm_path,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SHM_DIR = Path("/dev/shm")
-DEFAULT_MODE = 0o600
 
 
 def _check_name(what: str, value: str) -> None:
@@ -63,8 +71,26 @@ def completion_semaphore_name(prefix: str, channel: str) -> str:
 
 
 def open_semaphore(name: str, mode: int = DEFAULT_MODE) -> posix_ipc.Semaphore:
-    """Open the named semaphore, creating it (value 0) if absent."""
-    return posix_ipc.Semaphore(name, posix_ipc.O_CREAT, mode=mode, initial_value=0)
+    """Open the named semaphore, creating it (value 0) if absent (a caller's side)."""
+    try:
+        return posix_ipc.Semaphore(name)  # no O_CREAT: fs.protected_regular refuses it on another user's file
+    except posix_ipc.ExistentialError:
+        return posix_ipc.Semaphore(name, posix_ipc.O_CREAT, mode=mode, initial_value=0)
+    except posix_ipc.PermissionsError:
+        raise denied("semaphore", name, shm_path(name, semaphore=True)) from None
+
+
+def create_semaphore(name: str, access: Access = PRIVATE, *, replace_untrusted: bool = False) -> posix_ipc.Semaphore:
+    """The daemon's side: its own semaphore ``name`` with ``access``; a stranger's one is refused.
+
+    An existing one is reused only if it is the daemon's own (``Trust.own``);
+    with ``replace_untrusted`` another is unlinked and re-created instead.
+    """
+    if check_own_semaphore(name, access, replace=replace_untrusted):
+        return posix_ipc.Semaphore(name)
+    sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=access.mode, initial_value=0)
+    access.apply(shm_path(name, semaphore=True))
+    return sem
 
 
 @dataclass
@@ -101,9 +127,7 @@ def _ring_view(buf: mmap.mmap, offset: int, kind: RingKind, slot_size: int, capa
     )
 
 
-def _initialise(
-    buf: mmap.mmap, sq_offset: int, cq_offset: int, size: int, sq_capacity: int, cq_capacity: int
-) -> None:
+def _initialise(buf: mmap.mmap, sq_offset: int, cq_offset: int, size: int, sq_capacity: int, cq_capacity: int) -> None:
     header = np.frombuffer(buf, CHANNEL_HEADER, 1, 0)[0]
     header["abi_version"] = ABI_VERSION
     header["sq_offset"], header["cq_offset"], header["segment_size"] = sq_offset, cq_offset, size
@@ -131,8 +155,7 @@ def _check_capacity(what: str, capacity: int) -> None:
 def _expect(segment: str, what: str, found: int, expected: int) -> None:
     if found != expected:
         raise LayoutMismatch(
-            f"segment {segment} is not a shmd channel of this version: "
-            f"{what}={found:#x} found, {expected:#x} expected"
+            f"segment {segment} is not a shmd channel of this version: {what}={found:#x} found, {expected:#x} expected"
         )
 
 
@@ -167,55 +190,65 @@ class Channel:
         *,
         sq_capacity: int = 1024,
         cq_capacity: int | None = None,
-        mode: int = DEFAULT_MODE,
+        access: Access = PRIVATE,
         reuse: bool = False,
+        replace_untrusted: bool = False,
     ) -> Channel:
-        """Create channel ``name`` under ``prefix``.
+        """Create channel ``name`` under ``prefix``, with ``access``'s mode and group.
 
         With ``reuse=True`` an existing valid segment of that name is attached
         instead (``created`` is then False), which is how a restarted daemon
-        picks up what its predecessor left; an invalid one is replaced.
+        picks up what its predecessor left; an invalid one is replaced. Only a
+        segment of this user, no wider than ``access``, is reused: another
+        raises ``UntrustedObject``, or with ``replace_untrusted`` is unlinked
+        and replaced.
         """
         cq_capacity = cq_capacity or sq_capacity
         _check_capacity("sq_capacity", sq_capacity)
         _check_capacity("cq_capacity", cq_capacity)
         seg = segment_name(prefix, name)
         sq_offset, cq_offset, size = channel_layout(sq_capacity, cq_capacity)
-        try:
-            shm = posix_ipc.SharedMemory(seg, posix_ipc.O_CREX, mode=mode, size=size)
-        except posix_ipc.ExistentialError:
+        shm, created = open_own_segment("channel segment", seg, access, replace=replace_untrusted, size=size)
+        if not created:
             if not reuse:
+                shm.close_fd()
                 raise SegmentExists(
                     f"channel segment {seg} already exists: another daemon or a crashed run made it; "
                     f"attach to it, create with reuse=True, or remove it with remove_leftovers({prefix!r})"
-                ) from None
+                )
             try:
-                return cls.attach(prefix, name)
+                return cls._map_existing(prefix, name, seg, shm)
             except LayoutMismatch:
                 posix_ipc.unlink_shared_memory(seg)
-                return cls.create(prefix, name, sq_capacity=sq_capacity, cq_capacity=cq_capacity, mode=mode)
-        os.fchmod(shm.fd, mode)  # the umask must not widen or narrow what was asked
+                return cls.create(prefix, name, sq_capacity=sq_capacity, cq_capacity=cq_capacity, access=access)
         buf = mmap.mmap(shm.fd, size)
         _initialise(buf, sq_offset, cq_offset, size, sq_capacity, cq_capacity)
         return cls._map_segment(prefix, name, seg, shm, buf, created=True)
 
     @classmethod
-    def attach(cls, prefix: str, name: str) -> Channel:
-        """Map an existing channel, refusing one of another layout."""
+    def attach(cls, prefix: str, name: str, *, trust: Trust | None = None) -> Channel:
+        """Map an existing channel, refusing one of another layout or owner.
+
+        ``trust`` says whose segment it must be (default ``Trust.daemon()``:
+        ``$SHMD_DAEMON_UID``, else root, this user or the ``shmd`` user);
+        another owner raises ``UntrustedObject``.
+        """
         seg = segment_name(prefix, name)
         try:
-            shm = posix_ipc.SharedMemory(seg)
+            shm = open_peer_segment("channel segment", seg, trust or Trust.daemon())
         except posix_ipc.ExistentialError:
             raise SegmentNotFound(
-                f"no channel segment {seg}: is `shmd serve --prefix {prefix}` running "
-                f"with channel {name!r}?"
+                f"no channel segment {seg}: is `shmd serve --prefix {prefix}` running with channel {name!r}?"
             ) from None
+        return cls._map_existing(prefix, name, seg, shm)
+
+    @classmethod
+    def _map_existing(cls, prefix: str, name: str, seg: str, shm: posix_ipc.SharedMemory) -> Channel:
         size = shm.size  # read before close_fd: posix_ipc answers size with fstat on the fd
         if size < CHANNEL_HEADER.itemsize:
             shm.close_fd()
             raise LayoutMismatch(
-                f"segment {seg} is too small for a channel: size={size} found, "
-                f">= {CHANNEL_HEADER.itemsize} expected"
+                f"segment {seg} is too small for a channel: size={size} found, >= {CHANNEL_HEADER.itemsize} expected"
             )
         return cls._map_segment(prefix, name, seg, shm, mmap.mmap(shm.fd, shm.size), created=False)
 

@@ -9,6 +9,7 @@ case (``SHMD_SPIN_US=20``, ``SHMD_CHANNELS=a,b``).
 from __future__ import annotations
 
 import argparse
+import grp
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -51,6 +52,8 @@ class Config:
     max_queue_ms: float = 0.0  # shed (OVERLOADED) requests queued longer; 0 = never
     admin_token: str | None = None  # bearer token guarding metrics reset and cache clear
     log_format: str = "kv"  # kv | json
+    group: str | None = None  # segments and semaphores 0660 with this group (callers in it may attach); else 0600
+    replace_untrusted: bool = False  # unlink and re-create objects of another owner or a wider mode
     cache: dict[str, CacheConfig] = field(default_factory=_default_cache)
 
     def validate(self) -> Config:
@@ -68,6 +71,11 @@ class Config:
             raise ConfigError(f"channel name {HTTP_CHANNEL!r} is reserved for the HTTP shim")
         if self.log_format not in ("kv", "json"):
             raise ConfigError(f"log_format must be kv or json: log_format={self.log_format!r}")
+        if self.group is not None:
+            try:
+                grp.getgrnam(self.group)
+            except KeyError:
+                raise ConfigError(f"group does not exist: group={self.group!r}; create it or fix the name") from None
         unknown = set(self.cache) - set(DEFAULT_TTL_MS)
         if unknown:
             raise ConfigError(f"cache has unknown models: {', '.join(sorted(unknown))}")
@@ -135,6 +143,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("litert", "tf"), help="model runtime (default litert)")
     p.add_argument("--keep-segments", dest="keep_segments", action="store_true", default=None,
                    help="leave the channels in /dev/shm on exit")  # fmt: skip
+    p.add_argument("--group", help="make segments and semaphores 0660 with this group, so its members may attach "
+                   "(default: 0600, the daemon's user only)")  # fmt: skip
+    p.add_argument("--replace-untrusted", dest="replace_untrusted", action="store_true", default=None,
+                   help="unlink and re-create segments and semaphores another user made (default: refuse)")  # fmt: skip
     p.add_argument("--max-queue-ms", dest="max_queue_ms", type=float,
                    help="answer OVERLOADED to requests queued longer than this (default off)")  # fmt: skip
     return p

@@ -85,4 +85,3 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-

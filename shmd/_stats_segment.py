@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import posix_ipc
 
-from ringbuf import DEFAULT_MODE, SegmentNotFound, segment_name
+from ringbuf import PRIVATE, Access, SegmentNotFound, Trust, open_own_segment, open_peer_segment, segment_name
 
 from ._errors import DaemonRunning
 from ._lock import holder, try_lock
@@ -59,12 +59,19 @@ class StatsSegment:
 
     @classmethod
     def create(
-        cls, prefix: str, spec: dict[str, tuple[np.dtype | type, tuple[int, ...]]], meta: dict[str, Any]
+        cls,
+        prefix: str,
+        spec: dict[str, tuple[np.dtype | type, tuple[int, ...]]],
+        meta: dict[str, Any],
+        access: Access = PRIVATE,
+        *,
+        replace_untrusted: bool = False,
     ) -> StatsSegment:
-        """A fresh, locked segment holding zeroed arrays of ``spec``.
+        """A fresh, locked segment holding zeroed arrays of ``spec``, with ``access``'s mode and group.
 
-        A stale segment (its daemon died: no lock on it) is reused; a live
-        daemon's raises DaemonRunning naming its pid.
+        A stale segment (its daemon died: no lock on it) is reused if it is
+        this user's own (see ``ringbuf.open_own_segment``); a live daemon's
+        raises DaemonRunning naming its pid.
         """
         directory: dict[str, Any] = {"meta": meta, "arrays": {}}
         offset = _DIRECTORY_ROOM
@@ -76,14 +83,13 @@ class StatsSegment:
         if _HEAD.size + len(blob) > _DIRECTORY_ROOM:
             raise ValueError(f"stats directory too large: size={len(blob)} limit={_DIRECTORY_ROOM - _HEAD.size}")
         name = segment_name(prefix, "stats")
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREAT, mode=DEFAULT_MODE, size=0)
+        shm, _ = open_own_segment("stats segment", name, access, replace=replace_untrusted)
         pid = try_lock(shm.fd)
         if pid:
             shm.close_fd()
             raise already_running(prefix, pid)
         os.ftruncate(shm.fd, 0)  # drop any predecessor's content
         os.ftruncate(shm.fd, offset)
-        os.fchmod(shm.fd, DEFAULT_MODE)
         buf = mmap.mmap(shm.fd, offset)
         buf[_HEAD.size : _HEAD.size + len(blob)] = blob
         buf[: _HEAD.size] = _HEAD.pack(MAGIC, len(blob))
@@ -102,11 +108,11 @@ class StatsSegment:
             shm.close_fd()
 
     @classmethod
-    def attach(cls, prefix: str) -> StatsSegment:
-        """Map a running daemon's stats segment."""
+    def attach(cls, prefix: str, trust: Trust | None = None) -> StatsSegment:
+        """Map a running daemon's stats segment (its owner checked like a channel's, ``Trust.daemon()``)."""
         name = segment_name(prefix, "stats")
         try:
-            shm = posix_ipc.SharedMemory(name)
+            shm = open_peer_segment("stats segment", name, trust or Trust.daemon())
         except posix_ipc.ExistentialError:
             raise SegmentNotFound(f"no stats segment {name}: is `shmd serve --prefix {prefix}` running?") from None
         if shm.size < _DIRECTORY_ROOM:

@@ -65,10 +65,12 @@ class Client:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         spin_us: float = ringbuf.DEFAULT_SPIN_US,
+        daemon_uid: int | None = None,
     ) -> None:
         self.timeout = timeout
         self.spin_us = spin_us
-        self.channel = ringbuf.Channel.attach(prefix, channel)
+        # The segment must be the daemon's: daemon_uid, else $SHMD_DAEMON_UID, else root/us/shmd (UntrustedObject).
+        self.channel = ringbuf.Channel.attach(prefix, channel, trust=ringbuf.Trust.daemon(daemon_uid))
         try:
             self._hold()
         except BaseException:
@@ -294,9 +296,10 @@ class AsyncClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         poll_us: float = 200.0,
+        daemon_uid: int | None = None,
     ) -> None:
         # The reaper thread only runs once polling gave up: it sleeps at once.
-        self._client = Client(channel, prefix, timeout=timeout, spin_us=0)
+        self._client = Client(channel, prefix, timeout=timeout, spin_us=0, daemon_uid=daemon_uid)
         self.timeout = timeout
         self.poll_ns = int(poll_us * 1000)
         self._futures: dict[int, _Slot] = {}  # request id -> where its answer goes

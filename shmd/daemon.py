@@ -73,6 +73,7 @@ class Daemon:
         self.notifier = _notify.Notifier()  # systemd's $NOTIFY_SOCKET, if any
         self.channels: list[ringbuf.Channel] = []
         self.names = list(cfg.channels) + ([_config.HTTP_CHANNEL] if cfg.http else [])
+        self.access = ringbuf.Access.for_group(cfg.group)  # mode and group of everything we create
         t0 = time.monotonic()
         pid = StatsSegment.serving_pid(cfg.prefix)  # refuse before the slow part; create() re-checks
         if pid:
@@ -131,7 +132,9 @@ class Daemon:
             "admin_token_set": self.cfg.admin_token is not None,
             "cache_capacity": self.cfg.cache_capacity,
         }
-        self.stats = StatsSegment.create(self.cfg.prefix, spec, meta)
+        self.stats = StatsSegment.create(
+            self.cfg.prefix, spec, meta, self.access, replace_untrusted=self.cfg.replace_untrusted
+        )
         a = self.stats.arrays
         self.metrics = met.MetricsArrays(a["model"], a["hist"], a["summary"], a["batch_hist"], a["channel"])
         self.cache = CacheArrays.new(_loop.N_MODELS, self.cfg.cache_capacity)
@@ -145,15 +148,16 @@ class Daemon:
 
     def _make_channels(self) -> None:
         prefix = self.cfg.prefix
-        self.doorbell = ringbuf.open_semaphore(ringbuf.doorbell_name(prefix))
+        own = {"access": self.access, "replace_untrusted": self.cfg.replace_untrusted}
+        self.doorbell = ringbuf.create_semaphore(ringbuf.doorbell_name(prefix), **own)
         self.cq_sems = []
         for name in self.names:
             ch = ringbuf.Channel.create(
-                prefix, name, sq_capacity=self.cfg.sq_capacity, cq_capacity=self.cfg.cq_capacity, reuse=True
+                prefix, name, sq_capacity=self.cfg.sq_capacity, cq_capacity=self.cfg.cq_capacity, reuse=True, **own
             )
             ch.header["daemon_pid"] = os.getpid()
             self.channels.append(ch)
-            self.cq_sems.append(ringbuf.open_semaphore(ringbuf.completion_semaphore_name(prefix, name)))
+            self.cq_sems.append(ringbuf.create_semaphore(ringbuf.completion_semaphore_name(prefix, name), **own))
             if not ch.created:
                 # Both words are the previous holders' to write: u64 arithmetic, no trust.
                 pending = (int(ch.sq.hdr64[core.TAIL]) - int(ch.sq.hdr64[core.HEAD])) % 2**64
@@ -194,8 +198,9 @@ class Daemon:
                 continue
             old.unlink()
             fresh = ringbuf.Channel.create(
-                self.cfg.prefix, old.name, sq_capacity=self.cfg.sq_capacity, cq_capacity=self.cfg.cq_capacity
-            )
+                self.cfg.prefix, old.name, sq_capacity=self.cfg.sq_capacity, cq_capacity=self.cfg.cq_capacity,
+                access=self.access,
+            )  # fmt: skip
             fresh.header["daemon_pid"] = os.getpid()
             self.channels[c] = fresh
             self._bind_channel(c)
@@ -358,17 +363,15 @@ class Daemon:
             ch.header["daemon_pid"] = 0
             if not keep:
                 ch.unlink()
-                try:
-                    posix_ipc.unlink_semaphore(ringbuf.completion_semaphore_name(self.cfg.prefix, ch.name))
-                except posix_ipc.ExistentialError:
-                    pass
             ch.close()
         self.channels = []
         if not keep:
-            try:
-                posix_ipc.unlink_semaphore(ringbuf.doorbell_name(self.cfg.prefix))
-            except posix_ipc.ExistentialError:
-                pass
+            # Only the semaphores we opened: never one refused as someone else's.
+            for sem in [*getattr(self, "cq_sems", []), *([self.doorbell] if hasattr(self, "doorbell") else [])]:
+                try:
+                    sem.unlink()
+                except posix_ipc.ExistentialError:
+                    pass
         if hasattr(self, "stats"):
             self.stats.unlink()
 
@@ -379,7 +382,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = _config.load(argv)
         daemon = Daemon(cfg)
-    except (ShmdError, ArtifactError) as err:
+    except (ShmdError, ArtifactError, ringbuf.RingError) as err:
         print(f"shmd serve: {err}", file=sys.stderr)
         return 2
 

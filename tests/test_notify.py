@@ -179,4 +179,3 @@ def test_watchdog_is_off_without_watchdog_usec_or_for_another_pid() -> None:
     own = {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}
     assert Notifier(own).watchdog_ns == 1_000_000_000
     assert not Notifier({}).enabled and not Notifier({}).send(ready=1)
-

@@ -14,6 +14,7 @@ import pytest
 
 import kernel_abi as abi
 from ringbuf import (
+    Access,
     Channel,
     Consumer,
     LayoutMismatch,
@@ -91,7 +92,7 @@ def test_default_permissions_are_0600_and_configurable(prefix: str) -> None:
     old = os.umask(0)  # a permissive umask must not widen the default
     try:
         a = Channel.create(prefix, "a", sq_capacity=2)
-        b = Channel.create(prefix, "b", sq_capacity=2, mode=0o640)
+        b = Channel.create(prefix, "b", sq_capacity=2, access=Access(0o640))
     finally:
         os.umask(old)
     assert stat.S_IMODE((SHM / f"{prefix}.a").stat().st_mode) == 0o600

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -134,6 +135,7 @@ const char *shmd_strerror(int code)
     case SHMD_ESYS: return "system call failed";
     case SHMD_EINVAL: return "invalid argument";
     case SHMD_ENOFALLBACK: return "daemon unavailable and no fallback configured";
+    case SHMD_EUNTRUSTED: return "segment not owned by the expected daemon uid";
     default: return "unknown error";
     }
 }
@@ -208,6 +210,19 @@ static pid_t try_lock(int fd)
 
 /* ------------------------------------------------------------------ attach */
 
+/* Anyone can create /dev/shm/<prefix>.<channel> first: trust only a segment
+ * owned by the daemon's uid (the same rule as ringbuf.Trust.daemon). */
+static int owner_trusted(uid_t owner)
+{
+    const char *want = getenv("SHMD_DAEMON_UID");
+    if (want && *want)
+        return owner == (uid_t)strtoul(want, NULL, 10);
+    struct passwd pw, *found = NULL;
+    char buf[1024];
+    return owner == 0 || owner == geteuid() ||
+           (getpwnam_r("shmd", &pw, buf, sizeof buf, &found) == 0 && found && owner == found->pw_uid);
+}
+
 static int ring_layout_ok(const struct shmd_ring_header *shm_hdr)
 {
     /* Block 0 is written once at creation; re-checked because a live segment
@@ -271,12 +286,21 @@ int shmd_channel_attach(struct shmd_channel *ch, const char *prefix, const char 
         if (e == ENOENT)
             return fail(ch, SHMD_ENOTFOUND, "no channel segment %s: is `shmd serve --prefix %s` running with channel '%s'?",
                         ch->segment, prefix, name);
+        if (e == EACCES)
+            return fail(ch, SHMD_ESYS, "cannot open %s as uid %u: permission denied; run as the daemon's user or a "
+                        "member of its --group", ch->segment, (unsigned)geteuid());
         return fail(ch, SHMD_ESYS, "shm_open(%s) failed: %s", ch->segment, strerror(e));
     }
     int rc;
     struct stat st;
     if (fstat(ch->fd, &st) != 0) {
         rc = fail(ch, SHMD_ESYS, "fstat(%s) failed: %s", ch->segment, strerror(errno));
+        goto out_close;
+    }
+    if (!owner_trusted(st.st_uid)) {
+        rc = fail(ch, SHMD_EUNTRUSTED, "segment %s is not trusted: owner uid=%u mode=%04o found, the daemon's uid "
+                  "expected; set SHMD_DAEMON_UID to its uid if that is expected", ch->segment, (unsigned)st.st_uid,
+                  (unsigned)(st.st_mode & 07777));
         goto out_close;
     }
     if ((size_t)st.st_size < sizeof(struct shmd_channel_header)) {

@@ -47,7 +47,8 @@ enum shmd_error {
     SHMD_ETIMEDOUT = -6,  /* no answer before the deadline */
     SHMD_ESYS = -7,       /* a system call failed (errno in the message) */
     SHMD_EINVAL = -8,     /* a bad argument (the message names it) */
-    SHMD_ENOFALLBACK = -9 /* the daemon could not answer and no fallback was configured */
+    SHMD_ENOFALLBACK = -9, /* the daemon could not answer and no fallback was configured */
+    SHMD_EUNTRUSTED = -10  /* the segment's owner is not the expected daemon uid (see shmd_channel_attach) */
 };
 
 /* A response flag the daemon never sets: the client's fallback answered.
@@ -94,7 +95,9 @@ struct shmd_channel {
 /* Map channel `name` of `prefix`, hold it exclusively (POSIX record lock on
  * byte 0 of the segment, dropped by the kernel when we die) and validate its
  * layout. SHMD_OK, or an error code with ch->msg saying what and why (for
- * SHMD_EBUSY it names the holder's pid). On error nothing stays open. */
+ * SHMD_EBUSY it names the holder's pid). On error nothing stays open.
+ * The segment's owner must be the daemon's uid: $SHMD_DAEMON_UID when set,
+ * else root, this process's euid or the "shmd" user (SHMD_EUNTRUSTED). */
 int shmd_channel_attach(struct shmd_channel *ch, const char *prefix, const char *name);
 /* Unlock, unmap, close; safe on a zeroed or already detached channel. */
 void shmd_channel_detach(struct shmd_channel *ch);
