@@ -1,4 +1,4 @@
-"""``python -m bench NAME [--quick] [--json PATH]``: run one benchmark.
+"""``python -m bench NAME [--quick] [--json PATH]``: run one benchmark (``report``: build REPORT.md).
 
 Each benchmark is the module ``bench.NAME`` with ``main(argv) -> int``; it prints a
 human table and, with ``--json``, writes one JSON object with its figures, the
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("ring", "models", "daemon", "http", "native")
+BENCHMARKS = ("ring", "models", "daemon", "http", "native", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
