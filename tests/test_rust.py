@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from kernel_abi import CHANNEL_HEADER, RING_HEADER, hash_str
-from ringbuf import remove_leftovers
+from ringbuf import Channel, remove_leftovers
 from shmd import _codec
 from shmd.client import Client
 from shmd.samples import SAMPLES
@@ -202,3 +202,21 @@ def test_attach_refusals_name_the_problem(built: Path, daemon: DaemonProcess, pr
         proc = _run(built / "shmd_rs_tool", "rt", daemon.prefix, "rs", stdin=one)
     assert proc.returncode == 3
     assert f"channel 'rs' (prefix '{daemon.prefix}') is held by pid {os.getpid()}" in proc.stderr.decode()
+
+
+def test_a_segment_owned_by_another_uid_is_refused(built: Path, prefix: str) -> None:
+    """As ringbuf.Trust.daemon: the owner must be the daemon's uid ($SHMD_DAEMON_UID, else root/us/shmd)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a segment to another uid")
+    ch = Channel.create(prefix, "a", sq_capacity=2)
+    os.fchown(ch.fd, 12345, -1)  # as if another user had made it first
+    env = {k: v for k, v in os.environ.items() if k != "SHMD_DAEMON_UID"}
+    record = _records("workload", _variants("workload", 1))
+    tool = [str(built / "shmd_rs_tool"), "rt", prefix, "a"]
+    refused = subprocess.run(tool, input=record, capture_output=True, env=env, timeout=RUN_TIMEOUT_S)
+    assert b"segment /%s.a is not trusted: owner uid=12345 mode=0600 found" % prefix.encode() in refused.stderr
+    told = subprocess.run(tool, input=record, capture_output=True, env={**env, "SHMD_DAEMON_UID": "12345"},
+                          timeout=RUN_TIMEOUT_S)  # fmt: skip
+    assert b"not trusted" not in told.stderr  # past the owner check (no daemon: its semaphores are missing)
+    ch.close()
+    ch.unlink()

@@ -25,6 +25,8 @@ pub enum Error {
     Sys(String),
     /// A bad argument (the message names it).
     InvalidArgument(String),
+    /// The segment's owner is not the uid the daemon is expected to run as.
+    Untrusted(String),
     /// Status INVALID_INPUT: the daemon rejected a payload field.
     InvalidInput { model: ModelId, field: &'static str, error_field: u16 },
     /// Status UNKNOWN_MODEL: the daemon serves no model with this id.
@@ -89,6 +91,7 @@ impl fmt::Display for Error {
             | Error::TimedOut(m)
             | Error::Sys(m)
             | Error::InvalidArgument(m)
+            | Error::Untrusted(m)
             | Error::BadAnswer(m) => f.write_str(m),
             Error::InvalidInput { model, field, error_field } => write!(
                 f,

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 
 use crate::abi::{
@@ -160,6 +161,19 @@ fn sys_err(what: String, e: io::Error) -> Error {
     Error::Sys(format!("{what} failed: {e}"))
 }
 
+/// Anyone can create /dev/shm/<prefix>.<channel> first: trust only a segment
+/// owned by the daemon's uid: $SHMD_DAEMON_UID when set, else root, this
+/// process's euid or the `shmd` user (the rule of ringbuf.Trust.daemon).
+fn owner_trusted(owner: u32) -> bool {
+    if let Some(want) = std::env::var("SHMD_DAEMON_UID").ok().filter(|v| !v.trim().is_empty()) {
+        return want.trim().parse::<u32>() == Ok(owner);
+    }
+    let service_uid = std::fs::read_to_string("/etc/passwd").ok().and_then(|passwd| {
+        passwd.lines().find_map(|line| line.strip_prefix("shmd:")?.split(':').nth(1)?.parse::<u32>().ok())
+    });
+    owner == 0 || owner == sys::euid() || service_uid == Some(owner)
+}
+
 impl Segment {
     /// Map channel `channel` of `prefix`, hold it, validate its layout.
     pub fn attach(prefix: &str, channel: &str) -> Result<Segment, Error> {
@@ -177,7 +191,16 @@ impl Segment {
             )),
             _ => sys_err(format!("shm_open({name})"), e),
         })?;
-        let size = file.metadata().map_err(|e| sys_err(format!("fstat({name})"), e))?.len() as usize;
+        let meta = file.metadata().map_err(|e| sys_err(format!("fstat({name})"), e))?;
+        if !owner_trusted(meta.uid()) {
+            return Err(Error::Untrusted(format!(
+                "segment {name} is not trusted: owner uid={} mode={:04o} found, the daemon's uid expected; set \
+                 SHMD_DAEMON_UID to its uid if that is expected",
+                meta.uid(),
+                meta.mode() & 0o7777
+            )));
+        }
+        let size = meta.len() as usize;
         if size < CHANNEL_HEADER_SIZE {
             return Err(Error::Layout(format!(
                 "segment {name} is too small for a channel: size={size} found, >= {CHANNEL_HEADER_SIZE} expected"

@@ -14,6 +14,7 @@
 //! | `clock_gettime(CLOCK_MONOTONIC)`       | the clock of `submit_ns` / `deadline_ns`   |
 //! | `getrandom`                            | a random request-id base per attach        |
 //! | `sem_open/post/clockwait/close`        | wake-ups (`wake.rs`)                       |
+//! | `geteuid`                              | trust a segment this user made (`segment.rs`) |
 
 use core::ffi::{c_char, c_int, c_long, c_uint, c_void};
 use std::ffi::CString;
@@ -72,6 +73,7 @@ extern "C" {
     fn sem_post(sem: *mut SemT) -> c_int;
     fn sem_clockwait(sem: *mut SemT, clock: c_int, abstime: *const Timespec) -> c_int;
     fn sem_close(sem: *mut SemT) -> c_int;
+    fn geteuid() -> u32;
 }
 
 fn c_name(name: &str) -> io::Result<CString> {
@@ -96,6 +98,12 @@ pub fn random_u64() -> u64 {
     } else {
         now_ns() ^ (u64::from(std::process::id()) << 32)
     }
+}
+
+/// This process's effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { geteuid() }
 }
 
 /// Open an existing shared-memory object read-write (never create it).
