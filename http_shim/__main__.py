@@ -18,6 +18,7 @@ from ringbuf import SegmentNotFound
 from shmd._errors import ShmdError
 
 from ._app import create_app
+from ._native import NativeBuildError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(args.prefix, args.channel, admin_token=os.environ.get("SHMD_ADMIN_TOKEN"), timeout=args.timeout)
     try:
         web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True)
-    except (ShmdError, SegmentNotFound, OSError) as err:
+    except (ShmdError, SegmentNotFound, NativeBuildError, OSError) as err:
         print(f"http_shim: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,7 +1,8 @@
 """The aiohttp application: the seed's API, readiness, Prometheus and OpenAPI.
 
 The shim is a client of the daemon like any kernel caller: predictions go
-through its own channel (``AsyncClient``), metrics and cache figures are read
+through its own channel (``ShimChannel``: the C client, one submission per
+event-loop tick), metrics and cache figures are read
 from the daemon's stats segment, and reset/clear are control commands the
 daemon executes between passes. It never runs a model itself.
 """
@@ -18,11 +19,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shmd import _snapshot
+from shmd import _codec, _records, _snapshot
 from shmd._errors import DaemonError, InvalidFields
 from shmd._stats_segment import CMD_CLEAR_CACHE, CMD_RESET_METRICS, DONE, StatsSegment
-from shmd.client import AsyncClient
 
+from ._channel import ShimChannel
 from ._codec import MAX_BODY, read_body, respond
 from ._errors import HttpError, http_error
 from ._openapi import openapi
@@ -33,7 +34,7 @@ log = logging.getLogger("http_shim")
 MAX_BATCH = 10_000
 CONTROL_TIMEOUT_S = 2.0  # the daemon runs control commands within ~100 ms; this bounds the wait
 _MODELS = frozenset(_snapshot.MODEL_NAMES)
-_ITEM = re.compile(r"^item (\d+): ")  # the index prefix shmd.client puts on a batch item's InvalidFields
+_ITEM = re.compile(r"^item (\d+): ")  # the index prefix shmd._codec puts on a batch item's InvalidFields
 
 
 def _model(request: web.Request) -> str:
@@ -69,7 +70,7 @@ class Shim:
         self.channel = channel
         self.admin_token = admin_token or None
         self.timeout = timeout
-        self.client: AsyncClient | None = None
+        self.client: ShimChannel | None = None
         self.stats: StatsSegment | None = None
         self._control_lock = asyncio.Lock()
         self.started = time.time()
@@ -78,8 +79,7 @@ class Shim:
 
     async def start(self, _app: web.Application) -> None:
         self.stats = StatsSegment.attach(self.prefix)
-        # A lone request spins briefly for its answer: the daemon usually replies within ~100 µs.
-        self.client = AsyncClient(self.channel, self.prefix, timeout=self.timeout)
+        self.client = ShimChannel(self.prefix, self.channel, timeout=self.timeout)
         self.registry = registry_for(self.stats)
 
     async def stop(self, _app: web.Application) -> None:
@@ -92,19 +92,34 @@ class Shim:
 
     # --- predictions --------------------------------------------------------------------
 
+    async def _predict(self, model: str, items: list[Any]) -> list[Any]:
+        """Predictions for ``items`` (API field sets), a DaemonError in place of each refused one."""
+        mid = _codec.model_id(model)
+        records = _records.build_requests(mid, items, submit_ns=0)  # submit time is stamped at the flush
+        assert self.client is not None
+        responses = await self.client.exchange(records)
+        results: list[Any] = []
+        for resp, fields in zip(responses, items, strict=True):
+            try:
+                results.append(_records.read_response(mid, resp, fields))
+            except DaemonError as err:
+                results.append(err)
+        return results
+
     async def predict(self, request: web.Request) -> web.Response:
         t0 = time.perf_counter()
         model = _model(request)
         fields = await read_body(request)
-        assert self.client is not None
         try:
-            prediction = await self.client.predict(model, fields)
+            (prediction,) = await self._predict(model, [fields])
         except (TypeError, ValueError, OverflowError) as err:
             # shmd._codec lets a few odd values through as plain errors (huge integers, unhashable
             # severities, lone surrogates): still the caller's input, so 400, not 500.
             if isinstance(err, InvalidFields):
                 raise
             raise HttpError(400, f"body: has a field of an unusable value ({type(err).__name__}: {err})") from None
+        if isinstance(prediction, DaemonError):
+            raise prediction
         return respond(request, {"success": True, "prediction": prediction, "latency_ms": _ms_since(t0)})
 
     async def predict_batch(self, request: web.Request) -> web.Response:
@@ -120,10 +135,8 @@ class Shim:
             raise HttpError(413, f"features: must have at most {MAX_BATCH} items, got {len(items)}")
         if not items:
             return respond(request, {"success": True, "predictions": [], "latency_ms": _ms_since(t0), "count": 0})
-        assert self.client is not None
         try:
-            # One publish for the whole batch; per-item daemon errors come back in the list.
-            results = await self.client.predict_many(model, items, return_exceptions=True)
+            results = await self._predict(model, items)  # one submission for the batch (and its tick)
         except InvalidFields as err:
             m = _ITEM.match(str(err))
             index = m.group(1) if m else "0"

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from kernel_abi import Status
 from shmd import _metrics as met
 from shmd import _snapshot
-from shmd._cache import EVICTIONS, HITS, INSERTS, MISSES
+from shmd._metrics import EVICTIONS, HITS, INSERTS, MISSES
 from shmd._stats_segment import StatsSegment
 
 LATENCY_BOUNDS_S: tuple[float, ...] = (

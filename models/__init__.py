@@ -5,12 +5,37 @@ Serving path (no TensorFlow import): ``encode_<model>`` (compiled, one record) -
 artifact export live in ``models.train`` (``shmd train``).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._artifacts import ArtifactError, default_models_dir
-from ._encode import encode_failure, encode_memory, encode_threat, encode_workload
-from ._post import postprocess
 from ._runner import LiteRTRunner, Runner, TFRunner, load_runner
 from ._spec import ENCODER_VERSION, MODEL_IDS, MODEL_NAMES, N_FEATURES, N_RAW_OUTPUTS
 from ._validate import encode_batch, validate
+
+if TYPE_CHECKING:
+    from ._encode import encode_failure, encode_memory, encode_threat, encode_workload
+    from ._post import postprocess
+
+# The encoders and postprocess are numba-compiled (importing numba costs ~130 MB resident): they
+# load on first use, so a client that only explains a rejected field (``validate``) stays light.
+_LAZY = {
+    "encode_failure": "_encode",
+    "encode_memory": "_encode",
+    "encode_threat": "_encode",
+    "encode_workload": "_encode",
+    "postprocess": "_post",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ENCODER_VERSION",

@@ -8,7 +8,6 @@ import numpy as np
 
 from kernel_abi import PAYLOADS, ModelId
 
-from ._encode import BATCH_ENCODERS
 from ._spec import N_FEATURES, RANGES
 
 
@@ -64,6 +63,8 @@ def encode_batch(mid: ModelId | int, payloads: np.ndarray) -> tuple[np.ndarray, 
 
     Rows with a non-zero error_field have unspecified (zero) features.
     """
+    from ._encode import BATCH_ENCODERS  # deferred: numba is heavy and validate() does not need it
+
     mid = ModelId(mid)
     if payloads.dtype != PAYLOADS[mid]:
         raise TypeError(f"payloads must have the {mid.name} payload dtype: dtype={payloads.dtype}")

@@ -5,8 +5,8 @@ and a completion ring of RESPONSE slots (kernel_abi), and this package moves
 records through them with acquire/release ordering and io_uring-style wake-ups.
 """
 
-from ._core import CORRUPT
-from ._ends import DEFAULT_SPIN_US, Consumer, Producer
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     AccessDenied,
     LayoutMismatch,
@@ -29,6 +29,26 @@ from ._segment import (
     remove_leftovers,
     segment_name,
 )
+
+if TYPE_CHECKING:
+    from ._core import CORRUPT
+    from ._ends import DEFAULT_SPIN_US, Consumer, Producer
+
+# The ring ends are numba-compiled: importing numba costs ~130 MB of resident memory, so
+# they load on first use. A process that only names segments or reads the stats segment
+# (the HTTP shim, which reaches its channel through the C client) never pays for it.
+_LAZY = {"CORRUPT": "_core", "DEFAULT_SPIN_US": "_ends", "Consumer": "_ends", "Producer": "_ends"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CORRUPT",

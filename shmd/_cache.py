@@ -18,11 +18,11 @@ from numba import njit
 
 from kernel_abi import N_OUTPUTS
 
-PROBE = 4  # entries (cache lines) examined per lookup: bounds the cost of a miss
+# Per-model counters in CacheArrays.stats, defined with the other metrics (readers import them without numba)
+from ._metrics import EVICTIONS, HITS, INSERTS, MISSES
+from ._metrics import N_CACHE_STATS as N_STATS
 
-# Per-model counters in CacheArrays.stats
-HITS, MISSES, INSERTS, EVICTIONS = 0, 1, 2, 3
-N_STATS = 4
+PROBE = 4  # entries (cache lines) examined per lookup: bounds the cost of a miss
 
 _SEED = np.uint64(0x243F6A8885A308D3)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -45,6 +45,7 @@ from ringbuf import _core as core
 
 from . import _cache as cache
 from . import _metrics as met
+from . import _metrics_compiled as met_jit
 from ._errors import ConfigError
 
 TABLE_SQ_HDR, TABLE_SQ_SLOTS, TABLE_SQ_CAP, TABLE_CQ_HDR, TABLE_CQ_SLOTS, TABLE_CQ_CAP = range(6)
@@ -335,7 +336,7 @@ def finish(
             postprocess(mid, raw_memory[:cnt], post[:cnt])
         m_model[mid, met.INFERENCES] += cnt
         m_model[mid, met.BATCHES] += 1
-        met.record_batch(m_batch, mid, cnt)
+        met_jit.record_batch(m_batch, mid, cnt)
         for r in range(cnt):
             j = rows[mid, r]
             responses[j].outputs[:] = post[r]
@@ -346,10 +347,10 @@ def finish(
         responses[j].service_ns = publish - drain_ns
         mid = np.int64(responses[j].model_id)
         if responses[j].status == Status.OK and 0 < mid < N_MODELS:
-            met.record_latency(m_hist, m_summary, mid, met.SERVICE, publish - drain_ns)
+            met_jit.record_latency(m_hist, m_summary, mid, met.SERVICE, publish - drain_ns)
             submit = np.int64(reqs[j].submit_ns)
             if 0 < submit <= publish:
-                met.record_latency(m_hist, m_summary, mid, met.E2E, publish - submit)
+                met_jit.record_latency(m_hist, m_summary, mid, met.E2E, publish - submit)
     wakes = 0
     for c in range(table.shape[0]):
         wake[c] = False

@@ -1,5 +1,9 @@
 """Metrics in plain arrays: updated by the compiled loop, read by snapshots.
 
+This module is the arrays' layout and their readers, without numba (the HTTP
+shim reads them and must stay light); the compiled updaters are in
+``_metrics_compiled``.
+
 Latencies go into fixed log-linear histograms (HdrHistogram's layout): values
 below ``SUB`` ns have a bucket each; above, every power of two is split into
 ``SUB`` equal buckets, so a bucket's width is at most 1/SUB = 0.78% of its
@@ -11,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 SUB_BITS = 7
 SUB = 1 << SUB_BITS
@@ -31,27 +34,9 @@ SUBMITTED, COMPLETED, REJECTED = 0, 1, 2
 N_STATUSES = 8
 N_CHANNEL_COUNTERS = REJECTED + N_STATUSES
 
-
-@njit(nogil=True, cache=True)
-def bit_length(v):
-    n = 0
-    while v >= 256:
-        v >>= 8
-        n += 8
-    while v > 0:
-        v >>= 1
-        n += 1
-    return n
-
-
-@njit(nogil=True, cache=True)
-def bucket_of(value):
-    """Histogram bucket of a non-negative ns value."""
-    if value < SUB:
-        return max(value, 0)
-    exp = bit_length(value) - 1
-    idx = SUB + (exp - SUB_BITS) * SUB + ((value >> (exp - SUB_BITS)) & (SUB - 1))
-    return min(idx, N_BUCKETS - 1)
+# Per-model cache counters (``CacheArrays.stats`` in ``_cache``)
+HITS, MISSES, INSERTS, EVICTIONS = 0, 1, 2, 3
+N_CACHE_STATS = 4
 
 
 def bucket_midpoints() -> np.ndarray:
@@ -67,23 +52,6 @@ def bucket_midpoints() -> np.ndarray:
 
 
 _MIDPOINTS = bucket_midpoints()
-
-
-@njit(nogil=True, cache=True)
-def record_latency(hist, summary, model, kind, value):
-    hist[model, kind, bucket_of(value)] += 1
-    s = summary[model, kind]
-    if s[COUNT] == 0 or value < s[MIN]:
-        s[MIN] = value
-    if value > s[MAX]:
-        s[MAX] = value
-    s[COUNT] += 1
-    s[SUM] += value
-
-
-@njit(nogil=True, cache=True)
-def record_batch(batch_hist, model, size):
-    batch_hist[model, min(bit_length(size) - 1, N_BATCH_BUCKETS - 1)] += 1
 
 
 @dataclass

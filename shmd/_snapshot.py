@@ -21,7 +21,7 @@ import numpy as np
 from kernel_abi import ModelId, Status
 
 from . import _metrics as met
-from ._cache import EVICTIONS, HITS, INSERTS, MISSES
+from ._metrics import EVICTIONS, HITS, INSERTS, MISSES
 from ._stats_segment import StatsSegment
 
 HEARTBEAT_FRESH_NS = 1_000_000_000  # the daemon's housekeeping runs every <= ~100 ms; 1 s means stuck

@@ -31,18 +31,12 @@ import numpy as np
 
 import ringbuf
 from kernel_abi import (
-    ABI_VERSION,
-    PAYLOADS,
-    REQ_NO_CACHE,
     REQUEST,
-    REQUESTS,
-    RESP_CACHE_HIT,
     ModelId,
-    Status,
 )
 
-from . import _codec, _lock
-from ._errors import ChannelBusy, DaemonError, NotReady, error_for
+from . import _codec, _lock, _records
+from ._errors import ChannelBusy, DaemonError, NotReady
 
 DEFAULT_PREFIX = "shmd"
 DEFAULT_TIMEOUT = 5.0
@@ -183,16 +177,10 @@ class Client:
     def _build(
         self, mid: ModelId, items: Sequence[Mapping[str, Any]], deadline_ms: float | None, no_cache: bool
     ) -> np.ndarray:
-        records = np.zeros(len(items), REQUESTS[mid])
-        records["payload"] = _codec.encode_payloads(mid, items)
         submit = now_ns()
+        deadline = 0 if deadline_ms is None else submit + int(deadline_ms * 1e6)
+        records = _records.build_requests(mid, items, submit_ns=submit, deadline_ns=deadline, no_cache=no_cache)
         records["request_id"] = self.new_ids(len(items))
-        records["model_id"] = mid
-        records["abi_version"] = ABI_VERSION
-        records["payload_len"] = PAYLOADS[mid].itemsize
-        records["flags"] = REQ_NO_CACHE if no_cache else 0
-        records["submit_ns"] = submit
-        records["deadline_ns"] = 0 if deadline_ms is None else submit + int(deadline_ms * 1e6)
         return records
 
     def _roundtrip(self, records: np.ndarray) -> list[np.ndarray]:
@@ -219,17 +207,7 @@ class Client:
 
     @staticmethod
     def _decode(mid: ModelId, resp: np.ndarray, fields: Mapping[str, Any]) -> dict[str, Any]:
-        status = int(resp["status"])
-        if status != Status.OK:
-            err = error_for(status, int(resp["model_id"]), int(resp["error_field"]))
-            if status == Status.INVALID_INPUT:
-                detail = _codec.describe_invalid(mid, _codec.encode_payload(mid, fields), err.field)
-                err.field = detail.field
-                err.args = (f"INVALID_INPUT in field {detail.field}: {detail.rule}",)
-            raise err
-        prediction = _codec.decode_outputs(mid, resp["outputs"])
-        prediction["cacheHit"] = bool(int(resp["flags"]) & RESP_CACHE_HIT)
-        return prediction
+        return _records.read_response(mid, resp, fields)
 
     # --- lifecycle -------------------------------------------------------------
 

@@ -1,0 +1,93 @@
+"""The shim's channel library: kernel_abi/c/shmd_client.c plus ``_exchange.c``, built on first use.
+
+The shim reaches its channel through the C client (loaded with ctypes) rather than
+``shmd.client``, whose ring ends are numba-compiled: importing numba costs ~130 MB
+resident per process, and the shim runs one process per HTTP worker.
+
+The library is compiled with the C compiler shmd already requires (``cc``, or ``$CC``)
+into ``$XDG_CACHE_HOME/shmd`` (default ``~/.cache/shmd``; ``SHMD_NATIVE_DIR`` overrides),
+named after a hash of its sources and flags: a checkout, an installed package and
+``make serve`` all build it the same way, a changed source rebuilds it, and workers
+starting together compile it once (under a file lock).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import kernel_abi
+
+_C_DIR = Path(kernel_abi.__file__).resolve().parent / "c"
+SOURCES = (_C_DIR / "shmd_client.c", Path(__file__).resolve().parent / "_exchange.c")
+HEADERS = (_C_DIR / "shmd_client.h", _C_DIR.parent / "include" / "shmd_abi.h")
+CFLAGS = ("-std=c11", "-O2", "-fPIC", "-shared", f"-I{_C_DIR}", f"-I{_C_DIR.parent / 'include'}")
+LDLIBS = ("-lpthread", "-lrt")
+
+
+class NativeBuildError(RuntimeError):
+    """The channel library could not be compiled: the message carries the compiler's output and the fix."""
+
+
+def cache_dir() -> Path:
+    if "SHMD_NATIVE_DIR" in os.environ:
+        return Path(os.environ["SHMD_NATIVE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shmd"
+
+
+def _digest(cc: str) -> str:
+    h = hashlib.sha256(" ".join((cc, *CFLAGS, *LDLIBS)).encode())
+    for path in (*SOURCES, *HEADERS):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def library_path() -> Path:
+    """The built library, compiling it first if this version of the sources has none yet."""
+    cc = os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        raise NativeBuildError(f"no C compiler: CC={cc!r} is not on PATH; install gcc (apt-get install gcc)")
+    out_dir = cache_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / f"libshmd_shim-{_digest(cc)}.so"
+    if lib.exists():
+        return lib
+    with open(out_dir / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be compiling the same library
+        if lib.exists():
+            return lib
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        cmd = [cc, *CFLAGS, *map(str, SOURCES), "-o", str(tmp), *LDLIBS]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise NativeBuildError(f"compiling the channel library failed ({' '.join(cmd)}):\n{proc.stderr.strip()}")
+        tmp.rename(lib)  # atomic: a reader sees the whole library or none
+    return lib
+
+
+def load() -> ctypes.CDLL:
+    """The library with the signatures of the functions the shim calls."""
+    lib = ctypes.CDLL(str(library_path()))
+    vp, u64, c_char_p = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p
+    lib.shim_open.argtypes = [c_char_p, c_char_p, c_char_p, ctypes.c_size_t]
+    lib.shim_open.restype = vp
+    lib.shim_close.argtypes = [vp]
+    lib.shim_close.restype = None
+    lib.shim_message.argtypes = [vp]
+    lib.shim_message.restype = c_char_p
+    lib.shim_dropped.argtypes = [vp]
+    lib.shim_dropped.restype = u64
+    lib.shim_exchange.argtypes = [vp, vp, vp, vp, ctypes.c_uint, u64, u64, u64, u64]
+    lib.shim_exchange.restype = ctypes.c_int
+    lib.shmd_strerror.argtypes = [ctypes.c_int]
+    lib.shmd_strerror.restype = c_char_p
+    return lib
+
+
+__all__ = ["NativeBuildError", "cache_dir", "library_path", "load"]

@@ -1,0 +1,56 @@
+"""REQUEST records built from API fields, RESPONSE records read back: shared by every Python caller.
+
+``shmd.client`` and the HTTP shim (which reaches its channel through the C client)
+build and read records the same way; this module needs numpy and kernel_abi only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUESTS, RESP_CACHE_HIT, ModelId, Status
+
+from . import _codec
+from ._errors import error_for
+
+
+def build_requests(
+    mid: ModelId, items: Sequence[Mapping[str, Any]], *, submit_ns: int, deadline_ns: int = 0, no_cache: bool = False
+) -> np.ndarray:
+    """REQUEST records (of ``REQUESTS[mid]``) for ``items``; request ids left 0 for the sender to set.
+
+    An invalid item raises InvalidFields (see ``_codec.encode_payloads``).
+    """
+    records = np.zeros(len(items), REQUESTS[mid])
+    records["payload"] = _codec.encode_payloads(mid, items)
+    records["model_id"] = mid
+    records["abi_version"] = ABI_VERSION
+    records["payload_len"] = PAYLOADS[mid].itemsize
+    records["flags"] = REQ_NO_CACHE if no_cache else 0
+    records["submit_ns"] = submit_ns
+    records["deadline_ns"] = deadline_ns
+    return records
+
+
+def read_response(mid: ModelId, resp: np.ndarray, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The API ``prediction`` of one RESPONSE record, or raise the DaemonError its status names.
+
+    ``fields`` (the item's API fields) lets an INVALID_INPUT name the API field and the rule.
+    """
+    status = int(resp["status"])
+    if status != Status.OK:
+        err = error_for(status, int(resp["model_id"]), int(resp["error_field"]))
+        if status == Status.INVALID_INPUT:
+            detail = _codec.describe_invalid(mid, _codec.encode_payload(mid, fields), err.field)
+            err.field = detail.field
+            err.args = (f"INVALID_INPUT in field {detail.field}: {detail.rule}",)
+        raise err
+    prediction = _codec.decode_outputs(mid, resp["outputs"])
+    prediction["cacheHit"] = bool(int(resp["flags"]) & RESP_CACHE_HIT)
+    return prediction
+
+
+__all__ = ["build_requests", "read_response"]
