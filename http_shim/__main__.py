@@ -1,4 +1,4 @@
-"""``python -m http_shim --prefix P --channel C [--host H] [--port N]``.
+"""``python -m http_shim --prefix P --channel C [--host H] [--port N] [--reuse-port]``.
 
 The admin token guarding metrics reset and cache clear comes from the
 environment (SHMD_ADMIN_TOKEN), never the command line, so it does not show
@@ -27,12 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channel", default="http", help="the channel this shim holds (default http)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9005, help="port (default 9005)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="bind with SO_REUSEPORT, so several shim processes share the port")  # fmt: skip
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon's answer")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="http_shim %(levelname)s %(message)s")
     app = create_app(args.prefix, args.channel, admin_token=os.environ.get("SHMD_ADMIN_TOKEN"), timeout=args.timeout)
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True)
+        # One line on stdout once listening: `shmd serve` waits for it from every worker.
+        web.run_app(app, host=args.host, port=args.port, reuse_port=args.reuse_port or None, access_log=None,
+                    handle_signals=True, print=lambda _banner: print("listening", flush=True))  # fmt: skip
     except (ShmdError, SegmentNotFound, NativeBuildError, OSError) as err:
         print(f"http_shim: {err}", file=sys.stderr)
         return 2

@@ -20,6 +20,21 @@ from ._errors import ConfigError
 
 DEFAULT_CHANNELS = ("scheduler", "memory", "security", "healing")
 HTTP_CHANNEL = "http"
+MAX_HTTP_WORKERS = 64
+
+
+def http_channels(workers: int) -> tuple[str, ...]:
+    """The channel of each HTTP worker: ``http``, then ``http1``, ``http2``, ..."""
+    return (HTTP_CHANNEL, *(f"{HTTP_CHANNEL}{i}" for i in range(1, workers)))
+
+
+def default_http_workers() -> int:
+    """One shim process per two CPUs beyond the daemon's, at least one, at most 8.
+
+    Measured on 2 vCPUs (``python -m bench http``): the daemon's poll loop and one shim
+    already fill both CPUs, and a second shim only adds contention.
+    """
+    return max(1, min(8, ((os.cpu_count() or 1) - 1) // 2))
 DEFAULT_TTL_MS = {"workload": 100.0, "threat": 500.0, "failure": 1000.0, "memory": 50.0}
 
 
@@ -41,6 +56,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 9005
     http: bool = True
+    http_workers: int = 0  # HTTP shim processes sharing the port (SO_REUSEPORT); 0 = default_http_workers()
     spin_us: float = 100.0  # covers a Python client's turnaround, so a steady caller needs no wake-up
     models_dir: str | None = None
     backend: str = "litert"
@@ -56,6 +72,11 @@ class Config:
     replace_untrusted: bool = False  # unlink and re-create objects of another owner or a wider mode
     cache: dict[str, CacheConfig] = field(default_factory=_default_cache)
 
+    @property
+    def workers(self) -> int:
+        """HTTP shim processes to run (``http_workers``, or the machine's default)."""
+        return self.http_workers or default_http_workers()
+
     def validate(self) -> Config:
         if not 0 <= self.spin_us <= 100_000:
             raise ConfigError(f"spin_us must be in [0, 100000]: spin_us={self.spin_us}")
@@ -67,8 +88,13 @@ class Config:
             raise ConfigError(f"port must be in [1, 65535]: port={self.port}")
         if not self.channels or len(set(self.channels)) != len(self.channels):
             raise ConfigError(f"channels must be non-empty and distinct: channels={','.join(self.channels)}")
-        if self.http and HTTP_CHANNEL in self.channels:
-            raise ConfigError(f"channel name {HTTP_CHANNEL!r} is reserved for the HTTP shim")
+        if not 0 <= self.http_workers <= MAX_HTTP_WORKERS:
+            raise ConfigError(f"http_workers must be in [0, {MAX_HTTP_WORKERS}] (0: default): "
+                              f"http_workers={self.http_workers}")  # fmt: skip
+        if self.http:
+            taken = [name for name in http_channels(self.workers) if name in self.channels]
+            if taken:
+                raise ConfigError(f"channel name {taken[0]!r} is reserved for the HTTP shim")
         if self.log_format not in ("kv", "json"):
             raise ConfigError(f"log_format must be kv or json: log_format={self.log_format!r}")
         if self.group is not None:
@@ -138,6 +164,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="HTTP shim address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP shim port (default 9005)")
     p.add_argument("--no-http", dest="http", action="store_false", default=None, help="do not start the HTTP shim")
+    p.add_argument("--http-workers", dest="http_workers", type=int,
+                   help="HTTP shim processes sharing the port, each with its own channel "
+                   "(default: one per two CPUs beyond the daemon's, at least 1)")  # fmt: skip
     p.add_argument("--spin-us", dest="spin_us", type=float, help="idle spin before sleeping, µs (default 100)")
     p.add_argument("--models-dir", dest="models_dir", help="model artifacts (default: the shipped ones)")
     p.add_argument("--backend", choices=("litert", "tf"), help="model runtime (default litert)")

@@ -72,7 +72,7 @@ class Daemon:
         self.http: HttpChild | None = None  # set by main() when the shim runs
         self.notifier = _notify.Notifier()  # systemd's $NOTIFY_SOCKET, if any
         self.channels: list[ringbuf.Channel] = []
-        self.names = list(cfg.channels) + ([_config.HTTP_CHANNEL] if cfg.http else [])
+        self.names = list(cfg.channels) + (list(_config.http_channels(cfg.workers)) if cfg.http else [])
         self.access = ringbuf.Access.for_group(cfg.group)  # mode and group of everything we create
         t0 = time.monotonic()
         pid = StatsSegment.serving_pid(cfg.prefix)  # refuse before the slow part; create() re-checks
@@ -405,7 +405,7 @@ def main(argv: list[str]) -> int:
         "ready", cfg.log_format, pid=os.getpid(), prefix=cfg.prefix, channels=",".join(daemon.names),
         models=",".join(f"{m.name.lower()}@{daemon.versions[m]}" for m in ModelId),
         backend=cfg.backend, startup_ms=round(daemon.startup_s * 1000, 1),
-        http=f"{cfg.host}:{cfg.port}" if cfg.http else "off",
+        http=f"{cfg.host}:{cfg.port}" if cfg.http else "off", http_workers=cfg.workers if cfg.http else 0,
     )  # fmt: skip
     _readiness.announce(daemon.notifier, cfg, log_event)
     try:
