@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from shmd import _codec, _records, _snapshot
 from shmd._errors import DaemonError, InvalidFields
@@ -48,6 +48,15 @@ def _ms_since(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1e3, 4)
 
 
+def _allowed(request: web.Request, exc: web.HTTPMethodNotAllowed) -> str:
+    """The methods of the path's own route; aiohttp also lists those of a ``{model}`` route the path
+    happens to match (``/api/ml/metrics/reset`` matches ``GET /api/ml/metrics/{model}``)."""
+    for resource in request.app.router.resources():
+        if isinstance(resource, web.PlainResource) and resource.canonical == request.path:
+            return ",".join(sorted({route.method for route in resource}))
+    return exc.headers["Allow"]
+
+
 @web.middleware
 async def _error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every refusal as ``{"success": false, "error": ...}``; statuses from ``http_error``."""
@@ -59,7 +68,10 @@ async def _error_middleware(request: web.Request, handler: Any) -> web.StreamRes
         status, message = http_error(exc)
         if status >= 500:
             log.exception("request %s %s failed with %d", request.method, request.path, status)
-        return respond(request, {"success": False, "error": message}, status)
+        resp = respond(request, {"success": False, "error": message}, status)
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            resp.headers["Allow"] = _allowed(request, exc)  # RFC 9110: a 405 names the methods allowed
+        return resp
 
 
 class Shim:
@@ -245,9 +257,11 @@ class Shim:
             body["error"] = "; ".join(problems)
         return respond(request, body, 200 if ok else 503)
 
-    async def prometheus(self, _request: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(self.registry))
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    async def prometheus(self, request: web.Request) -> web.Response:
+        # The Prometheus text format, or OpenMetrics when Accept asks for application/openmetrics-text.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        resp = web.Response(body=encode(self.registry))
+        resp.headers["Content-Type"] = content_type
         return resp
 
     async def openapi(self, request: web.Request) -> web.Response:
@@ -267,7 +281,8 @@ def create_app(
     r.add_post("/api/ml/predict/{model}/batch", shim.predict_batch)
     r.add_get("/api/ml/metrics", shim.metrics)
     r.add_post("/api/ml/metrics/reset", shim.reset_metrics)
-    r.add_get("/api/ml/metrics/{model}", shim.model_metrics)
+    # Not "reset": that path is POST only, and a GET of it is 405 (Allow: POST), not an unknown model.
+    r.add_get("/api/ml/metrics/{model:(?!reset$)[^{}/]+}", shim.model_metrics)
     r.add_get("/api/ml/cache/stats", shim.cache_stats)
     r.add_post("/api/ml/cache/clear", shim.cache_clear)
     r.add_get("/health", shim.health)

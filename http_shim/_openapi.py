@@ -48,7 +48,20 @@ def _obj(props: dict[str, Any], required: list[str], desc: str = "") -> dict[str
     return s
 
 
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional field: ``null`` means the same as leaving it out (its default)."""
+    s = dict(schema)
+    s["type"] = [s["type"], "null"]
+    if "enum" in s:
+        s["enum"] = [*s["enum"], None]
+    return s
+
+
 _UNIT = _num(0, 1)
+# What the record can carry: float32 numbers, u64 integers, f64 timestamps (the shim refuses more with 400).
+F32_MAX = 3.4028234663852886e38
+F64_MAX = 1.7976931348623157e308
+U64_MAX = 2**64 - 1
 _ID = {"type": "string", "minLength": 1, "maxLength": 128}
 
 
@@ -65,13 +78,13 @@ REQUESTS: dict[str, dict[str, Any]] = {
         {
             "agentId": _ID,
             "historicalCpu": _arr(_UNIT, 10, desc="last 10 CPU utilisation samples, oldest first"),
-            "historicalMemory": _arr(_int(0), 10, desc="last 10 resident-memory samples, bytes"),
-            "historicalGpu": _arr(_UNIT, 10, desc="last 10 GPU utilisation samples (default zeros)"),
+            "historicalMemory": _arr(_int(0, U64_MAX), 10, desc="last 10 resident-memory samples, bytes"),
+            "historicalGpu": _nullable(_arr(_UNIT, 10, desc="last 10 GPU utilisation samples (default zeros)")),
             "timeOfDay": _int(0, 23),
             "dayOfWeek": _int(0, 6),
             "currentCpu": _UNIT,
-            "currentMemory": _int(0),
-            "currentGpu": _num(0, 1, "default 0"),
+            "currentMemory": _int(0, U64_MAX),
+            "currentGpu": _nullable(_num(0, 1, "default 0")),
         },
         ["agentId", "historicalCpu", "historicalMemory", "timeOfDay", "dayOfWeek", "currentCpu", "currentMemory"],
     ),
@@ -80,20 +93,22 @@ REQUESTS: dict[str, dict[str, Any]] = {
             "agentId": _ID,
             "metrics": _obj(
                 {
-                    "averageLatency": _num(0, desc="ms"),
+                    "averageLatency": _num(0, F32_MAX, desc="ms"),
                     "errorRate": _UNIT,
                     "resourceUsage": _UNIT,
-                    "messageFrequency": _num(0, desc="per second"),
+                    "messageFrequency": _num(0, F32_MAX, desc="per second"),
                 },
                 ["averageLatency", "errorRate", "resourceUsage", "messageFrequency"],
             ),
-            "anomalies": {
-                "type": "array",
-                "maxItems": 64,
-                "items": _obj({"type": _ID, "severity": _enum_names(Severity)}, ["type", "severity"]),
-            },
-            "historicalThreats": _arr(_UNIT, 10, pad=True, desc="last threat scores, padded with zeros"),
-            "timeSinceLastThreat": _num(0, desc="ms"),
+            "anomalies": _nullable(
+                {
+                    "type": "array",
+                    "maxItems": 64,
+                    "items": _obj({"type": _ID, "severity": _enum_names(Severity)}, ["type", "severity"]),
+                }
+            ),
+            "historicalThreats": _nullable(_arr(_UNIT, 10, pad=True, desc="last threat scores, padded with zeros")),
+            "timeSinceLastThreat": _num(0, F32_MAX, desc="ms"),
         },
         ["agentId", "metrics", "timeSinceLastThreat"],
     ),
@@ -101,12 +116,12 @@ REQUESTS: dict[str, dict[str, Any]] = {
         {
             "component": _ID,
             "healthScore": _UNIT,
-            "currentValue": _num(),
-            "baseline": _num(),
+            "currentValue": _num(-F32_MAX, F32_MAX),
+            "baseline": _num(-F32_MAX, F32_MAX),
             "trend": _num(-1, 1, "-1 degrading … 1 improving"),
             "historicalHealth": _arr(_UNIT, 20),
             "failureHistory": _arr(_int(0, 1), 10),
-            "timeSinceLastFailure": _num(0, desc="ms"),
+            "timeSinceLastFailure": _num(0, F32_MAX, desc="ms"),
         },
         [
             "component",
@@ -124,7 +139,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
             "agentId": _ID,
             "accessHistory": _arr(_UNIT, 20, desc="last 20 accessed addresses, normalised"),
             "accessTypes": _arr(_int(0, 2), 20, desc=_enum_doc(AccessType)),
-            "accessTimestamps": _arr(_num(0), 20),
+            "accessTimestamps": _arr(_num(0, F64_MAX), 20),
             "currentAddress": _UNIT,
             "localityScore": _UNIT,
         },
@@ -299,7 +314,12 @@ COMPONENTS["MetricsResponse"] = _ok(
 COMPONENTS["ModelMetricsResponse"] = _ok({"metrics": _ref("ModelMetrics")}, ["metrics"])
 COMPONENTS["CacheStatsResponse"] = _ok({"cache": _by_model("CacheStats")}, ["cache"])
 COMPONENTS["MessageResponse"] = _ok({"message": {"type": "string"}}, ["message"])
-COMPONENTS["ModelSelector"] = _obj({"model": {"type": "string", "enum": list(MODELS)}}, [], "omit for all models")
+COMPONENTS["ModelSelector"] = _obj(
+    {"model": _nullable({"type": "string", "enum": list(MODELS)})},
+    [],
+    "omit the body or the model, or send null, for all models",
+)
+COMPONENTS["ModelSelector"]["type"] = ["object", "null"]
 COMPONENTS["HealthResponse"] = _ok(
     {
         "status": {"type": "string", "enum": ["ok", "degraded"]},
@@ -320,6 +340,7 @@ COMPONENTS["ReadyResponse"] = _obj(
 )
 
 _JSON_AND_MSGPACK = ("application/json", "application/msgpack")
+_METRICS_TYPES = ("text/plain", "application/openmetrics-text")
 
 
 def _content(schema: dict[str, Any]) -> dict[str, Any]:
@@ -433,9 +454,14 @@ def _paths() -> dict[str, Any]:
     )
     paths["/metrics"] = {
         "get": {
-            "summary": "Prometheus text exposition format",
+            "summary": "Prometheus text format; OpenMetrics when Accept asks for application/openmetrics-text",
             "operationId": "prometheus",
-            "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            "responses": {
+                "200": {
+                    "description": "metrics",
+                    "content": {t: {"schema": {"type": "string"}} for t in _METRICS_TYPES},
+                }
+            },
         }
     }
     paths["/openapi.json"] = {
