@@ -24,8 +24,9 @@ from shmd._errors import DaemonError, InvalidFields
 from shmd._stats_segment import CMD_CLEAR_CACHE, CMD_RESET_METRICS, DONE, StatsSegment
 
 from ._channel import ShimChannel
-from ._codec import MAX_BODY, read_body, respond
+from ._codec import MAX_BODY, parse, read_body, read_raw, respond
 from ._errors import HttpError, http_error
+from ._fastcodec import decode_batch
 from ._openapi import openapi
 from ._prometheus import registry_for
 
@@ -104,16 +105,19 @@ class Shim:
 
     # --- predictions --------------------------------------------------------------------
 
-    async def _predict(self, model: str, items: list[Any]) -> list[Any]:
-        """Predictions for ``items`` (API field sets), a DaemonError in place of each refused one."""
+    async def _predict(self, model: str, items: list[Any] | None = None, payloads: Any = None) -> list[Any]:
+        """Predictions for ``items`` (API field sets) or ``payloads`` (payload records), in order, with a
+        DaemonError in place of each refused one."""
         mid = _codec.model_id(model)
-        records = _records.build_requests(mid, items, submit_ns=0)  # submit time is stamped at the flush
+        if payloads is None:
+            payloads = _codec.encode_payloads(mid, items or [])
+        records = _records.requests_for(mid, payloads, submit_ns=0)  # submit time is stamped at the flush
         assert self.client is not None
         responses = await self.client.exchange(records)
         results: list[Any] = []
-        for resp, fields in zip(responses, items, strict=True):
+        for i, resp in enumerate(responses):
             try:
-                results.append(_records.read_response(mid, resp, fields))
+                results.append(_records.read_response(mid, resp, payload=payloads[i]))
             except DaemonError as err:
                 results.append(err)
         return results
@@ -137,7 +141,15 @@ class Shim:
     async def predict_batch(self, request: web.Request) -> web.Response:
         t0 = time.perf_counter()
         model = _model(request)
-        body = await read_body(request)
+        got = await read_raw(request)
+        assert got is not None  # None only for an empty body with empty= given
+        raw, kind = got
+        payloads = decode_batch(_codec.model_id(model), raw) if kind == "json" else None
+        if payloads is not None:  # a valid JSON batch, decoded straight into records
+            if len(payloads) > MAX_BATCH:
+                raise HttpError(413, f"features: must have at most {MAX_BATCH} items, got {len(payloads)}")
+            return self._batch_answer(request, t0, await self._predict(model, payloads=payloads))
+        body = parse(raw, kind)
         if not isinstance(body, dict):
             raise HttpError(400, f"body: must be an object with a features array, got {type(body).__name__}")
         items = body.get("features")
@@ -155,6 +167,10 @@ class Shim:
             raise HttpError(400, f"features[{index}].{err.field}: {err.rule}") from None
         except (TypeError, ValueError, OverflowError) as err:
             raise HttpError(400, f"features: has an item with an unusable value ({type(err).__name__})") from None
+        return self._batch_answer(request, t0, results)
+
+    @staticmethod
+    def _batch_answer(request: web.Request, t0: float, results: list[Any]) -> web.Response:
         for i, res in enumerate(results):
             if isinstance(res, DaemonError):
                 status, message = http_error(res)

@@ -24,8 +24,16 @@ def build_requests(
 
     An invalid item raises InvalidFields (see ``_codec.encode_payloads``).
     """
-    records = np.zeros(len(items), REQUESTS[mid])
-    records["payload"] = _codec.encode_payloads(mid, items)
+    payloads = _codec.encode_payloads(mid, items)
+    return requests_for(mid, payloads, submit_ns=submit_ns, deadline_ns=deadline_ns, no_cache=no_cache)
+
+
+def requests_for(
+    mid: ModelId, payloads: np.ndarray, *, submit_ns: int, deadline_ns: int = 0, no_cache: bool = False
+) -> np.ndarray:
+    """REQUEST records carrying ``payloads`` (records of ``PAYLOADS[mid]``); request ids left 0."""
+    records = np.zeros(len(payloads), REQUESTS[mid])
+    records["payload"] = payloads
     records["model_id"] = mid
     records["abi_version"] = ABI_VERSION
     records["payload_len"] = PAYLOADS[mid].itemsize
@@ -35,16 +43,20 @@ def build_requests(
     return records
 
 
-def read_response(mid: ModelId, resp: np.ndarray, fields: Mapping[str, Any]) -> dict[str, Any]:
+def read_response(
+    mid: ModelId, resp: np.ndarray, fields: Mapping[str, Any] | None = None, *, payload: np.ndarray | None = None
+) -> dict[str, Any]:
     """The API ``prediction`` of one RESPONSE record, or raise the DaemonError its status names.
 
-    ``fields`` (the item's API fields) lets an INVALID_INPUT name the API field and the rule.
+    The item's API ``fields``, or the ``payload`` record sent, lets an INVALID_INPUT name the
+    API field and the rule.
     """
     status = int(resp["status"])
     if status != Status.OK:
         err = error_for(status, int(resp["model_id"]), int(resp["error_field"]))
         if status == Status.INVALID_INPUT:
-            detail = _codec.describe_invalid(mid, _codec.encode_payload(mid, fields), err.field)
+            sent = _codec.encode_payload(mid, fields) if payload is None else payload
+            detail = _codec.describe_invalid(mid, sent, err.field)
             err.field = detail.field
             err.args = (f"INVALID_INPUT in field {detail.field}: {detail.rule}",)
         raise err
@@ -53,4 +65,4 @@ def read_response(mid: ModelId, resp: np.ndarray, fields: Mapping[str, Any]) -> 
     return prediction
 
 
-__all__ = ["build_requests", "read_response"]
+__all__ = ["build_requests", "read_response", "requests_for"]

@@ -1,0 +1,87 @@
+"""The shim's batch fast path (msgspec into records) agrees with the general codec, both ways.
+
+For generated batch bodies (valid items, and items with one field replaced by an arbitrary
+JSON value), ``decode_batch`` either declines (None) or builds exactly the records that
+``shmd._codec.encode_payloads`` builds from the parsed body; and it never accepts a body
+the general codec refuses.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from http_shim._fastcodec import decode_batch
+from kernel_abi import ModelId
+from shmd import InvalidFields
+from shmd._codec import encode_payloads
+
+from ._http_daemon import valid
+
+FAST_MODELS = ("workload", "failure", "memory")
+
+_EDGES = (3.4028234663852886e38, 3.5e38, -3.5e38, 1e300, 2**64 - 1, 2**64, -1, 0, 5.0, 24, 129 * "x", "", "\ud800")
+_json_scalar = st.one_of(
+    st.sampled_from(_EDGES), st.none(), st.booleans(), st.text(max_size=3),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+)  # fmt: skip
+_json_value = st.one_of(_json_scalar, st.lists(_json_scalar, max_size=21))
+
+
+@st.composite
+def _numbers(draw: st.DrawFn, n: int, lo: float, hi: float) -> list[float]:
+    return draw(st.lists(st.floats(lo, hi, allow_nan=False, width=64), min_size=n, max_size=n))
+
+
+@st.composite
+def bodies(draw: st.DrawFn, model: str) -> bytes:
+    items = []
+    for i in range(draw(st.integers(1, 4))):
+        item = valid(model, i)
+        for key in draw(st.lists(st.sampled_from(sorted(item)), max_size=2, unique=True)):
+            choice = draw(st.integers(0, 2))
+            if choice == 0:
+                item[key] = draw(_json_value)  # an arbitrary value: usually invalid
+            elif choice == 1:
+                del item[key]
+            elif isinstance(item[key], list) and all(isinstance(v, float) for v in item[key]):
+                item[key] = draw(_numbers(len(item[key]), -1e6, 1e6))  # distinct valid-typed numbers
+        items.append(item)
+    return json.dumps({"features": items}).encode()
+
+
+@pytest.mark.parametrize("model", FAST_MODELS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fast_path_builds_the_same_records_or_declines(model: str, data: st.DataObject) -> None:
+    body = data.draw(bodies(model))
+    mid = ModelId[model.upper()]
+    fast = decode_batch(mid, body)
+    try:
+        general = encode_payloads(mid, json.loads(body)["features"])
+    except (InvalidFields, TypeError, ValueError, OverflowError):
+        general = None
+    if fast is None:
+        return
+    assert general is not None, f"fast path accepted what the codec refuses: {body!r}"
+    assert fast.dtype == general.dtype
+    for name in fast.dtype.names:  # the named fields; np.array leaves the general path's padding unset
+        assert fast[name].tobytes() == general[name].tobytes(), (name, body)
+
+
+@pytest.mark.parametrize("model", FAST_MODELS)
+def test_fast_path_takes_valid_batches(model: str) -> None:
+    body = json.dumps({"features": [valid(model, i) for i in range(50)]}).encode()
+    fast = decode_batch(ModelId[model.upper()], body)
+    assert fast is not None and len(fast) == 50
+    assert np.array_equal(fast, encode_payloads(ModelId[model.upper()], json.loads(body)["features"]))
+
+
+def test_fast_path_declines_threat_and_empty_batches() -> None:
+    assert decode_batch(ModelId.THREAT, json.dumps({"features": [valid("threat")]}).encode()) is None
+    assert decode_batch(ModelId.WORKLOAD, b'{"features": []}') is None
