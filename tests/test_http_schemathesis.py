@@ -37,7 +37,7 @@ def test_schemathesis_finds_no_failure(daemon: Daemon) -> None:
         pytest.skip("schemathesis is not installed (it is in the test extra: pip install -e '.[test]')")
     cmd = [st, "--config-file", str(ROOT / "tests" / "schemathesis.toml"), "run",
            f"http://127.0.0.1:{daemon.port}/openapi.json", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
-           "--seed", str(SEED), "--no-color"]  # fmt: skip
+           "--seed", str(SEED), "--no-color", "--generation-database", "none"]  # fmt: skip
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests._schemathesis_hooks", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=200)
     summary = proc.stdout[proc.stdout.rfind("SUMMARY") :] if "SUMMARY" in proc.stdout else proc.stdout[-4000:]

@@ -1,0 +1,88 @@
+"""The shim's channel (C client through ctypes): one submission per tick, answers in place, light process.
+
+- requests gathered in one event-loop tick go out in one exchange, and each gets its own answer;
+- a daemon killed while the shim holds its channel is a NotReady at once, not after the timeout;
+- a real ``shmd serve`` runs its shim workers without numba mapped and under 100 MB resident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import ringbuf
+from http_shim._channel import ShimChannel
+from kernel_abi import ModelId
+from shmd import NotReady, _records
+
+from ._daemon import DaemonProcess
+from ._http_daemon import Daemon, free_port, unique_prefix, valid
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _records_for(i: int) -> object:
+    return _records.build_requests(ModelId.WORKLOAD, [valid("workload", i)], submit_ns=0, no_cache=True)
+
+
+def test_one_tick_is_one_exchange_and_each_request_gets_its_own_answer(prefix: str) -> None:
+    with DaemonProcess(prefix, "--channels", "web"):
+        channel = ShimChannel(prefix, "web", timeout=5.0)
+        try:
+
+            async def main() -> tuple[list, list]:
+                alone = [(await channel.exchange(_records_for(i)))[0] for i in range(12)]  # one per tick
+                together = await asyncio.gather(*(channel.exchange(_records_for(i)) for i in range(12)))
+                return alone, [r[0] for r in together]
+
+            alone, together = asyncio.run(main())
+            assert channel.exchanges == 12 + 1 and channel.requests == 24
+            outputs = [tuple(r["outputs"]) for r in alone]
+            assert len(set(outputs)) == 12, "distinct items should get distinct predictions"
+            assert [tuple(r["outputs"]) for r in together] == outputs  # item i's answer, in item i's place
+            assert all(int(r["status"]) == 0 for r in together)
+        finally:
+            channel.close()
+
+
+def test_a_killed_daemon_is_noticed_at_once(prefix: str) -> None:
+    daemon = DaemonProcess(prefix, "--channels", "web")
+    channel = ShimChannel(prefix, "web", timeout=30.0)
+    try:
+        daemon.stop(signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(NotReady, match=r"^channel 'web': .*(not running|no daemon)"):
+            asyncio.run(channel.exchange(_records_for(0)))
+        assert time.monotonic() - t0 < 5.0, "waited for the timeout instead of checking the daemon"
+    finally:
+        channel.close()
+        daemon.stop()
+        ringbuf.remove_leftovers(prefix)  # a killed daemon leaves its segments (a restart would reuse them)
+
+
+def _status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def test_shim_workers_are_light() -> None:
+    d = Daemon(unique_prefix("lt"), port=free_port(), channels="scheduler",
+               env={"SHMD_HTTP_WORKERS": "2"})  # fmt: skip
+    try:
+        import subprocess
+
+        pids = [int(p) for p in subprocess.run(["pgrep", "-f", f"http_shim --prefix {d.prefix} "],
+                                               capture_output=True, text=True).stdout.split()]  # fmt: skip
+        assert len(pids) == 2, pids
+        for pid in pids:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert "numba" not in maps and "llvmlite" not in maps, f"shim {pid} loaded numba"
+            assert _status(pid, "VmRSS") < 100 * 1024, f"shim {pid} holds {_status(pid, 'VmRSS')} kB"
+    finally:
+        assert not d.stop(), "daemon left shared memory behind"
