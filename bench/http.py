@@ -1,6 +1,6 @@
 """``python -m bench http``: the HTTP shim against a bare aiohttp endpoint, in the same run.
 
-``python -m bench http [--quick] [--json PATH] [--workers 1,2] [--generator wrk|aiohttp]``
+``python -m bench http [--quick] [--json PATH] [--configs w1,w2,w1-asyncio] [--generator wrk|aiohttp]``
 
 Starts ``shmd serve`` (with its shim workers) on a free loopback port and, in another
 process, a bare aiohttp endpoint (stdlib json, access log off) that parses the same
@@ -170,14 +170,19 @@ def _shim_pids(prefix: str) -> list[int]:
 
 
 class Serve:
-    """``shmd serve`` with ``workers`` shim processes, on a free port and a fresh prefix."""
+    """``shmd serve`` with a shim configuration (``w2``: 2 workers; ``-asyncio``: the standard event loop)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, config: str) -> None:
+        m = re.fullmatch(r"w(\d+)(-asyncio)?", config)
+        if not m:
+            raise ValueError(f"shim configuration must look like w2 or w1-asyncio: config={config!r}")
         self.prefix = f"bh{os.getpid()}x{secrets.token_hex(3)}"
         self.port = _free_port()
+        self.loop = "asyncio" if m.group(2) else "uvloop"
         self.argv = [sys.executable, "-m", "shmd.cli", "serve", "--prefix", self.prefix, "--port", str(self.port),
-                     "--channels", "scheduler", "--http-workers", str(workers)]  # fmt: skip
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     "--channels", "scheduler", "--http-workers", m.group(1)]  # fmt: skip
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "SHMD_HTTP_LOOP": self.loop})  # fmt: skip
         _wait_http(self.port, self.proc)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -336,13 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench http", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="3 s per case instead of 6 (about a minute in all)")
     p.add_argument("--json", type=Path, help="write the figures, baseline, ratios and targets here")
-    p.add_argument("--workers", default=None, help="comma-separated --http-workers values to measure (default: 1,2)")
+    p.add_argument("--configs", default="w1,w2,w1-asyncio",
+                   help="shim configurations: wN = --http-workers N, -asyncio = without uvloop (default: %(default)s)")
     p.add_argument("--generator", choices=("wrk", "aiohttp"), help="default: wrk when on PATH, else aiohttp")
     args = p.parse_args(argv)
     generator = args.generator or ("wrk" if shutil.which("wrk") else "aiohttp")
     if generator == "wrk" and not shutil.which("wrk"):
         p.error("wrk is not on PATH (apt-get install wrk), use --generator aiohttp")
-    workers = [int(w) for w in (args.workers or "1,2").split(",")]
+    configs = args.configs.split(",")
     seconds = 3.0 if args.quick else 6.0
     if generator == "aiohttp":
         print("load generator: aiohttp in this process (wrk not used): it shares the CPUs with both servers")
@@ -351,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     bare_port = _free_port()
     bare_argv = [sys.executable, "-m", "bench.http", "--bare", str(bare_port)]
     bare = subprocess.Popen(bare_argv, cwd=ROOT)
-    names = [f"shim-w{w}" for w in workers]
+    names = [f"shim-{c}" for c in configs]
     # Per shim configuration: its figures and the bare endpoint's, measured case by case in alternation.
     shim: dict[str, dict[str, Any]] = {name: {} for name in names}
     base: dict[str, dict[str, Any]] = {name: {} for name in names}
@@ -361,10 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         _wait_http(bare_port, bare)
         with tempfile.TemporaryDirectory() as tmp:
             load = Load(generator, single, batch, Path(tmp))
-            for w in workers:
-                name = f"shim-w{w}"
-                serve = Serve(w)
-                commands.append(" ".join(serve.argv[1:]))
+            for config, name in zip(configs, names, strict=True):
+                serve = Serve(config)
+                commands.append(f"SHMD_HTTP_LOOP={serve.loop} " + " ".join(serve.argv[1:]))
                 try:
                     load.run(serve.url, "c16", 1.0)  # warm up: connections, first-call paths
                     for case in CASES:
@@ -381,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         _stop(bare)
 
     ratios = {name: _ratios(shim[name], base[name]) for name in names}
-    default = f"shim-w{workers[0]}"
+    default = names[0]
     first_rss = rss[default]
     figures = {
         **ratios[default],

@@ -2,12 +2,14 @@
 
 The admin token guarding metrics reset and cache clear comes from the
 environment (SHMD_ADMIN_TOKEN), never the command line, so it does not show
-in ``ps``.
+in ``ps``. The event loop is uvloop's (measured faster, see docs/ARCHITECTURE.md);
+``SHMD_HTTP_LOOP=asyncio`` selects the standard one (``python -m bench http`` compares them).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -19,6 +21,16 @@ from shmd._errors import ShmdError
 
 from ._app import create_app
 from ._native import NativeBuildError
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    if os.environ.get("SHMD_HTTP_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # an install without it: the standard loop works, slower
+            return asyncio.new_event_loop()
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # One line on stdout once listening: `shmd serve` waits for it from every worker.
         web.run_app(app, host=args.host, port=args.port, reuse_port=args.reuse_port or None, access_log=None,
-                    handle_signals=True, print=lambda _banner: print("listening", flush=True))  # fmt: skip
+                    handle_signals=True, print=lambda _banner: print("listening", flush=True),
+                    loop=_event_loop())  # fmt: skip
     except (ShmdError, SegmentNotFound, NativeBuildError, OSError) as err:
         print(f"http_shim: {err}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@ The shim reaches its channel through the C client (loaded with ctypes) rather th
 resident per process, and the shim runs one process per HTTP worker.
 
 The library is compiled with the C compiler shmd already requires (``cc``, or ``$CC``)
-into ``$XDG_CACHE_HOME/shmd`` (default ``~/.cache/shmd``; ``SHMD_NATIVE_DIR`` overrides),
+into the first of ``$SHMD_NATIVE_DIR``, ``$CACHE_DIRECTORY`` (systemd's ``CacheDirectory=``),
+``$XDG_CACHE_HOME/shmd``, ``~/.cache/shmd`` that can be created, else a per-user temporary directory,
 named after a hash of its sources and flags: a checkout, an installed package and
 ``make serve`` all build it the same way, a changed source rebuilds it, and workers
 starting together compile it once (under a file lock).
@@ -19,6 +20,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import kernel_abi
@@ -35,9 +37,23 @@ class NativeBuildError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    if "SHMD_NATIVE_DIR" in os.environ:
-        return Path(os.environ["SHMD_NATIVE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shmd"
+    """Where the library is built: the first candidate that exists or can be created."""
+    env = os.environ
+    candidates = [Path(env[k]) for k in ("SHMD_NATIVE_DIR", "CACHE_DIRECTORY") if env.get(k)]
+    if env.get("XDG_CACHE_HOME"):
+        candidates.append(Path(env["XDG_CACHE_HOME"]) / "shmd")
+    if env.get("HOME"):
+        candidates.append(Path(env["HOME"]) / ".cache" / "shmd")
+    candidates.append(Path(tempfile.gettempdir()) / f"shmd-native-{os.getuid()}")
+    for path in candidates:
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:
+            continue  # read-only home (a hardened service), say: try the next
+        # Ours alone: the library found there is loaded into the shim (a shared /tmp must not decide it).
+        if os.access(path, os.W_OK) and path.stat().st_uid == os.getuid() and not path.stat().st_mode & 0o022:
+            return path
+    raise NativeBuildError(f"no writable directory for the channel library; set SHMD_NATIVE_DIR: tried {candidates}")
 
 
 def _digest(cc: str) -> str:
@@ -53,7 +69,6 @@ def library_path() -> Path:
     if shutil.which(cc) is None:
         raise NativeBuildError(f"no C compiler: CC={cc!r} is not on PATH; install gcc (apt-get install gcc)")
     out_dir = cache_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / f"libshmd_shim-{_digest(cc)}.so"
     if lib.exists():
         return lib
