@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +19,7 @@ import msgpack
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from http_shim import MAX_BATCH, MAX_BODY, create_app, openapi
@@ -334,6 +337,46 @@ def test_prometheus_histograms_are_cumulative(shim: Shim) -> None:
         s.value for s in samples if s.name.endswith("_count") and s.labels == {"model": "threat", "kind": "e2e"}
     )
     assert counts[-1] == count >= 5
+
+
+def test_openmetrics_when_asked_for(shim: Shim) -> None:
+    status, headers, raw = shim.call("GET", "/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert status == 200 and headers["Content-Type"].startswith("application/openmetrics-text"), headers
+    assert raw.decode().endswith("# EOF\n")
+    families = {f.name for f in openmetrics_families(raw.decode())}
+    assert "shmd_latency_seconds" in families
+
+
+def test_promtool_accepts_the_metrics(shim: Shim) -> None:
+    # promtool lints the Prometheus text format (it reads OpenMetrics counters as unhelped
+    # *_total families); the OpenMetrics answer is checked by prometheus_client's strict parser above.
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not on PATH (Debian: apt-get install prometheus)")
+    _, _, raw = shim.call("GET", "/metrics")
+    proc = subprocess.run([promtool, "check", "metrics"], input=raw, capture_output=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("TRACE", "/api/ml/cache/clear", "POST"),
+        ("GET", "/api/ml/metrics/reset", "POST"),  # not the {model} route: "reset" is POST only
+        ("PUT", "/api/ml/predict/workload", "POST"),
+        ("DELETE", "/health", "GET,HEAD"),
+    ],
+)
+def test_405_names_the_allowed_methods(shim: Shim, method: str, path: str, allow: str) -> None:
+    status, headers, raw = shim.call(method, path)
+    assert status == 405 and headers["Allow"] == allow, (status, headers)
+    assert json.loads(raw) == {"success": False, "error": "Method Not Allowed"}
+
+
+def test_null_body_clears_every_cache(shim: Shim) -> None:
+    status, body = shim.json("POST", "/api/ml/cache/clear", data=b"null", headers={"Authorization": f"Bearer {TOKEN}",
+                             "Content-Type": "application/json"})  # fmt: skip
+    assert status == 200 and body["message"] == "cache cleared for all models", body
 
 
 def test_latency_buckets_never_overcount() -> None:
