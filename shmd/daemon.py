@@ -316,13 +316,15 @@ class Daemon:
         if self.http is not None:
             self.http.check()
         control = a["control"]
-        if control[SEQUENCE] != control[DONE]:
+        seq = int(control[SEQUENCE])
+        if seq != control[DONE]:
             self._control(int(control[COMMAND]), int(control[ARGUMENT]))
-            control[DONE] = control[SEQUENCE]
+            self.last_cache_count = 0  # count now: a cleared cache reads empty once the command is done
         if now - self.last_cache_count >= CACHE_COUNT_NS:  # a full scan: not every 10 ms
             self.last_cache_count = now
             for mid in ModelId:
                 a["cache_entries"][mid] = self.cache.entries_live(int(mid), now)
+        control[DONE] = seq
 
     def _control(self, command: int, argument: int) -> None:
         model = argument if argument in {int(m) for m in ModelId} else None
