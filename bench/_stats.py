@@ -1,8 +1,8 @@
 """Shared helpers for benchmarks: percentiles, ratios, a text table, one JSON file.
 
-    summary = summarize(samples)                 # {"median": ..., "p99": ..., "p1": ..., "n": ...}
+    summary = summarize(samples)   # {"median", "p99", "p999", "max", "p1", "n"}
     print(table(["what", "median"], rows))       # aligned text table
-    write_json(path, {"figures": ..., "baselines": ..., "ratios": ...})
+    write_json(path, {"figures": ..., "baselines": ..., "ratios": ...})   # stamped host, time, commit
 
 Samples are plain numbers in whatever unit the caller chose; name the unit in the key.
 """
@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import platform
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -22,13 +23,15 @@ import numpy as np
 
 
 def summarize(samples: Iterable[float]) -> dict[str, float]:
-    """Median, p99 and p1 (the tail for throughput) and the count of ``samples``."""
-    arr = np.asarray(list(samples), dtype=np.float64)
+    """Median, p99, p99.9 and max (latency tails), p1 (the tail for throughput), count of ``samples``."""
+    arr = np.asarray(samples if isinstance(samples, np.ndarray) else list(samples), dtype=np.float64)
     if arr.size == 0:
-        return {"median": math.nan, "p99": math.nan, "p1": math.nan, "n": 0}
+        return {"median": math.nan, "p99": math.nan, "p999": math.nan, "max": math.nan, "p1": math.nan, "n": 0}
     return {
         "median": float(np.median(arr)),
         "p99": float(np.percentile(arr, 99)),
+        "p999": float(np.percentile(arr, 99.9)),
+        "max": float(arr.max()),
         "p1": float(np.percentile(arr, 1)),
         "n": int(arr.size),
     }
@@ -60,9 +63,23 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
+def _commit() -> str | None:
+    """The checked-out commit of this tree (with "+dirty" when it has changes), or None."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def write_json(path: str | Path, result: dict[str, Any]) -> None:
-    """Write one benchmark's JSON object, stamped with the host and time of the run."""
-    doc = {"host": platform.node(), "python": platform.python_version(), "unix_time": time.time(), **result}
+    """Write one benchmark's JSON object, stamped with the host, time and commit of the run."""
+    doc = {"host": platform.node(), "python": platform.python_version(), "unix_time": time.time(),
+           "commit": _commit(), **result}  # fmt: skip
     Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True, default=float) + "\n")
 
 
@@ -73,8 +90,12 @@ def cli(
     run: Callable[[bool], dict[str, Any]],
     report: Callable[[dict[str, Any]], str],
     quick_help: str,
+    plot: Callable[[dict[str, Any], Path], None] | None = None,
 ) -> int:
-    """The shared ``[--quick] [--json PATH]`` command line of a benchmark: run, print, write."""
+    """The shared ``[--quick] [--json PATH]`` command line of a benchmark: run, print, write.
+
+    With ``plot``, the figures are also drawn to a PNG next to the JSON (same name, ``.png``).
+    """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--json", metavar="PATH", help="write the figures as one JSON object")
@@ -86,4 +107,6 @@ def cli(
     print(f"wall {result['wall_s']:.1f} s")
     if args.json:
         write_json(args.json, result)
+        if plot is not None:
+            plot(result, Path(args.json).with_suffix(".png"))
     return 0

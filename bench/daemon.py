@@ -279,7 +279,12 @@ def _open_loop_child(prefix: str, channel: str, rate: float, n: int) -> list[flo
 
 
 def _start_daemon(prefix: str, channels: str, *extra: str) -> tuple[subprocess.Popen, float]:
-    """Start ``shmd serve``; seconds until the first prediction was answered."""
+    """Start ``shmd serve``; seconds until the first prediction was answered.
+
+    The daemon is killed if it does not answer within 120 s or anything else goes
+    wrong here (never left running behind a failed bench).
+    """
+    from shmd import NotReady
     from shmd.client import Client
     from shmd.samples import WORKLOAD
 
@@ -288,16 +293,21 @@ def _start_daemon(prefix: str, channels: str, *extra: str) -> tuple[subprocess.P
         [sys.executable, "-m", "shmd.cli", "serve", "--prefix", prefix, "--no-http", "--channels", channels, *extra],
         stderr=subprocess.DEVNULL,
     )
-    deadline = t0 + 120
-    while time.monotonic() < deadline:
-        try:
-            with Client(channels.split(",")[0], prefix, timeout=5) as c:
-                c.predict("workload", WORKLOAD)
-            return proc, time.monotonic() - t0
-        except (ringbuf.SegmentNotFound, ringbuf.LayoutMismatch):
-            time.sleep(0.002)
-    proc.kill()
-    raise RuntimeError("daemon did not answer within 120 s")
+    try:
+        deadline = t0 + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with Client(channels.split(",")[0], prefix, timeout=5) as c:
+                    c.predict("workload", WORKLOAD)
+                return proc, time.monotonic() - t0
+            except (ringbuf.SegmentNotFound, ringbuf.LayoutMismatch, NotReady):  # not serving yet (busy host)
+                time.sleep(0.002)
+        raise RuntimeError(f"daemon (prefix {prefix}) did not answer within 120 s (exit code {proc.poll()})")
+    except BaseException:
+        proc.kill()
+        proc.wait(30)
+        ringbuf.remove_leftovers(prefix)
+        raise
 
 
 def _rss_mb(pid: int) -> float:

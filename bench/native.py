@@ -36,6 +36,13 @@ BENCH_BIN = C_DIR / "build" / "shmd_bench"
 RUN_TIMEOUT_S = 60.0
 
 
+def build_c_client() -> None:
+    """``make -C kernel_abi/c``: the C client library and its tools, as ``make native`` builds them."""
+    make = subprocess.run(["make", "-s", "-C", str(C_DIR)], capture_output=True, text=True, timeout=180)
+    if make.returncode != 0:
+        raise RuntimeError(f"make -C {C_DIR} failed:\n{make.stdout}\n{make.stderr}")
+
+
 def _request_bytes() -> bytes:
     """The seed's workload example as one raw request record (the C tool sets ids, flags, times)."""
     from shmd import _codec
@@ -98,9 +105,7 @@ def run(quick: bool) -> dict[str, Any]:
     from bench.daemon import _start_daemon
     from bench.ring import SPAWN, _floor
 
-    make = subprocess.run(["make", "-s", "-C", str(C_DIR)], capture_output=True, text=True, timeout=180)
-    if make.returncode != 0:
-        raise RuntimeError(f"make -C {C_DIR} failed:\n{make.stdout}\n{make.stderr}")
+    build_c_client()
     scale = 1 if quick else 4
     n_c, n_py = 5_000 * scale, 2_000 * scale
     prefix = f"bn{os.getpid()}x{secrets.token_hex(3)}"
