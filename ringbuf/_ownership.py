@@ -36,18 +36,26 @@ DAEMON_UID_ENV = "SHMD_DAEMON_UID"
 SERVICE_USER = "shmd"  # the user of packaging/systemd/shmd.service
 
 
-def _user(uid: int) -> str:
+def _user_name(uid: int) -> str:
     try:
-        return f"{pwd.getpwuid(uid).pw_name}({uid})"
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
 
 
-def _group(gid: int) -> str:
+def _group_name(gid: int) -> str:
     try:
-        return f"{grp.getgrgid(gid).gr_name}({gid})"
+        return grp.getgrgid(gid).gr_name
     except KeyError:
         return str(gid)
+
+
+def _user(uid: int) -> str:
+    return f"{_user_name(uid)}({uid})"
+
+
+def _group(gid: int) -> str:
+    return f"{_group_name(gid)}({gid})"
 
 
 def shm_path(name: str, *, semaphore: bool = False) -> Path:
@@ -155,9 +163,9 @@ def denied(kind: str, name: str, path: Path) -> AccessDenied:
         st = path.stat()
     except OSError:
         return AccessDenied(f"cannot open {kind} {name} as {me}: permission denied")
-    owner = _user(st.st_uid).split("(")[0]
+    owner = _user_name(st.st_uid)
     if stat.S_IMODE(st.st_mode) & 0o060:
-        group = _group(st.st_gid).split("(")[0]
+        group = _group_name(st.st_gid)
         who = f"run as user {owner} or as a member of group {group} (usermod -aG {group} <user>)"
     else:
         who = f"run as user {owner}, or start the daemon with --group <a group of this user> to share it"

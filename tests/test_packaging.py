@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "packaging" / "systemd" / "shmd.service"
 DASHBOARD = ROOT / "packaging" / "grafana" / "shmd.json"
 RULES = ROOT / "packaging" / "prometheus" / "shmd-rules.yml"
+RULES_TEST = ROOT / "packaging" / "prometheus" / "shmd-rules.test.yml"
 MAX_EXPOSURE = 2.5
 # Series Prometheus makes itself rather than scraping them.
 SYNTHETIC = {"up"}
@@ -127,6 +128,12 @@ def test_rules_parse_and_every_alert_is_complete() -> None:
     proc = subprocess.run([promtool, "check", "rules", RULES], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {len(alerts)} rules found" in proc.stdout
+    # Each alert fires on a history that should trip it, and not before (packaging/prometheus/shmd-rules.test.yml).
+    proc = subprocess.run([promtool, "test", "rules", RULES_TEST], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+    cases = yaml.safe_load(RULES_TEST.read_text())["tests"]
+    tested = {t["alertname"] for case in cases for t in case["alert_rule_test"]}
+    assert tested == names, f"alerts without a promtool test: {sorted(names - tested)}"
 
 
 def test_dashboard_panels_are_complete() -> None:

@@ -138,6 +138,14 @@ def test_group_members_attach_from_python_and_c_strangers_are_told_who_can(
         assert c_run.returncode == 0, c_run.stderr
         assert c_run.stdout.split()[1] == b"0"  # status OK
 
+        c_refused = subprocess.run(
+            [ROUNDTRIP, "rt", prefix, "memory"], input=_workload_record(), capture_output=True,
+            user=stranger.pw_uid, group=stranger.pw_gid, extra_groups=[], timeout=30,
+        )  # fmt: skip
+        gid = grp.getgrnam(MEMBER).gr_gid
+        assert (f"cannot open /{prefix}.memory as uid {stranger.pw_uid}: owner uid=0 gid={gid} mode=0660; "
+                f"run as uid 0 or as a member of gid {gid}").encode() in c_refused.stderr, c_refused  # fmt: skip
+
         refused = run_as(stranger, predict)
         assert re.match(
             rf"^ERR AccessDenied: cannot open channel segment /{prefix}\.scheduler as {STRANGER}\(\d+\) "

@@ -286,9 +286,13 @@ int shmd_channel_attach(struct shmd_channel *ch, const char *prefix, const char 
         if (e == ENOENT)
             return fail(ch, SHMD_ENOTFOUND, "no channel segment %s: is `shmd serve --prefix %s` running with channel '%s'?",
                         ch->segment, prefix, name);
-        if (e == EACCES)
-            return fail(ch, SHMD_ESYS, "cannot open %s as uid %u: permission denied; run as the daemon's user or a "
-                        "member of its --group", ch->segment, (unsigned)geteuid());
+        struct stat st;
+        char path[160];
+        snprintf(path, sizeof path, "/dev/shm%s", ch->segment);
+        if (e == EACCES && stat(path, &st) == 0)
+            return fail(ch, SHMD_ESYS, "cannot open %s as uid %u: owner uid=%u gid=%u mode=%04o; run as uid %u or as a "
+                        "member of gid %u (the daemon's --group)", ch->segment, (unsigned)geteuid(), (unsigned)st.st_uid,
+                        (unsigned)st.st_gid, (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid, (unsigned)st.st_gid);
         return fail(ch, SHMD_ESYS, "shm_open(%s) failed: %s", ch->segment, strerror(e));
     }
     int rc;
