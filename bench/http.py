@@ -287,6 +287,39 @@ class Load:
         return asyncio.run(_aiohttp(url, self.batch if is_batch else self.single, CONCURRENCY[case], seconds))
 
 
+# --- the libraries, measured on the same bodies ---------------------------------------------------
+
+
+def codec_costs(single: list[bytes], batch: list[bytes]) -> dict[str, float]:
+    """µs per call of each way to parse and answer, on this run's bodies (what made the shim adopt them)."""
+    import timeit
+
+    import orjson
+
+    from http_shim._fastcodec import decode_batch
+    from kernel_abi import ModelId
+    from shmd._codec import encode_payloads
+
+    answer = {"success": True, "prediction": {"predictedCpu": 0.5, "predictedMemory": 123456789,
+              "predictedGpu": 0.25, "confidence": 0.75, "cacheHit": False}, "latency_ms": 0.123}  # fmt: skip
+    items = json.loads(batch[0])["features"]
+
+    def us(fn: Any, n: int) -> float:
+        return round(min(timeit.repeat(fn, number=n, repeat=3)) / n * 1e6, 2)
+
+    return {
+        "single_parse_json_us": us(lambda: json.loads(single[0]), 2000),
+        "single_parse_orjson_us": us(lambda: orjson.loads(single[0]), 2000),
+        "answer_dump_json_us": us(lambda: json.dumps(answer, separators=(",", ":")), 2000),
+        "answer_dump_orjson_us": us(lambda: orjson.dumps(answer), 2000),
+        "batch100_parse_json_us": us(lambda: json.loads(batch[0]), 50),
+        "batch100_parse_orjson_us": us(lambda: orjson.loads(batch[0]), 50),
+        "batch100_records_codec_us": us(lambda: encode_payloads(ModelId.WORKLOAD, items), 9),
+        "batch100_records_msgspec_us": us(lambda: decode_batch(ModelId.WORKLOAD, batch[0]), 50),
+        "batch100_items": len(items),
+    }
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 
@@ -399,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_table(name, shim[name], base[name]))
     for name in names:
         print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in ratios[name].items()))
+    codecs = codec_costs(single, batch)
+    print("codec costs (µs per call):", json.dumps(codecs))
     print("resident memory (MB):", json.dumps(rss))
     print(f"targets (judged on {default}):")
     for t in targets:
@@ -418,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             "baseline": base,
             "ratios": ratios,
             "rss_mb": rss,
+            "codec_costs_us": codecs,
             "targets": targets,
             "targets_judged_on": default,
         })  # fmt: skip

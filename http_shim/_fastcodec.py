@@ -99,9 +99,9 @@ def decode_batch(model: ModelId, body: bytes) -> np.ndarray | None:
     if not items:
         return None
     payloads = np.zeros(len(items), PAYLOADS[model])
+    columns = zip(*map(msgspec.structs.astuple, items), strict=True)  # field by field, in _FIELDS order
     try:
-        for field, api, _, default in _FIELDS[model]:
-            column = [getattr(item, api) for item in items]
+        for (field, _, _, default), column in zip(_FIELDS[model], columns, strict=True):
             if field in _HASHED:
                 column = [hash_str(text) for text in column]  # raises on a lone surrogate
             elif default is not ...:
