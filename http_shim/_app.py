@@ -13,20 +13,24 @@ import asyncio
 import hmac
 import logging
 import re
+import struct
 import time
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from kernel_abi import REQUEST, REQUESTS, RESPONSE, ModelId, Status
 from shmd import _codec, _records, _snapshot
 from shmd._errors import DaemonError, InvalidFields
 from shmd._stats_segment import CMD_CLEAR_CACHE, CMD_RESET_METRICS, DONE, StatsSegment
 
+from . import _wire
 from ._channel import ShimChannel
 from ._codec import MAX_BODY, parse, read_body, read_raw, respond
 from ._errors import HttpError, http_error
-from ._fastcodec import decode_batch
+from ._fastcodec import decode_batch, decode_item
 from ._openapi import openapi
 from ._prometheus import registry_for
 
@@ -105,35 +109,52 @@ class Shim:
 
     # --- predictions --------------------------------------------------------------------
 
-    async def _predict(self, model: str, items: list[Any] | None = None, payloads: Any = None) -> list[Any]:
-        """Predictions for ``items`` (API field sets) or ``payloads`` (payload records), in order, with a
-        DaemonError in place of each refused one."""
-        mid = _codec.model_id(model)
-        if payloads is None:
-            payloads = _codec.encode_payloads(mid, items or [])
-        records = _records.requests_for(mid, payloads, submit_ns=0)  # submit time is stamped at the flush
+    async def _predict(self, mid: ModelId, records: bytes) -> list[Any]:
+        """The predictions for REQUEST ``records`` of model ``mid``, in order, with a DaemonError in
+        place of each refused one."""
         assert self.client is not None
         responses = await self.client.exchange(records)
         results: list[Any] = []
-        for i, resp in enumerate(responses):
+        for i in range(len(records) // REQUEST.itemsize):
+            status, flags, outputs = _wire.read(responses, i)
+            if status == Status.OK:
+                results.append(_records.prediction(mid, outputs, flags))
+                continue
+            resp = np.frombuffer(responses, RESPONSE, count=1, offset=i * RESPONSE.itemsize)[0]
+            sent = np.frombuffer(records, REQUESTS[mid], count=1, offset=i * REQUEST.itemsize)[0]
             try:
-                results.append(_records.read_response(mid, resp, payload=payloads[i]))
+                _records.read_response(mid, resp, payload=sent["payload"])  # raises the status's DaemonError
             except DaemonError as err:
                 results.append(err)
         return results
 
+    @staticmethod
+    def _records(mid: ModelId, items: list[Any]) -> bytes:
+        """REQUEST records for API field sets, through the general codec (its errors name the field)."""
+        return _records.requests_for(mid, _codec.encode_payloads(mid, items), submit_ns=0).tobytes()
+
     async def predict(self, request: web.Request) -> web.Response:
         t0 = time.perf_counter()
-        model = _model(request)
-        fields = await read_body(request)
+        mid = _codec.model_id(_model(request))
+        got = await read_raw(request)
+        assert got is not None  # None only for an empty body with empty= given
+        raw, kind = got
+        values = decode_item(mid, raw) if kind == "json" else None
         try:
-            (prediction,) = await self._predict(model, [fields])
-        except (TypeError, ValueError, OverflowError) as err:
-            # shmd._codec lets a few odd values through as plain errors (huge integers, unhashable
-            # severities, lone surrogates): still the caller's input, so 400, not 500.
-            if isinstance(err, InvalidFields):
-                raise
-            raise HttpError(400, f"body: has a field of an unusable value ({type(err).__name__}: {err})") from None
+            records = _wire.PAYLOAD[mid].request(values) if values is not None else None
+        except struct.error:  # an integer past u64: the general path names it
+            records = None
+        if records is None:
+            fields = parse(raw, kind)
+            try:
+                records = self._records(mid, [fields])
+            except (TypeError, ValueError, OverflowError) as err:
+                # shmd._codec lets a few odd values through as plain errors (huge integers, unhashable
+                # severities, lone surrogates): still the caller's input, so 400, not 500.
+                if isinstance(err, InvalidFields):
+                    raise
+                raise HttpError(400, f"body: has a field of an unusable value ({type(err).__name__}: {err})") from None
+        (prediction,) = await self._predict(mid, records)
         if isinstance(prediction, DaemonError):
             raise prediction
         return respond(request, {"success": True, "prediction": prediction, "latency_ms": _ms_since(t0)})
@@ -144,11 +165,13 @@ class Shim:
         got = await read_raw(request)
         assert got is not None  # None only for an empty body with empty= given
         raw, kind = got
-        payloads = decode_batch(_codec.model_id(model), raw) if kind == "json" else None
+        mid = _codec.model_id(model)
+        payloads = decode_batch(mid, raw) if kind == "json" else None
         if payloads is not None:  # a valid JSON batch, decoded straight into records
             if len(payloads) > MAX_BATCH:
                 raise HttpError(413, f"features: must have at most {MAX_BATCH} items, got {len(payloads)}")
-            return self._batch_answer(request, t0, await self._predict(model, payloads=payloads))
+            records = _records.requests_for(mid, payloads, submit_ns=0).tobytes()
+            return self._batch_answer(request, t0, await self._predict(mid, records))
         body = parse(raw, kind)
         if not isinstance(body, dict):
             raise HttpError(400, f"body: must be an object with a features array, got {type(body).__name__}")
@@ -160,14 +183,14 @@ class Shim:
         if not items:
             return respond(request, {"success": True, "predictions": [], "latency_ms": _ms_since(t0), "count": 0})
         try:
-            results = await self._predict(model, items)  # one submission for the batch (and its tick)
+            records = self._records(mid, items)
         except InvalidFields as err:
             m = _ITEM.match(str(err))
             index = m.group(1) if m else "0"
             raise HttpError(400, f"features[{index}].{err.field}: {err.rule}") from None
         except (TypeError, ValueError, OverflowError) as err:
             raise HttpError(400, f"features: has an item with an unusable value ({type(err).__name__})") from None
-        return self._batch_answer(request, t0, results)
+        return self._batch_answer(request, t0, await self._predict(mid, records))  # one submission for the batch
 
     @staticmethod
     def _batch_answer(request: web.Request, t0: float, results: list[Any]) -> web.Response:

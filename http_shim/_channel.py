@@ -23,8 +23,6 @@ import ctypes
 import secrets
 import time
 
-import numpy as np
-
 from kernel_abi import REQUEST, RESPONSE
 from shmd import NotReady, ShmdError
 
@@ -32,6 +30,11 @@ from . import _native
 
 DEFAULT_SPIN_US = 50.0  # the daemon usually answers within this when it is awake
 STALE_S = 2.0  # a daemon heartbeat older than this means the daemon hangs: answer 503 at once
+_REQ, _RESP = REQUEST.itemsize, RESPONSE.itemsize
+
+
+def _address(buf: bytearray) -> int:
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
 
 
 class ShimChannel:
@@ -48,7 +51,7 @@ class ShimChannel:
             raise ShmdError(msg.value.decode(errors="replace"))
         self._handle: int | None = handle
         self._next_id = secrets.randbits(63) | 1  # a previous holder's late answers never match
-        self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._pending: list[tuple[bytes, asyncio.Future]] = []
         self._flush_scheduled = False
         self.exchanges = 0  # submissions made (each one tick's requests)
         self.requests = 0
@@ -58,8 +61,8 @@ class ShimChannel:
         """Answers that arrived for no request of the current exchange (late, or a previous holder's)."""
         return int(self._lib.shim_dropped(self._handle)) if self._handle else 0
 
-    async def exchange(self, records: np.ndarray) -> np.ndarray:
-        """Send REQUEST records (any model's dtype; ids and submit time are set here); their RESPONSEs in order."""
+    async def exchange(self, records: bytes) -> bytes:
+        """Send REQUEST records (any model's; ids and submit time are stamped here); their RESPONSE records in order."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((records, future))
@@ -76,17 +79,15 @@ class ShimChannel:
                 if not future.done():
                     future.set_exception(NotReady(f"channel {self.name!r} is closed"))
             return
-        reqs = np.concatenate([r.view(REQUEST) for r, _ in pending])
-        n = len(reqs)
+        reqs = bytearray(b"".join(records for records, _ in pending))
+        n = len(reqs) // _REQ
         base = self._next_id
         self._next_id += n
-        reqs["request_id"] = np.arange(base, base + n, dtype=np.uint64)
-        now = time.monotonic_ns()  # CLOCK_MONOTONIC, the clock of submit_ns
-        reqs["submit_ns"] = now
-        out = np.zeros(n, RESPONSE)
-        done = np.zeros(n, np.uint8)
-        got = self._lib.shim_exchange(self._handle, reqs.ctypes.data, out.ctypes.data, done.ctypes.data, n, base,
-                                      self.spin_ns, now + self.timeout_ns, int(STALE_S * 1e9))  # fmt: skip
+        out = bytearray(n * _RESP)
+        done = bytearray(n)
+        deadline = time.monotonic_ns() + self.timeout_ns
+        got = self._lib.shim_exchange(self._handle, _address(reqs), _address(out), _address(done), n, base,
+                                      self.spin_ns, deadline, int(STALE_S * 1e9))  # fmt: skip
         self.exchanges += 1
         self.requests += n
         failure: Exception | None = None
@@ -95,16 +96,16 @@ class ShimChannel:
             failure = NotReady(f"channel {self.name!r}: {reason}")
         start = 0
         for records, future in pending:
-            end = start + len(records)
+            end = start + len(records) // _REQ
             if future.done():  # the handler went away (client disconnected)
                 pass
-            elif failure is None and done[start:end].all():
-                future.set_result(out[start:end])
+            elif failure is None and (got == n or all(done[start:end])):
+                future.set_result(bytes(out[start * _RESP : end * _RESP]))
             else:
                 future.set_exception(
                     failure
                     or NotReady(
-                        f"{int((done[start:end] == 0).sum())} of {end - start} predictions unanswered after "
+                        f"{done[start:end].count(0)} of {end - start} predictions unanswered after "
                         f"{self.timeout_ns / 1e9:g}s on channel {self.name!r}: is the daemon running?"
                     )
                 )

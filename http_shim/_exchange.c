@@ -4,8 +4,8 @@
  * called through ctypes, so the shim reaches its channel without importing numba.
  *
  * One call per event-loop tick: shim_exchange submits every request the tick gathered and
- * returns when each has its answer, the deadline passes or the daemon is gone. Request ids
- * are base_id + index, so an answer finds its slot by subtraction and an answer left over
+ * returns when each has its answer, the deadline passes or the daemon is gone. It stamps
+ * request ids base_id + index, so an answer finds its slot by subtraction and an answer left over
  * from an earlier exchange (past its deadline) falls outside [base_id, base_id + n) and is
  * dropped.
  */
@@ -53,11 +53,11 @@ const char *shim_message(const struct shim_channel *s) { return s->ch.msg; }
 
 uint64_t shim_dropped(const struct shim_channel *s) { return s->dropped; }
 
-/* Submit reqs[0..n) (request_id = base_id + i, set by the caller) and collect their answers
- * into out[i], marking done[i]. Waits by spinning up to spin_ns, then sleeping on the CQ.
+/* Stamp reqs[i] with request_id = base_id + i and the submit time, submit them and collect
+ * their answers into out[i], marking done[i]. Waits by spinning up to spin_ns, then sleeping on the CQ.
  * Returns the number answered (n unless the deadline passed first), or a negative SHMD_E*
  * code (the message in shim_message) when the channel is corrupt or the daemon is gone. */
-int shim_exchange(struct shim_channel *s, const struct shmd_request *reqs, struct shmd_response *out,
+int shim_exchange(struct shim_channel *s, struct shmd_request *reqs, struct shmd_response *out,
                   uint8_t *done, unsigned n, uint64_t base_id, uint64_t spin_ns, uint64_t deadline_ns,
                   uint64_t stale_ns)
 {
@@ -67,6 +67,11 @@ int shim_exchange(struct shim_channel *s, const struct shmd_request *reqs, struc
     int rc = shmd_channel_check(&s->ch);
     if (rc != SHMD_OK)
         return rc;
+    uint64_t submit = shmd_now_ns();
+    for (unsigned i = 0; i < n; i++) {
+        reqs[i].request_id = base_id + i;
+        reqs[i].submit_ns = submit;
+    }
     while (answered < n) {
         if (sent < n) {
             int k = shmd_sq_submit(&s->ch, reqs + sent, n - sent);

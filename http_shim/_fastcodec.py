@@ -73,27 +73,48 @@ _FIELDS: dict[ModelId, tuple[tuple[str, str, Any, Any], ...]] = {
 _HASHED = frozenset({"agent_hash", "component_hash"})
 
 
-def _decoder(mid: ModelId) -> msgspec.json.Decoder:
+def _decoders(mid: ModelId) -> tuple[msgspec.json.Decoder, msgspec.json.Decoder]:
+    """(one item's decoder, a batch body's decoder)."""
     fields = []
     for _, api, kind, default in _FIELDS[mid]:
         # null means absent for an optional field (as in _codec); required fields take no null.
         fields.append((api, kind) if default is ... else (api, kind | None, None))
     item = msgspec.defstruct(f"{mid.name.capitalize()}Item", fields, kw_only=True)
     batch = msgspec.defstruct(f"{mid.name.capitalize()}Batch", [("features", list[item])])
-    return msgspec.json.Decoder(batch)
+    return msgspec.json.Decoder(item), msgspec.json.Decoder(batch)
 
 
-_DECODERS = {mid: _decoder(mid) for mid in _FIELDS}
+_DECODERS = {mid: _decoders(mid) for mid in _FIELDS}
+
+
+def decode_item(model: ModelId, body: bytes) -> dict[str, Any] | None:
+    """One JSON item body as payload field values (strings hashed, defaults filled), or None when
+    the general path must decode it."""
+    decoders = _DECODERS.get(model)
+    if decoders is None:
+        return None
+    try:
+        item = decoders[0].decode(body)
+        values = {}
+        for (field, _, _, default), value in zip(_FIELDS[model], msgspec.structs.astuple(item), strict=True):
+            if field in _HASHED:
+                value = hash_str(value)  # raises on a lone surrogate
+            elif value is None:
+                value = default
+            values[field] = value
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeEncodeError):
+        return None
+    return values
 
 
 def decode_batch(model: ModelId, body: bytes) -> np.ndarray | None:
     """The payload records of a JSON batch body ``{"features": [...]}``, or None when the general
     path must decode it (an invalid or unusual item, a model without a fast path, too many items)."""
-    decoder = _DECODERS.get(model)
-    if decoder is None:
+    decoders = _DECODERS.get(model)
+    if decoders is None:
         return None
     try:
-        items = decoder.decode(body).features
+        items = decoders[1].decode(body).features
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
     if not items:
@@ -112,4 +133,4 @@ def decode_batch(model: ModelId, body: bytes) -> np.ndarray | None:
     return payloads
 
 
-__all__ = ["decode_batch"]
+__all__ = ["decode_batch", "decode_item"]

@@ -60,9 +60,14 @@ def read_response(
             err.field = detail.field
             err.args = (f"INVALID_INPUT in field {detail.field}: {detail.rule}",)
         raise err
-    prediction = _codec.decode_outputs(mid, resp["outputs"])
-    prediction["cacheHit"] = bool(int(resp["flags"]) & RESP_CACHE_HIT)
-    return prediction
+    return prediction(mid, resp["outputs"], int(resp["flags"]))
 
 
-__all__ = ["build_requests", "read_response", "requests_for"]
+def prediction(mid: ModelId, outputs: Sequence[float], flags: int) -> dict[str, Any]:
+    """The API ``prediction`` of an OK response's ``outputs`` and ``flags``."""
+    result = _codec.decode_outputs(mid, outputs)
+    result["cacheHit"] = bool(flags & RESP_CACHE_HIT)
+    return result
+
+
+__all__ = ["build_requests", "prediction", "read_response", "requests_for"]

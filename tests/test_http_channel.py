@@ -12,11 +12,12 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import ringbuf
 from http_shim._channel import ShimChannel
-from kernel_abi import ModelId
+from kernel_abi import RESPONSE, ModelId
 from shmd import NotReady, _records
 
 from ._daemon import DaemonProcess
@@ -25,8 +26,13 @@ from ._http_daemon import Daemon, free_port, unique_prefix, valid
 pytestmark = pytest.mark.timeout(180)
 
 
-def _records_for(i: int) -> object:
-    return _records.build_requests(ModelId.WORKLOAD, [valid("workload", i)], submit_ns=0, no_cache=True)
+def _records_for(i: int) -> bytes:
+    return _records.build_requests(ModelId.WORKLOAD, [valid("workload", i)], submit_ns=0, no_cache=True).tobytes()
+
+
+def _answer(responses: bytes) -> np.void:
+    (resp,) = np.frombuffer(responses, RESPONSE)
+    return resp
 
 
 def test_one_tick_is_one_exchange_and_each_request_gets_its_own_answer(prefix: str) -> None:
@@ -35,9 +41,9 @@ def test_one_tick_is_one_exchange_and_each_request_gets_its_own_answer(prefix: s
         try:
 
             async def main() -> tuple[list, list]:
-                alone = [(await channel.exchange(_records_for(i)))[0] for i in range(12)]  # one per tick
+                alone = [_answer(await channel.exchange(_records_for(i))) for i in range(12)]  # one per tick
                 together = await asyncio.gather(*(channel.exchange(_records_for(i)) for i in range(12)))
-                return alone, [r[0] for r in together]
+                return alone, [_answer(r) for r in together]
 
             alone, together = asyncio.run(main())
             assert channel.exchanges == 12 + 1 and channel.requests == 24
