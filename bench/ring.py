@@ -6,7 +6,7 @@ Figures (all between two real processes, spawned fresh):
   320-byte records into slots, consumer copies them out and releases);
 - round-trip latency through a channel: request on the SQ, answer on the CQ, both
   ends compiled loops spinning (busy-poll), and the Python API with a pause between
-  requests so the server really sleeps on its semaphore (wake-ups);
+  requests so the server really sleeps on its futex word (wake-ups);
 - baselines in the same run: a raw numba acquire/release ping-pong on one shared
   cache line (the floor), multiprocessing.Pipe and posix_ipc.MessageQueue echoes.
 
@@ -33,9 +33,6 @@ from ringbuf import (
     Channel,
     Consumer,
     Producer,
-    completion_semaphore_name,
-    doorbell_name,
-    open_semaphore,
     remove_leftovers,
 )
 from ringbuf import _core as core
@@ -230,9 +227,7 @@ def _child(kind: str, prefix: str, n: int, arg: int = 0) -> Any:
         times, got = _stream_consumer(ch.sq.hdr64, ch.sq.slots, _state(ch.sq, False), out, n, 8192, deadline)
         return times.tolist(), got
     if kind == "wake":
-        sq_sem = open_semaphore(doorbell_name(prefix))
-        cq_sem = open_semaphore(completion_semaphore_name(prefix, "bench"))
-        cons, prod = Consumer(ch.sq, sq_sem), Producer(ch.cq, cq_sem)
+        cons, prod = Consumer(ch.sq), Producer(ch.cq)
         answer = np.zeros(1, abi.RESPONSE)
         for _ in range(n):
             if cons.wait(timeout=5.0, spin_us=50) == 0:
@@ -298,9 +293,7 @@ def _rtt_busy(pool: ProcessPoolExecutor, prefix: str, n: int) -> list[float]:
 def _rtt_wake(pool: ProcessPoolExecutor, prefix: str, n: int, pause_s: float) -> tuple[list[float], int]:
     """Python API both ends; the client pauses so the server's spin window expires and it sleeps."""
     with Channel.create(prefix, "bench", sq_capacity=256, cq_capacity=256) as ch:
-        sq_sem = open_semaphore(doorbell_name(prefix))
-        cq_sem = open_semaphore(completion_semaphore_name(prefix, "bench"))
-        prod, cons = Producer(ch.sq, sq_sem), Consumer(ch.cq, cq_sem)
+        prod, cons = Producer(ch.sq), Consumer(ch.cq)
         server = pool.submit(_child, "wake", prefix, n)
         req = np.zeros(1, abi.REQUEST)
         samples = []
@@ -316,9 +309,6 @@ def _rtt_wake(pool: ProcessPoolExecutor, prefix: str, n: int, pause_s: float) ->
         sleeps = server.result(timeout=DEADLINE_S)
         del prod, cons
         ch.unlink()
-        for s in (sq_sem, cq_sem):
-            s.unlink()
-            s.close()
     return samples, sleeps
 
 

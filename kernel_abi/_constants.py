@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import enum
 
-#: Bumped on any change to a record or header layout.
-ABI_VERSION = 1
+#: Bumped on any change to a record or header layout, or to the wake-up or
+#: rendezvous rules (v2: futex wake-up words replace the POSIX semaphores).
+ABI_VERSION = 2
 
 #: b"SHMDRING" read as a little-endian u64: first word of every ring header.
 RING_MAGIC = int.from_bytes(b"SHMDRING", "little")
@@ -54,14 +55,18 @@ class RequestFlagBit(enum.IntEnum):
 
 class ResponseFlagBit(enum.IntEnum):
     CACHE_HIT = 0  # outputs came from the result cache
+    # Client-side only, never set by the daemon: a client's rule-based fallback
+    # answered instead of the daemon (the C client's circuit breaker).
+    FALLBACK = 15
 
 
 class RingFlagBit(enum.IntEnum):
-    NEED_WAKEUP = 0  # the consumer sleeps: a producer must post the semaphore
+    NEED_WAKEUP = 0  # the consumer sleeps: a producer must bump wake_seq and FUTEX_WAKE it
 
 
 REQ_NO_CACHE = 1 << RequestFlagBit.NO_CACHE
 RESP_CACHE_HIT = 1 << ResponseFlagBit.CACHE_HIT
+RESP_FALLBACK = 1 << ResponseFlagBit.FALLBACK
 RING_NEED_WAKEUP = 1 << RingFlagBit.NEED_WAKEUP
 
 #: Every model answers with four numbers; their meaning per model is in

@@ -16,7 +16,7 @@ counters) sits alone in its block::
     block 1  tail                                            (producer, release store)
     block 2  head                                            (consumer, release store)
     block 3  flags (NEED_WAKEUP)                             (consumer)
-    block 4  producer counters                               (producer)
+    block 4  producer counters, wake_seq (futex word)        (producer)
     block 5  consumer counters                               (consumer)
 
 A record becomes visible to the consumer when the producer's release store of
@@ -213,6 +213,9 @@ RING_HEADER = _blocks(
         [
             ("full_events", "<u8"),  # produce calls that found no room
             ("produced", "<u8"),  # records published
+            # The consumer sleeps on this 32-bit word (FUTEX_WAIT); the producer
+            # bumps it and FUTEX_WAKEs it when it sees NEED_WAKEUP (_rendezvous.py).
+            ("wake_seq", "<u4"),
         ],
         [
             ("consumed", "<u8"),  # records released

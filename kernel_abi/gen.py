@@ -22,6 +22,7 @@ import numpy as np
 from . import _constants as c
 from . import _gen_rust
 from . import _layout as lay
+from . import _rendezvous as rv
 
 HEADER_PATH = Path(__file__).parent / "include" / "shmd_abi.h"
 
@@ -37,6 +38,8 @@ _CTYPES = {
     ("f", 4): "float",
     ("f", 8): "double",
 }
+
+_C_SEGMENT_FORMAT = rv.SEGMENT_NAME_FORMAT.format(prefix="%s", channel="%s")
 
 _PAYLOAD_STRUCTS = {
     mid: f"shmd_{mid.name.lower()}_payload" for mid in c.ModelId
@@ -135,6 +138,19 @@ def render() -> str:
         " * tail, reads, then publishes head with a release store. Strings travel as",
         " * their 64-bit FNV-1a hash (offset basis 0xcbf29ce484222325, prime",
         " * 0x100000001b3) over UTF-8 bytes.",
+        " *",
+        " * Rendezvous (kernel_abi/_rendezvous.py): channel C of prefix P is the POSIX",
+        " * shared-memory object SHMD_SEGMENT_NAME_FMT (\"/P.C\"); P and C are each 1 to",
+        " * SHMD_NAME_MAX characters of SHMD_NAME_CHARS; SHMD_STATS_NAME is reserved. A",
+        " * client holds its channel with an F_SETLK F_WRLCK record lock on byte",
+        " * SHMD_LOCK_OFFSET (length SHMD_LOCK_LEN) of the segment.",
+        " *",
+        " * Wake-ups (futex, shared, never FUTEX_PRIVATE_FLAG): a consumer with nothing",
+        " * to read loads wake_seq, sets SHMD_RING_NEED_WAKEUP in flags, fences",
+        " * (seq_cst), re-checks tail, and only then FUTEX_WAITs on wake_seq expecting",
+        " * the value it loaded; it clears NEED_WAKEUP when it wakes. A producer",
+        " * release-stores tail, fences (seq_cst), and if NEED_WAKEUP is set increments",
+        " * wake_seq atomically and FUTEX_WAKEs it. No wake-up can be lost.",
         " */",
         "#ifndef SHMD_ABI_H",
         "#define SHMD_ABI_H",
@@ -160,6 +176,13 @@ def render() -> str:
         f"#define SHMD_PAYLOAD_OFFSET {lay.PAYLOAD_OFFSET}u",
         f"#define SHMD_RING_HEADER_SIZE {lay.RING_HEADER_SIZE}u",
         f"#define SHMD_CHANNEL_HEADER_SIZE {lay.CHANNEL_HEADER_SIZE}u",
+        f"#define SHMD_NAME_MAX {rv.NAME_MAX}u",
+        f'#define SHMD_NAME_CHARS "{rv.NAME_CHARS}"',
+        f'#define SHMD_SEGMENT_NAME_FMT "{_C_SEGMENT_FORMAT}" /* prefix, channel */',
+        f'#define SHMD_STATS_NAME "{rv.STATS_NAME}"',
+        f"#define SHMD_LOCK_OFFSET {rv.LOCK_OFFSET}",
+        f"#define SHMD_LOCK_LEN {rv.LOCK_LENGTH}",
+        f"#define SHMD_MAX_CHANNELS {rv.MAX_CHANNELS}u /* per daemon: futex_waitv's limit */",
         "",
     ]
     out += _enum("shmd_model_id", c.ModelId, "SHMD_MODEL_")

@@ -2,7 +2,13 @@
 
 Knows nothing about models: a channel is a submission ring of REQUEST slots
 and a completion ring of RESPONSE slots (kernel_abi), and this package moves
-records through them with acquire/release ordering and io_uring-style wake-ups.
+records through them with acquire/release ordering and io_uring-style
+wake-ups on futex words inside the segment.
+
+The public API is what this module exports: ``Channel`` (segments),
+``Producer``/``Consumer`` (one ring from Python), ``ChannelTable`` and the
+``table_*`` functions (every channel of a server, callable from its
+compiled loop), and the clock and spin hints compiled code needs.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -16,28 +22,50 @@ from ._errors import (
     SegmentNotFound,
     UntrustedObject,
 )
-from ._ownership import DAEMON_UID_ENV, PRIVATE, Access, Trust, open_own_segment, open_peer_segment
+from ._ownership import DAEMON_UID_ENV, DEFAULT_MODE, PRIVATE, Access, Trust, open_own_segment, open_peer_segment
 from ._segment import (
-    DEFAULT_MODE,
     Channel,
     RingView,
-    completion_semaphore_name,
-    create_semaphore,
-    doorbell_name,
     leftovers,
-    open_semaphore,
     remove_leftovers,
     segment_name,
 )
 
 if TYPE_CHECKING:
+    from ._atomics import cpu_relax, monotonic_ns
     from ._core import CORRUPT
     from ._ends import DEFAULT_SPIN_US, Consumer, Producer
+    from ._table import (
+        INTERRUPTED,
+        TIMED_OUT,
+        WOKEN,
+        ChannelTable,
+        table_answer,
+        table_peek,
+        table_ready,
+        table_release,
+        table_sleep,
+        table_wake,
+    )
 
 # The ring ends are numba-compiled: importing numba costs ~130 MB of resident memory, so
 # they load on first use. A process that only names segments or reads the stats segment
 # (the HTTP shim, which reaches its channel through the C client) never pays for it.
-_LAZY = {"CORRUPT": "_core", "DEFAULT_SPIN_US": "_ends", "Consumer": "_ends", "Producer": "_ends"}
+_LAZY = {
+    "CORRUPT": "_core",
+    "DEFAULT_SPIN_US": "_ends",
+    "Consumer": "_ends",
+    "Producer": "_ends",
+    "cpu_relax": "_atomics",
+    "monotonic_ns": "_atomics",
+    **dict.fromkeys(
+        (
+            "INTERRUPTED", "TIMED_OUT", "WOKEN", "ChannelTable", "table_answer", "table_peek", "table_ready",
+            "table_release", "table_sleep", "table_wake",
+        ),
+        "_table",
+    ),
+}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -55,10 +83,14 @@ __all__ = [
     "DAEMON_UID_ENV",
     "DEFAULT_MODE",
     "DEFAULT_SPIN_US",
+    "INTERRUPTED",
     "PRIVATE",
+    "TIMED_OUT",
+    "WOKEN",
     "Access",
     "AccessDenied",
     "Channel",
+    "ChannelTable",
     "Consumer",
     "LayoutMismatch",
     "Producer",
@@ -69,13 +101,17 @@ __all__ = [
     "SegmentNotFound",
     "Trust",
     "UntrustedObject",
-    "completion_semaphore_name",
-    "create_semaphore",
-    "doorbell_name",
+    "cpu_relax",
     "leftovers",
+    "monotonic_ns",
     "open_own_segment",
     "open_peer_segment",
-    "open_semaphore",
     "remove_leftovers",
     "segment_name",
+    "table_answer",
+    "table_peek",
+    "table_ready",
+    "table_release",
+    "table_sleep",
+    "table_wake",
 ]

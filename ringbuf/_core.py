@@ -24,6 +24,7 @@ from numba import njit
 from kernel_abi import ABI_VERSION, RING_HEADER, RING_MAGIC, RING_NEED_WAKEUP
 
 from ._atomics import cpu_relax, full_fence, load_acquire, monotonic_ns, store_release
+from ._futex import EINTR, atomic_add_u32, futex_wait, futex_wake
 
 _U64 = 8
 _U32 = 4
@@ -38,13 +39,15 @@ FULL_EVENTS = RING_HEADER.fields["full_events"][1] // _U64
 PRODUCED = RING_HEADER.fields["produced"][1] // _U64
 CONSUMED = RING_HEADER.fields["consumed"][1] // _U64
 CORRUPT_EVENTS = RING_HEADER.fields["corrupt_events"][1] // _U64
+WAKE_SEQ = RING_HEADER.fields["wake_seq"][1] // _U32
 
 # Private state words. For a consumer OWN is its head and PEER_SEEN the last
 # tail it accepted; for a producer OWN is its tail and PEER_SEEN the last head.
 OWN = 0
 PEER_SEEN = 1
 CORRUPT_FLAG = 2
-STATE_WORDS = 3
+SLEEPS = 3  # times this side slept on the wake-up word
+STATE_WORDS = 4
 
 #: Returned instead of a count once the ring is known to be corrupt.
 CORRUPT = -1
@@ -180,7 +183,8 @@ def ring_space(hdr64, state, capacity):
 def ring_publish(hdr64, hdr32, state, n):
     """Producer: make ``n`` written slots visible; True if the consumer sleeps.
 
-    The caller must post the ring's semaphore when this returns True.
+    The caller must ``ring_wake`` the consumer when this returns True (the
+    daemon first publishes every channel's answers, then wakes).
     """
     tail = state[OWN] + np.uint64(n)
     state[OWN] = tail
@@ -194,11 +198,28 @@ def ring_publish(hdr64, hdr32, state, n):
 
 
 @njit(nogil=True, cache=True)
-def ring_produce(hdr64, hdr32, slots, state, records, n):
-    """Producer: copy up to ``n`` rows of ``records`` (uint8[n, slot_size]).
+def ring_wake(hdr32):
+    """Producer: wake a consumer that announced sleep (bump wake_seq, FUTEX_WAKE)."""
+    atomic_add_u32(hdr32, WAKE_SEQ, 1)
+    futex_wake(hdr32, WAKE_SEQ, 1)
 
-    Returns ``(accepted, wake)``: accepted is 0 on a full ring (nothing is
-    overwritten) and CORRUPT on a corrupt one; wake says to post the semaphore.
+
+@njit(nogil=True, cache=True)
+def ring_commit(hdr64, hdr32, state, n):
+    """Producer: publish ``n`` written slots and wake a sleeping consumer; True if woken."""
+    if ring_publish(hdr64, hdr32, state, n):
+        ring_wake(hdr32)
+        return True
+    return False
+
+
+@njit(nogil=True, cache=True)
+def ring_produce(hdr64, hdr32, slots, state, records, n):
+    """Producer: copy up to ``n`` rows of ``records`` (uint8[n, slot_size]) and publish.
+
+    Returns ``(accepted, woke)``: accepted is 0 on a full ring (nothing is
+    overwritten) and CORRUPT on a corrupt one; woke says the consumer slept
+    and was woken.
     """
     capacity = slots.shape[0]
     space = ring_space(hdr64, state, capacity)
@@ -210,7 +231,7 @@ def ring_produce(hdr64, hdr32, slots, state, records, n):
             hdr64[FULL_EVENTS] += np.uint64(1)
         return 0, False
     copy_into_ring(records, slots, state[OWN], k)
-    return k, ring_publish(hdr64, hdr32, state, k)
+    return k, ring_commit(hdr64, hdr32, state, k)
 
 
 @njit(nogil=True, cache=True)
@@ -224,6 +245,19 @@ def ring_spin_ready(hdr64, state, capacity, spin_ns):
         cpu_relax()
 
 
+@njit(nogil=True, cache=True, inline="always")
+def ring_announce_sleep(hdr32):
+    """Consumer: set NEED_WAKEUP; the wake_seq value to sleep on.
+
+    wake_seq is loaded first: a producer that sees the flag bumps wake_seq
+    after this load, so a FUTEX_WAIT on the loaded value cannot miss it. The
+    caller fences before re-checking the tail.
+    """
+    seq = load_acquire(hdr32, WAKE_SEQ)
+    store_release(hdr32, FLAGS, load_acquire(hdr32, FLAGS) | _NEED_WAKEUP)
+    return seq
+
+
 @njit(nogil=True, cache=True)
 def ring_prepare_sleep(hdr64, hdr32, state, capacity):
     """Consumer: announce sleep, then re-check. Sleep only if this returns 0.
@@ -231,10 +265,42 @@ def ring_prepare_sleep(hdr64, hdr32, state, capacity):
     A non-zero answer means records arrived (or corruption) and the caller
     must ``ring_end_sleep`` instead of sleeping.
     """
-    store_release(hdr32, FLAGS, load_acquire(hdr32, FLAGS) | _NEED_WAKEUP)
+    ring_announce_sleep(hdr32)
     # Pairs with the producer's fence after publishing (see ring_publish).
     full_fence()
     return ring_ready(hdr64, state, capacity)
+
+
+@njit(nogil=True, cache=True)
+def ring_wait(hdr64, hdr32, state, capacity, spin_ns, timeout_ns):
+    """Consumer: the ready count once records arrive; 0 after ``timeout_ns`` or a signal.
+
+    Spins up to ``spin_ns``, then sleeps on wake_seq (FUTEX_WAIT) with the
+    NEED_WAKEUP handshake; all of it compiled, so a wake-up runs no Python.
+    Returns CORRUPT once the ring is corrupt.
+    """
+    n = ring_spin_ready(hdr64, state, capacity, spin_ns)
+    if n != 0:
+        return n
+    deadline = monotonic_ns() + timeout_ns
+    while True:
+        seq = ring_announce_sleep(hdr32)
+        full_fence()  # pairs with the producer's fence after publishing (ring_publish)
+        n = ring_ready(hdr64, state, capacity)
+        if n == 0:
+            remaining = deadline - monotonic_ns()
+            if remaining <= 0:
+                ring_end_sleep(hdr32)
+                return 0
+            state[SLEEPS] += np.uint64(1)
+            err = futex_wait(hdr32, WAKE_SEQ, seq, remaining)
+            n = ring_ready(hdr64, state, capacity)
+            if n == 0 and err == EINTR:
+                ring_end_sleep(hdr32)
+                return 0
+        ring_end_sleep(hdr32)
+        if n != 0:
+            return n
 
 
 @njit(nogil=True, cache=True)

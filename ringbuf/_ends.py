@@ -4,17 +4,16 @@ Both call the same ``@njit`` functions the daemon's loop inlines, so Python
 and compiled callers share one implementation of the protocol. The wake-up
 protocol follows io_uring's SQPOLL: the consumer spins for a bounded window,
 then sets NEED_WAKEUP, fences, re-checks, and only then sleeps on the ring's
-semaphore (with a timeout); a producer fences after publishing and posts the
-semaphore only when NEED_WAKEUP is set.
+``wake_seq`` word (FUTEX_WAIT, with a timeout); a producer fences after
+publishing and wakes it (FUTEX_WAKE) only when NEED_WAKEUP is set. Both
+halves run in compiled code.
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
-import posix_ipc
 
 from . import _core as core
 from ._errors import RingCorrupt
@@ -26,9 +25,8 @@ DEFAULT_SPIN_US = 50
 class Producer:
     """The writing end of one ring. Not thread-safe: one producer per ring."""
 
-    def __init__(self, ring: RingView, wakeup: posix_ipc.Semaphore | None) -> None:
+    def __init__(self, ring: RingView) -> None:
         self.ring = ring
-        self.wakeup = wakeup
         self.state = core.new_state(int(ring.hdr64[core.TAIL]), int(ring.hdr64[core.HEAD]))
         self.wakeups_posted = 0
 
@@ -62,11 +60,10 @@ class Producer:
         rows = records.view(np.uint8).reshape(len(records), row_bytes)
         if rows.shape[1] != slot_size:
             raise ValueError(f"record size must equal the slot size: record={rows.shape[1]} slot={slot_size}")
-        accepted, wake = core.ring_produce(
+        accepted, woke = core.ring_produce(
             self.ring.hdr64, self.ring.hdr32, self.ring.slots, self.state, rows, len(rows)
         )
-        if wake:
-            self._post()
+        self.wakeups_posted += woke
         return self._check(int(accepted))
 
     def reserve(self, n: int, dtype: np.dtype | None = None) -> list[np.ndarray]:
@@ -86,8 +83,7 @@ class Producer:
 
     def commit(self, n: int) -> None:
         """Publish ``n`` slots written through ``reserve``."""
-        if core.ring_publish(self.ring.hdr64, self.ring.hdr32, self.state, n):
-            self._post()
+        self.wakeups_posted += core.ring_commit(self.ring.hdr64, self.ring.hdr32, self.state, n)
 
     def nudge(self) -> None:
         """Wake a sleeping consumer that has records pending.
@@ -97,24 +93,22 @@ class Producer:
         making that room, so it need not wait for its sleep timeout.
         """
         pending = self.tail != int(self.ring.hdr64[core.HEAD])
-        if pending and core.ring_publish(self.ring.hdr64, self.ring.hdr32, self.state, 0):
-            self._post()
-
-    def _post(self) -> None:
-        if self.wakeup is not None:
-            self.wakeup.release()
-            self.wakeups_posted += 1
+        if pending:
+            self.wakeups_posted += core.ring_commit(self.ring.hdr64, self.ring.hdr32, self.state, 0)
 
 
 class Consumer:
     """The reading end of one ring. Not thread-safe: one consumer per ring."""
 
-    def __init__(self, ring: RingView, wakeup: posix_ipc.Semaphore | None) -> None:
+    def __init__(self, ring: RingView) -> None:
         self.ring = ring
-        self.wakeup = wakeup
         head = int(ring.hdr64[core.HEAD])
         self.state = core.new_state(head, head)
-        self.sleeps = 0
+
+    @property
+    def sleeps(self) -> int:
+        """Times this consumer slept on the ring's wake-up word."""
+        return int(self.state[core.SLEEPS])
 
     @property
     def corrupt(self) -> bool:
@@ -159,26 +153,11 @@ class Consumer:
     def wait(self, timeout: float, spin_us: float = DEFAULT_SPIN_US) -> int:
         """Block until a record is ready or ``timeout`` s pass; the ready count.
 
-        Spins for at most ``spin_us`` first, then sleeps on the semaphore.
+        Spins for at most ``spin_us`` first, then sleeps on the ring's wake-up
+        word; returns 0 early when a signal arrives (so its handler runs).
         """
-        hdr64, hdr32, cap = self.ring.hdr64, self.ring.hdr32, self.ring.capacity
-        n = self._check(int(core.ring_spin_ready(hdr64, self.state, cap, int(spin_us * 1000))))
-        if n or self.wakeup is None:
-            return n
-        deadline = time.monotonic() + timeout
-        while True:
-            n = int(core.ring_prepare_sleep(hdr64, hdr32, self.state, cap))
-            if n == 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    core.ring_end_sleep(hdr32)
-                    return 0
-                self.sleeps += 1
-                try:
-                    self.wakeup.acquire(remaining)
-                except posix_ipc.BusyError:
-                    pass
-                n = int(core.ring_ready(hdr64, self.state, cap))
-            core.ring_end_sleep(hdr32)
-            if n:
-                return self._check(n)
+        ring = self.ring
+        n = core.ring_wait(
+            ring.hdr64, ring.hdr32, self.state, ring.capacity, int(spin_us * 1000), max(int(timeout * 1e9), 0)
+        )
+        return self._check(int(n))

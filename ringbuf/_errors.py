@@ -38,7 +38,7 @@ class RingCorrupt(RingError):
 
 
 class UntrustedObject(RingError):
-    """Raised when an existing segment or semaphore is not from whom it should be.
+    """Raised when an existing segment is not from whom it should be.
 
     The daemon raises it for an object it did not create itself (another
     owner, a wider mode or another group than configured): someone may be
@@ -49,7 +49,7 @@ class UntrustedObject(RingError):
 
 
 class AccessDenied(RingError, PermissionError):
-    """Raised when this process's user may not open a segment or semaphore.
+    """Raised when this process's user may not open a segment.
 
     The message names the owner, group and mode, and which user or group
     membership would work.

@@ -58,9 +58,9 @@ def _group(gid: int) -> str:
     return f"{_group_name(gid)}({gid})"
 
 
-def shm_path(name: str, *, semaphore: bool = False) -> Path:
-    """Where the object named ``/x`` lives: ``/dev/shm/x``, or ``/dev/shm/sem.x`` for a semaphore."""
-    return SHM_DIR / (("sem." if semaphore else "") + name.lstrip("/"))
+def shm_path(name: str) -> Path:
+    """Where the object named ``/x`` lives: ``/dev/shm/x``."""
+    return SHM_DIR / name.lstrip("/")
 
 
 @dataclass(frozen=True)
@@ -190,33 +190,16 @@ def open_own_segment(
             shm.close_fd()
             if not replace:
                 raise
-            _unlink(kind, name, err, semaphore=False)
+            _unlink(name, err)
             return open_own_segment(kind, name, access, replace=False, size=size)
         return shm, False
     access.apply(shm.fd)  # the umask must not widen or narrow what was asked
     return shm, True
 
 
-def check_own_semaphore(name: str, access: Access, *, replace: bool) -> bool:
-    """Vet the existing semaphore ``name`` for the daemon; False when it was untrusted and unlinked (``replace``)."""
-    path = shm_path(name, semaphore=True)
+def _unlink(name: str, err: UntrustedObject) -> None:
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        return False
-    try:
-        check("semaphore", name, st, Trust.own(access))
-    except UntrustedObject as err:
-        if not replace:
-            raise
-        _unlink("semaphore", name, err, semaphore=True)
-        return False
-    return True
-
-
-def _unlink(kind: str, name: str, err: UntrustedObject, *, semaphore: bool) -> None:
-    try:
-        (posix_ipc.unlink_semaphore if semaphore else posix_ipc.unlink_shared_memory)(name)
+        posix_ipc.unlink_shared_memory(name)
     except posix_ipc.PermissionsError:
         # /dev/shm is sticky: only the owner or root can remove another user's file.
         raise UntrustedObject(f"{err}; cannot unlink it as {_user(os.geteuid())}: remove it as root") from None

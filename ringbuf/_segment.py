@@ -1,18 +1,13 @@
 """Named shared-memory channels: create, attach, close, unlink, leftovers.
 
-Names under a prefix P (every name also gets posix_ipc's leading '/'):
-
-- ``P.C``          the segment of channel C (``/dev/shm/P.C``)
-- ``P.C.cq``       semaphore the daemon posts when C's client sleeps on its CQ
-- ``P.doorbell``   semaphore every SQ producer of P posts when the daemon
-                   sleeps: one daemon watches all channels of its prefix, so
-                   their SQs share one semaphore it can sleep on.
+The name rule is kernel_abi's (``_rendezvous.py``): channel C of prefix P is
+the segment ``/P.C`` (``/dev/shm/P.C``). Everything a channel needs lives in
+that one segment, its wake-up words included: there are no semaphores.
 """
 
 from __future__ import annotations
 
 import mmap
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,66 +26,19 @@ from kernel_abi import (
     RING_MAGIC,
     RingKind,
     channel_layout,
+    check_name,
+    segment_name,
 )
 
 from ._errors import LayoutMismatch, SegmentExists, SegmentNotFound
 from ._ownership import (
-    DEFAULT_MODE,
     PRIVATE,
     SHM_DIR,
     Access,
     Trust,
-    check_own_semaphore,
-    denied,
     open_own_segment,
     open_peer_segment,
-    shm_path,
 )
-
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def _check_name(what: str, value: str) -> None:
-    if not _NAME.match(value):
-        raise ValueError(f"{what} must be 1-64 of [A-Za-z0-9_-]: {what}={value!r}")
-
-
-def segment_name(prefix: str, channel: str) -> str:
-    _check_name("prefix", prefix)
-    _check_name("channel", channel)
-    return f"/{prefix}.{channel}"
-
-
-def doorbell_name(prefix: str) -> str:
-    _check_name("prefix", prefix)
-    return f"/{prefix}.doorbell"
-
-
-def completion_semaphore_name(prefix: str, channel: str) -> str:
-    return segment_name(prefix, channel) + ".cq"
-
-
-def open_semaphore(name: str, mode: int = DEFAULT_MODE) -> posix_ipc.Semaphore:
-    """Open the named semaphore, creating it (value 0) if absent (a caller's side)."""
-    try:
-        return posix_ipc.Semaphore(name)  # no O_CREAT: fs.protected_regular refuses it on another user's file
-    except posix_ipc.ExistentialError:
-        return posix_ipc.Semaphore(name, posix_ipc.O_CREAT, mode=mode, initial_value=0)
-    except posix_ipc.PermissionsError:
-        raise denied("semaphore", name, shm_path(name, semaphore=True)) from None
-
-
-def create_semaphore(name: str, access: Access = PRIVATE, *, replace_untrusted: bool = False) -> posix_ipc.Semaphore:
-    """The daemon's side: its own semaphore ``name`` with ``access``; a stranger's one is refused.
-
-    An existing one is reused only if it is the daemon's own (``Trust.own``);
-    with ``replace_untrusted`` another is unlinked and re-created instead.
-    """
-    if check_own_semaphore(name, access, replace=replace_untrusted):
-        return posix_ipc.Semaphore(name)
-    sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=access.mode, initial_value=0)
-    access.apply(shm_path(name, semaphore=True))
-    return sem
 
 
 @dataclass
@@ -328,29 +276,17 @@ class Channel:
 
 
 def leftovers(prefix: str) -> list[str]:
-    """Names of segments and semaphores under ``prefix`` in /dev/shm."""
-    _check_name("prefix", prefix)
-    found = []
-    for path in sorted(SHM_DIR.glob(f"{prefix}.*")):
-        found.append("/" + path.name)
-    for path in sorted(SHM_DIR.glob(f"sem.{prefix}.*")):
-        found.append("/" + path.name[len("sem.") :])
-    return found
+    """Names of the segments under ``prefix`` in /dev/shm."""
+    check_name("prefix", prefix)
+    return ["/" + path.name for path in sorted(SHM_DIR.glob(f"{prefix}.*"))]
 
 
 def remove_leftovers(prefix: str) -> list[str]:
-    """Unlink every segment and semaphore under ``prefix``; returns their names."""
+    """Unlink every segment under ``prefix``; returns their names."""
     removed = []
-    for path in sorted(SHM_DIR.glob(f"{prefix}.*")):
+    for name in leftovers(prefix):
         try:
-            posix_ipc.unlink_shared_memory("/" + path.name)
-            removed.append("/" + path.name)
-        except posix_ipc.ExistentialError:
-            pass
-    for path in sorted(SHM_DIR.glob(f"sem.{prefix}.*")):
-        name = "/" + path.name[len("sem.") :]
-        try:
-            posix_ipc.unlink_semaphore(name)
+            posix_ipc.unlink_shared_memory(name)
             removed.append(name)
         except posix_ipc.ExistentialError:
             pass

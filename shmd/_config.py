@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from kernel_abi import MAX_CHANNELS, RESERVED_NAMES
+
 from ._errors import ConfigError
 
 DEFAULT_CHANNELS = ("scheduler", "memory", "security", "healing")
@@ -58,6 +60,9 @@ class Config:
     http: bool = True
     http_workers: int = 0  # HTTP shim processes sharing the port (SO_REUSEPORT); 0 = default_http_workers()
     spin_us: float = 100.0  # covers a Python client's turnaround, so a steady caller needs no wake-up
+    # A sleeping loop wakes at least this often even if no client wakes it: the
+    # safety net behind the futex handshake (a wake-up it rescues is counted).
+    sleep_timeout_ms: float = 100.0
     models_dir: str | None = None
     backend: str = "litert"
     keep_segments: bool = False
@@ -68,7 +73,7 @@ class Config:
     max_queue_ms: float = 0.0  # shed (OVERLOADED) requests queued longer; 0 = never
     admin_token: str | None = None  # bearer token guarding metrics reset and cache clear
     log_format: str = "kv"  # kv | json
-    group: str | None = None  # segments and semaphores 0660 with this group (callers in it may attach); else 0600
+    group: str | None = None  # segments 0660 with this group (callers in it may attach); else 0600
     replace_untrusted: bool = False  # unlink and re-create objects of another owner or a wider mode
     cache: dict[str, CacheConfig] = field(default_factory=_default_cache)
 
@@ -80,6 +85,10 @@ class Config:
     def validate(self) -> Config:
         if not 0 <= self.spin_us <= 100_000:
             raise ConfigError(f"spin_us must be in [0, 100000]: spin_us={self.spin_us}")
+        if not 1 <= self.sleep_timeout_ms <= 60_000:
+            raise ConfigError(
+                f"sleep_timeout_ms must be in [1, 60000]: sleep_timeout_ms={self.sleep_timeout_ms}"
+            )
         if self.backend not in ("litert", "tf"):
             raise ConfigError(f"backend must be litert or tf: backend={self.backend!r}")
         if not 1 <= self.max_batch <= 65536:
@@ -95,6 +104,13 @@ class Config:
             taken = [name for name in http_channels(self.workers) if name in self.channels]
             if taken:
                 raise ConfigError(f"channel name {taken[0]!r} is reserved for the HTTP shim")
+        for name in self.channels:
+            if name in RESERVED_NAMES:
+                raise ConfigError(f"channel name {name!r} is reserved for the daemon's own segment")
+        if len(self.channels) + (self.workers if self.http else 0) > MAX_CHANNELS:
+            raise ConfigError(
+                f"at most {MAX_CHANNELS} channels (the HTTP shim's included): channels={len(self.channels)}"
+            )
         if self.log_format not in ("kv", "json"):
             raise ConfigError(f"log_format must be kv or json: log_format={self.log_format!r}")
         if self.group is not None:
@@ -159,7 +175,7 @@ def _merge(cfg: Config, values: dict[str, Any], source: str) -> Config:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shmd serve", description="Run the shmd daemon in the foreground.")
     p.add_argument("--config", type=Path, help="TOML config file")
-    p.add_argument("--prefix", help="namespace of every segment and semaphore (default shmd)")
+    p.add_argument("--prefix", help="namespace of every shared-memory segment (default shmd)")
     p.add_argument("--channels", help="comma-separated channel names (default scheduler,memory,security,healing)")
     p.add_argument("--host", help="HTTP shim address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP shim port (default 9005)")
@@ -168,14 +184,16 @@ def parser() -> argparse.ArgumentParser:
                    help="HTTP shim processes sharing the port, each with its own channel "
                    "(default: one per two CPUs beyond the daemon's, at least 1)")  # fmt: skip
     p.add_argument("--spin-us", dest="spin_us", type=float, help="idle spin before sleeping, µs (default 100)")
+    p.add_argument("--sleep-timeout-ms", dest="sleep_timeout_ms", type=float,
+                   help="longest idle sleep before the loop looks again, ms (default 100)")  # fmt: skip
     p.add_argument("--models-dir", dest="models_dir", help="model artifacts (default: the shipped ones)")
     p.add_argument("--backend", choices=("litert", "tf"), help="model runtime (default litert)")
     p.add_argument("--keep-segments", dest="keep_segments", action="store_true", default=None,
                    help="leave the channels in /dev/shm on exit")  # fmt: skip
-    p.add_argument("--group", help="make segments and semaphores 0660 with this group, so its members may attach "
+    p.add_argument("--group", help="make segments 0660 with this group, so its members may attach "
                    "(default: 0600, the daemon's user only)")  # fmt: skip
     p.add_argument("--replace-untrusted", dest="replace_untrusted", action="store_true", default=None,
-                   help="unlink and re-create segments and semaphores another user made (default: refuse)")  # fmt: skip
+                   help="unlink and re-create segments another user made (default: refuse)")  # fmt: skip
     p.add_argument("--max-queue-ms", dest="max_queue_ms", type=float,
                    help="answer OVERLOADED to requests queued longer than this (default off)")  # fmt: skip
     return p

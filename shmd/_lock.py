@@ -12,17 +12,19 @@ import fcntl
 import os
 import struct
 
+from kernel_abi import LOCK_LENGTH, LOCK_OFFSET
+
 # struct flock on Linux x86-64: short l_type, short l_whence, off_t l_start,
 # off_t l_len, pid_t l_pid (plus padding).
 _FLOCK = "hhqqi4x"
 
 
-def try_lock(fd: int, *, offset: int = 0) -> int:
+def try_lock(fd: int, *, offset: int = LOCK_OFFSET) -> int:
     """Take an exclusive lock on byte ``offset`` of ``fd``.
 
     Returns 0 on success, else the pid of the live holder.
     """
-    request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+    request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, LOCK_LENGTH, 0)
     try:
         fcntl.fcntl(fd, fcntl.F_SETLK, request)
         return 0
@@ -34,12 +36,12 @@ def try_lock(fd: int, *, offset: int = 0) -> int:
         return pid
 
 
-def holder(fd: int, *, offset: int = 0) -> int:
+def holder(fd: int, *, offset: int = LOCK_OFFSET) -> int:
     """The pid holding byte ``offset`` of ``fd`` locked, or 0."""
-    request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+    request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, LOCK_LENGTH, 0)
     lock_type, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, request))
     return 0 if lock_type == fcntl.F_UNLCK else pid
 
 
-def unlock(fd: int, *, offset: int = 0) -> None:
-    fcntl.fcntl(fd, fcntl.F_SETLK, struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, offset, 1, 0))
+def unlock(fd: int, *, offset: int = LOCK_OFFSET) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETLK, struct.pack(_FLOCK, fcntl.F_UNLCK, os.SEEK_SET, offset, LOCK_LENGTH, 0))

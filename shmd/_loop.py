@@ -1,9 +1,11 @@
 """One pass of the poll loop, compiled: drain and encode, then finish.
 
 A pass is ``drain`` (compiled) -> one model call per model with rows (Python,
-the only uncompiled step) -> ``finish`` (compiled) -> semaphore posts. The
-daemon calls ``step``, which is the previous pass's ``finish`` followed by
-the next pass's ``drain``, so a pass costs one trip into compiled code.
+the only uncompiled step) -> ``finish`` (compiled, wakes sleeping clients).
+The daemon calls ``step``, which is the previous pass's ``finish`` followed
+by the next pass's ``drain``, so a pass costs one trip into compiled code.
+With nothing to drain, ``step`` sleeps on every SQ's wake-up word itself and
+drains as soon as it is woken: no Python runs between a wake-up and the drain.
 
 ``drain`` shares the pass's room fairly between channels with work, copies
 their records into a private staging buffer (the copy comes before any
@@ -17,39 +19,38 @@ stamps latencies into the metrics, writes each channel's answers to its CQ
 with one tail store, and only then releases the SQ slots (one head store):
 a daemon killed at any point in between re-answers, it never loses a request.
 
-Channels are passed as one table of addresses (``TABLE_*`` columns) rather
-than a list of arrays: numba unboxes each array argument on every call, and
-one small table keeps that cost constant whatever the number of channels.
+Channels are passed as ringbuf's ``ChannelTable`` (one table of addresses
+plus private ring states) and reached only through ringbuf's ``table_*``
+functions: this module never touches a ring word itself.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, njit, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernel_abi import (
-    ABI_VERSION,
-    PAYLOADS,
-    REQ_NO_CACHE,
-    RESP_CACHE_HIT,
-    RESPONSE_SLOT_SIZE,
-    RING_HEADER_SIZE,
-    ModelId,
-    Status,
-)
+from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, RESP_CACHE_HIT, ModelId, Status
 from models import encode_failure, encode_memory, encode_threat, encode_workload, postprocess
-from ringbuf import _core as core
+from ringbuf import (
+    TIMED_OUT,
+    WOKEN,
+    cpu_relax,
+    monotonic_ns,
+    table_answer,
+    table_peek,
+    table_ready,
+    table_release,
+    table_sleep,
+    table_wake,
+)
 
 from . import _cache as cache
 from . import _metrics as met
 from . import _metrics_compiled as met_jit
 from ._errors import ConfigError
-
-TABLE_SQ_HDR, TABLE_SQ_SLOTS, TABLE_SQ_CAP, TABLE_CQ_HDR, TABLE_CQ_SLOTS, TABLE_CQ_CAP = range(6)
-TABLE_COLUMNS = 6
 
 # Words of the pass_state array. The last two are a test-only fault point (see
 # ``fault_state``): which step of ``finish`` to die after, and after how many times.
@@ -58,26 +59,15 @@ PASS_STATE_WORDS = 4
 FAULT_NONE, FAULT_AFTER_PUBLISH, FAULT_AFTER_RELEASE = range(3)
 FAULT_POINTS = {"after_publish": FAULT_AFTER_PUBLISH, "after_release": FAULT_AFTER_RELEASE}
 FAULT_EXIT_CODE = 86  # what a daemon killed by its fault point exits with
+# Words of the loop counters array (in the stats segment, so tests and tools see them).
+LOOP_SLEEPS = 0  # times the loop slept on the SQs' wake-up words
+LOOP_TIMEOUT_RESCUES = 1  # sleeps that ended by timeout and then found work: a lost wake-up
+LOOP_WAKES = 2  # clients woken after their answers were published
+N_LOOP_COUNTERS = 4
 MAX_INNER_PASSES = 64  # model-free passes ``step`` may finish before returning to Python
 N_MODELS = max(ModelId) + 1  # arrays indexed by model id; row 0 unused
 _WORKLOAD, _THREAT, _FAILURE, _MEMORY = (int(m) for m in ModelId)
 _PAYLOAD_LEN = np.array([0] + [PAYLOADS[m].itemsize for m in ModelId], np.int64)
-_HDR_WORDS64 = RING_HEADER_SIZE // 8
-_HDR_WORDS32 = RING_HEADER_SIZE // 4
-
-
-@intrinsic
-def _voidptr(typingctx, address):
-    """An integer address as a pointer (the table holds mmap addresses)."""
-    if not isinstance(address, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
-
-    return types.voidptr(address), codegen
-
-
 @intrinsic
 def _exit_now(typingctx, code):
     """libc ``_exit(code)``: die on the spot, like kill -9 (no handler, no cleanup)."""
@@ -115,51 +105,6 @@ def _fault_point(pass_state, point):
         pass_state[PASS_FAULT_COUNTDOWN] -= 1
         if pass_state[PASS_FAULT_COUNTDOWN] == 0:
             _exit_now(FAULT_EXIT_CODE)
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _hdr64(table, c, col):
-    return carray(_voidptr(table[c, col]), (_HDR_WORDS64,), np.uint64)
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _hdr32(table, c, col):
-    return carray(_voidptr(table[c, col]), (_HDR_WORDS32,), np.uint32)
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _slots(table, c, col, cap_col, slot_size):
-    return carray(_voidptr(table[c, col]), (table[c, cap_col], slot_size), np.uint8)
-
-
-@njit(nogil=True, cache=True)
-def channels_with_work(table, sq_state, cq_state, ready):
-    """Per channel, records it may drain now: min(SQ ready, CQ room); 0 if corrupt."""
-    total = 0
-    for c in range(table.shape[0]):
-        n = core.ring_ready(_hdr64(table, c, TABLE_SQ_HDR), sq_state[c], table[c, TABLE_SQ_CAP])
-        if n > 0:
-            room = core.ring_space(_hdr64(table, c, TABLE_CQ_HDR), cq_state[c], table[c, TABLE_CQ_CAP])
-            n = min(n, room) if room > 0 else 0
-        ready[c] = max(n, 0)
-        total += ready[c]
-    return total
-
-
-@njit(nogil=True, cache=True)
-def prepare_sleep(table, sq_state, cq_state, ready):
-    """Set NEED_WAKEUP on every SQ, fence, re-check; sleep only if this is 0."""
-    for c in range(table.shape[0]):
-        hdr32 = _hdr32(table, c, TABLE_SQ_HDR)
-        core.store_release(hdr32, core.FLAGS, core.load_acquire(hdr32, core.FLAGS) | core._NEED_WAKEUP)
-    core.full_fence()
-    return channels_with_work(table, sq_state, cq_state, ready)
-
-
-@njit(nogil=True, cache=True)
-def end_sleep(table):
-    for c in range(table.shape[0]):
-        core.ring_end_sleep(_hdr32(table, c, TABLE_SQ_HDR))
 
 
 @njit(nogil=True, cache=True)
@@ -205,12 +150,12 @@ def drain(
     ``pass_state`` is [first channel to serve, drain time ns]; a pass that
     drains anything rotates the first channel for the next one.
     """
-    deadline = core.monotonic_ns() + spin_ns
-    while channels_with_work(table, sq_state, cq_state, ready) == 0:
-        if core.monotonic_ns() >= deadline:
+    deadline = monotonic_ns() + spin_ns
+    while table_ready(table, sq_state, cq_state, ready) == 0:
+        if monotonic_ns() >= deadline:
             return 0
-        core.cpu_relax()
-    now = core.monotonic_ns()
+        cpu_relax()
+    now = monotonic_ns()
     start = pass_state[PASS_START]
     _share_room(ready, alloc, start, room)
     pass_state[PASS_DRAIN_NS] = now
@@ -220,8 +165,7 @@ def drain(
         offsets[c] = n
         if alloc[c] == 0:
             continue
-        sq_slots = _slots(table, c, TABLE_SQ_SLOTS, TABLE_SQ_CAP, staging.shape[1])
-        got = core.ring_peek(_hdr64(table, c, TABLE_SQ_HDR), sq_slots, sq_state[c], staging[n:], alloc[c])
+        got = table_peek(table, sq_state, c, staging[n:], alloc[c])
         if got <= 0:
             alloc[c] = 0
             continue
@@ -317,10 +261,11 @@ def finish(
 ):  # fmt: skip
     """Post-process, cache, publish every channel's answers, then release its SQ slots.
 
-    Returns how many channels' clients sleep and need their semaphore posted
-    (``wake`` says which).
+    Then wakes the clients that sleep on their CQ (after every channel is
+    published, so a woken client that takes this CPU delays no other
+    channel's answers). Returns how many it woke.
     """
-    now = core.monotonic_ns()
+    now = monotonic_ns()
     drain_ns = pass_state[PASS_DRAIN_NS]
     for mid in range(1, N_MODELS):
         cnt = counts[mid]
@@ -342,7 +287,7 @@ def finish(
             responses[j].outputs[:] = post[r]
             if keys[j] != 0:
                 cache.cache_put(c_entries, c_stats, mid, keys[j], now, c_ttl[mid], post[r])
-    publish = core.monotonic_ns()
+    publish = monotonic_ns()
     for j in range(n):
         responses[j].service_ns = publish - drain_ns
         mid = np.int64(responses[j].model_id)
@@ -357,18 +302,18 @@ def finish(
         k = alloc[c]
         if k == 0:
             continue
-        cq_hdr = _hdr64(table, c, TABLE_CQ_HDR)
-        cq_slots = _slots(table, c, TABLE_CQ_SLOTS, TABLE_CQ_CAP, RESPONSE_SLOT_SIZE)
-        state = cq_state[c]
         first = offsets[c]
-        core.copy_into_ring(resp_bytes[first : first + k], cq_slots, state[core.OWN], k)
-        wake[c] = core.ring_publish(cq_hdr, _hdr32(table, c, TABLE_CQ_HDR), state, k)
+        wake[c] = table_answer(table, cq_state, c, resp_bytes[first : first + k], k)
         _fault_point(pass_state, FAULT_AFTER_PUBLISH)
         wakes += wake[c]
         m_channel[c, met.COMPLETED] += k
         # Only now may the client reuse the request slots: the answers are out.
-        core.ring_release(_hdr64(table, c, TABLE_SQ_HDR), sq_state[c], k)
+        table_release(table, sq_state, c, k)
         _fault_point(pass_state, FAULT_AFTER_RELEASE)
+    if wakes:
+        for c in range(table.shape[0]):
+            if wake[c]:
+                table_wake(table, c)
     return wakes
 
 
@@ -381,29 +326,31 @@ def step(
     counts, rows, keys, responses, resp_bytes, versions,
     c_entries, c_ttl, c_quantum, c_stats,
     m_model, m_hist, m_summary, m_batch, m_channel, wake, max_queue_ns, spin_ns,
+    waiters, m_loop, sleep_ns,
 ):  # fmt: skip
     """Finish the previous pass (``n_prev`` records), then drain the next one.
 
     One call from Python per pass: every call costs the unboxing of each
-    argument, so finishing and draining share one. Returns
-    ``(drained, wakes)``; with clients to wake it does not spin, so their
-    semaphores are posted without delay.
+    argument, so finishing and draining share one. With nothing to drain
+    after spinning ``spin_ns``, sleeps on every SQ's wake-up word for at most
+    ``sleep_ns`` (0: return at once) and drains as soon as it is woken.
+    Returns the number of records drained: 0 after a sleep that timed out or
+    was interrupted by a signal (Python then runs housekeeping and handlers).
     """
     # A pass that needs no model (cache hits, refusals) is published in the
     # next round here rather than after a trip to Python; bounded, so Python
-    # still sees signals and housekeeping, and stopped when a client must be woken.
+    # still sees signals and housekeeping.
     n = n_prev
-    wakes = 0
+    spin = spin_ns
     for _ in range(MAX_INNER_PASSES):
         if n > 0:
-            wakes = finish(
+            m_loop[LOOP_WAKES] += finish(
                 table, sq_state, cq_state, alloc, offsets, pass_state, n,
                 reqs, raw_workload, raw_threat, raw_failure, raw_memory, post,
                 counts, rows, keys, responses, resp_bytes,
                 c_entries, c_ttl, c_stats,
                 m_model, m_hist, m_summary, m_batch, m_channel, wake,
             )  # fmt: skip
-        spin = 0 if wakes > 0 else spin_ns  # (numba cannot take the conditional inline in a long call)
         n = drain(
             table, sq_state, cq_state, ready, alloc, offsets, pass_state, room,
             staging, reqs, p_workload, p_threat, p_failure, p_memory,
@@ -412,6 +359,16 @@ def step(
             c_entries, c_ttl, c_quantum, c_stats,
             m_model, m_channel, max_queue_ns, spin,
         )  # fmt: skip
-        if n == 0 or wakes > 0 or counts.sum() > 0:
+        spin = spin_ns
+        if n == 0 and sleep_ns > 0:
+            m_loop[LOOP_SLEEPS] += 1
+            found, outcome = table_sleep(table, sq_state, cq_state, ready, waiters, sleep_ns)
+            if found == 0 or (outcome != WOKEN and outcome != TIMED_OUT):
+                return 0
+            if outcome == TIMED_OUT:
+                m_loop[LOOP_TIMEOUT_RESCUES] += 1
+            spin = 0  # work is there: the next round drains it at once
+            continue
+        if n == 0 or counts.sum() > 0:
             break
-    return n, wakes
+    return n

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import posix_ipc
 
+from kernel_abi import STATS_NAME
 from ringbuf import PRIVATE, Access, SegmentNotFound, Trust, open_own_segment, open_peer_segment, segment_name
 
 from ._errors import DaemonRunning
@@ -82,7 +83,7 @@ class StatsSegment:
         blob = json.dumps(directory).encode()
         if _HEAD.size + len(blob) > _DIRECTORY_ROOM:
             raise ValueError(f"stats directory too large: size={len(blob)} limit={_DIRECTORY_ROOM - _HEAD.size}")
-        name = segment_name(prefix, "stats")
+        name = segment_name(prefix, STATS_NAME)
         shm, _ = open_own_segment("stats segment", name, access, replace=replace_untrusted)
         pid = try_lock(shm.fd)
         if pid:
@@ -99,7 +100,7 @@ class StatsSegment:
     def serving_pid(prefix: str) -> int:
         """Pid of the live daemon holding the prefix, or 0."""
         try:
-            shm = posix_ipc.SharedMemory(segment_name(prefix, "stats"))
+            shm = posix_ipc.SharedMemory(segment_name(prefix, STATS_NAME))
         except posix_ipc.ExistentialError:
             return 0
         try:
@@ -110,7 +111,7 @@ class StatsSegment:
     @classmethod
     def attach(cls, prefix: str, trust: Trust | None = None) -> StatsSegment:
         """Map a running daemon's stats segment (its owner checked like a channel's, ``Trust.daemon()``)."""
-        name = segment_name(prefix, "stats")
+        name = segment_name(prefix, STATS_NAME)
         try:
             shm = open_peer_segment("stats segment", name, trust or Trust.daemon())
         except posix_ipc.ExistentialError:

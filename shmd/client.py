@@ -70,12 +70,8 @@ class Client:
         except BaseException:
             self.channel.close()
             raise
-        self._sq = ringbuf.Producer(
-            self.channel.sq, ringbuf.open_semaphore(ringbuf.doorbell_name(prefix))
-        )
-        self._cq = ringbuf.Consumer(
-            self.channel.cq, ringbuf.open_semaphore(ringbuf.completion_semaphore_name(prefix, channel))
-        )
+        self._sq = ringbuf.Producer(self.channel.sq)
+        self._cq = ringbuf.Consumer(self.channel.cq)
         self._next_id = secrets.randbits(63) | 1
         self._outstanding: set[int] = set()
         self._results: dict[int, np.ndarray] = {}
@@ -257,7 +253,7 @@ class AsyncClient:
 
     Submissions happen on the event loop. While requests are in flight the
     loop itself polls the completion ring between its other callbacks: no
-    thread hand-off, no semaphore, and the daemon need not wake anyone. Only
+    thread hand-off, no futex wait, and the daemon need not wake anyone. Only
     after ``poll_us`` without an answer does a reaper thread take over the
     wait (sleeping on the wake-up protocol) so a slow answer costs no CPU;
     once it has an answer it hands the ring back to the loop.

@@ -2,9 +2,10 @@
 
 The loop in Python is only orchestration; see ``_loop`` for what the
 compiled code does. Per pass: one model call per model with rows, then one
-``step`` (finish this pass, drain the next), then posts to the semaphores of
-clients that sleep. With nothing to do the drain spins for ``spin_us`` and
-the loop then sleeps on the prefix's doorbell semaphore.
+``step`` (finish this pass and wake the clients that sleep, drain the next).
+With nothing to do the drain spins for ``spin_us`` and ``step`` then sleeps
+on every SQ's wake-up word (at most ``sleep_timeout_ms``) inside compiled
+code.
 
 On SIGTERM/SIGINT the pass in hand is published; requests still waiting in
 an SQ stay there (a daemon restarted with ``--keep-segments`` on the same
@@ -22,11 +23,9 @@ import time
 from typing import Any
 
 import numpy as np
-import posix_ipc
 
 import ringbuf
 from kernel_abi import REQUEST, REQUEST_SLOT_SIZE, REQUESTS, RESPONSE, ModelId, Status
-from ringbuf import _core as core
 
 from . import _config, _lock, _loop, _notify, _readiness
 from . import _metrics as met
@@ -46,7 +45,6 @@ from ._stats_segment import (
 
 HOUSEKEEPING_NS = 10_000_000  # heartbeat, gauges and control commands at most this often
 CACHE_COUNT_NS = 1_000_000_000  # live cache entries are counted this often
-SLEEP_TIMEOUT_S = 0.1  # a sleeping loop still wakes this often (signals, CQ room freed)
 
 
 def _kv(value: Any) -> str:
@@ -88,8 +86,7 @@ class Daemon:
         self._make_buffers()
         # Load (or compile) the loop's code now, not on the first request; a
         # restarted daemon may find requests already waiting: keep their count.
-        self.pending = self.step(0, tuple(self.no_rows), 0)
-        _loop.end_sleep(self.table)
+        self.pending = self.step(0, tuple(self.no_rows), 0, 0)
         self.startup_s = time.monotonic() - t0
 
     # --- start-up ----------------------------------------------------------------
@@ -122,6 +119,7 @@ class Daemon:
             "cache_entries": ((np.int64), (_loop.N_MODELS,)),
             "control": ((np.int64), (4,)),
             "heartbeat": ((np.int64), (2,)),  # last housekeeping ns, passes
+            "loop": ((np.int64), (_loop.N_LOOP_COUNTERS,)),  # sleeps, timeout rescues, wakes (_loop.LOOP_*)
         }
         meta = {
             "pid": os.getpid(),
@@ -149,40 +147,16 @@ class Daemon:
     def _make_channels(self) -> None:
         prefix = self.cfg.prefix
         own = {"access": self.access, "replace_untrusted": self.cfg.replace_untrusted}
-        self.doorbell = ringbuf.create_semaphore(ringbuf.doorbell_name(prefix), **own)
-        self.cq_sems = []
         for name in self.names:
             ch = ringbuf.Channel.create(
                 prefix, name, sq_capacity=self.cfg.sq_capacity, cq_capacity=self.cfg.cq_capacity, reuse=True, **own
             )
             ch.header["daemon_pid"] = os.getpid()
             self.channels.append(ch)
-            self.cq_sems.append(ringbuf.create_semaphore(ringbuf.completion_semaphore_name(prefix, name), **own))
+        self.rings = ringbuf.ChannelTable(self.channels)
+        for c, ch in enumerate(self.channels):
             if not ch.created:
-                # Both words are the previous holders' to write: u64 arithmetic, no trust.
-                pending = (int(ch.sq.hdr64[core.TAIL]) - int(ch.sq.hdr64[core.HEAD])) % 2**64
-                log("channel_reattached", self.cfg.log_format, channel=name, pending=pending)
-        n_ch = len(self.channels)
-        self.table = np.zeros((n_ch, _loop.TABLE_COLUMNS), np.int64)
-        self.sq_state = np.zeros((n_ch, core.STATE_WORDS), np.uint64)
-        self.cq_state = np.zeros((n_ch, core.STATE_WORDS), np.uint64)
-        for c in range(n_ch):
-            self._bind_channel(c)
-
-    def _bind_channel(self, c: int) -> None:
-        """Point the loop's table row ``c`` at channel ``c`` and take up its ring indices."""
-        ch = self.channels[c]
-        for cols, ring in (
-            ((_loop.TABLE_SQ_HDR, _loop.TABLE_SQ_SLOTS, _loop.TABLE_SQ_CAP), ch.sq),
-            ((_loop.TABLE_CQ_HDR, _loop.TABLE_CQ_SLOTS, _loop.TABLE_CQ_CAP), ch.cq),
-        ):
-            self.table[c, cols[0]] = ring.hdr64.ctypes.data
-            self.table[c, cols[1]] = ring.slots.ctypes.data
-            self.table[c, cols[2]] = ring.capacity
-        # Resume where the rings stand: a restarted daemon answers what is pending.
-        head, tail = int(ch.sq.hdr64[core.HEAD]), int(ch.cq.hdr64[core.TAIL])
-        self.sq_state[c] = core.new_state(head, head)
-        self.cq_state[c] = core.new_state(tail, int(ch.cq.hdr64[core.HEAD]))
+                log("channel_reattached", self.cfg.log_format, channel=ch.name, pending=self.rings.pending(c))
 
     def _reset_corrupt_channels(self) -> None:
         """Re-create a corrupt channel once no client holds it.
@@ -191,8 +165,7 @@ class Daemon:
         trusted, so nothing is carried over. Waiting for the hold to go keeps a
         live (if broken) client from writing into the fresh rings.
         """
-        corrupt = self.sq_state[:, core.CORRUPT_FLAG] | self.cq_state[:, core.CORRUPT_FLAG]
-        for c in np.flatnonzero(corrupt):
+        for c in self.rings.corrupt():
             old = self.channels[c]
             if _lock.holder(old.fd):
                 continue
@@ -203,7 +176,7 @@ class Daemon:
             )  # fmt: skip
             fresh.header["daemon_pid"] = os.getpid()
             self.channels[c] = fresh
-            self._bind_channel(c)
+            self.rings.bind(c, fresh)
             old.close()
             log("channel_reset", self.cfg.log_format, channel=old.name, reason="corrupt")
 
@@ -220,12 +193,12 @@ class Daemon:
         self.keys = np.zeros(room, np.uint64)
         self.responses = np.zeros(room, RESPONSE)
         self.resp_bytes = self.responses.view(np.uint8).reshape(room, -1)
-        self.ready = np.zeros(n_ch, np.int64)
         self.alloc = np.zeros(n_ch, np.int64)
         self.offsets = np.zeros(n_ch + 1, np.int64)
         self.wake = np.zeros(n_ch, np.bool_)
         self.max_queue_ns = int(self.cfg.max_queue_ms * 1e6)
         self.spin_ns = int(self.cfg.spin_us * 1000)
+        self.sleep_ns = int(self.cfg.sleep_timeout_ms * 1e6)
         self.pass_state = np.zeros(_loop.PASS_STATE_WORDS, np.int64)
         fault = os.environ.get("SHMD_TEST_FAULT", "")  # test-only: see _loop.fault_state
         self.pass_state[_loop.PASS_FAULT : _loop.PASS_FAULT_COUNTDOWN + 1] = _loop.fault_state(fault)
@@ -240,8 +213,8 @@ class Daemon:
         """``step``'s arguments, built once: a pass only supplies its count and model outputs."""
         m, c = self.metrics, self.cache
         self._step_head = (
-            self.table, self.sq_state, self.cq_state, self.ready, self.alloc, self.offsets,
-            self.pass_state, self.cfg.max_batch,
+            self.rings.table, self.rings.sq_state, self.rings.cq_state, self.rings.ready, self.alloc,
+            self.offsets, self.pass_state, self.cfg.max_batch,
         )  # fmt: skip
         self._step_middle = (self.staging, self.reqs, *self.payloads, *self.features)
         self._step_tail = (
@@ -249,19 +222,19 @@ class Daemon:
             c.entries, c.ttl_ns, c.quantum, c.stats,
             m.model, m.hist, m.summary, m.batch_hist, m.channel, self.wake, self.max_queue_ns,
         )  # fmt: skip
+        self._step_sleep = (self.rings.waiters, self.stats.arrays["loop"])
         self._model_slots = [(int(mid), i) for i, mid in enumerate(ModelId)]
 
-    def step(self, n_prev: int, raws: tuple[np.ndarray, ...], spin_ns: int) -> int:
+    def step(self, n_prev: int, raws: tuple[np.ndarray, ...], spin_ns: int, sleep_ns: int = 0) -> int:
         """Publish the previous pass (``n_prev`` records, ``raws`` model outputs), drain the next.
 
-        Returns the number of records the new pass drained (0: none within ``spin_ns``).
+        Returns the number of records the new pass drained: 0 when none came
+        within ``spin_ns`` and a sleep of at most ``sleep_ns`` (0: no sleep).
         """
-        n, wakes = _loop.step(
-            *self._step_head, n_prev, *self._step_middle, *raws, *self._step_tail, spin_ns
-        )
-        if wakes:
-            for ch in np.flatnonzero(self.wake):
-                self.cq_sems[ch].release()
+        n = _loop.step(
+            *self._step_head, n_prev, *self._step_middle, *raws, *self._step_tail, spin_ns,
+            *self._step_sleep, sleep_ns,
+        )  # fmt: skip
         if n_prev:
             self.passes += 1
         return n
@@ -288,15 +261,6 @@ class Daemon:
     def _channel_of(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.offsets[1:], rows, side="right")
 
-    def sleep(self) -> None:
-        """Announce sleep on every SQ, re-check, and sleep until a producer rings."""
-        if _loop.prepare_sleep(self.table, self.sq_state, self.cq_state, self.ready) == 0:
-            try:
-                self.doorbell.acquire(SLEEP_TIMEOUT_S)
-            except (posix_ipc.BusyError, posix_ipc.SignalError):
-                pass  # timeout, or SIGTERM/SIGINT: the loop re-checks `stopping`
-        _loop.end_sleep(self.table)
-
     def housekeeping(self) -> None:
         now = time.monotonic_ns()
         if now - self.last_housekeeping < HOUSEKEEPING_NS:
@@ -305,13 +269,10 @@ class Daemon:
         a = self.stats.arrays
         a["heartbeat"][:] = (now, self.passes)
         self.notifier.heartbeat(now)  # WATCHDOG=1 only from here: a wedged loop stops the pings
+        corrupt = set(self.rings.corrupt().tolist())
         for c, ch in enumerate(self.channels):
             ch.header["daemon_heartbeat_ns"] = now
-            # The client writes the SQ tail: a raw read is hostile input. The drain's
-            # last validated tail (PEER_SEEN, private) is at most one pass old.
-            sq = self.sq_state[c]
-            queued = 0 if sq[core.CORRUPT_FLAG] else int(sq[core.PEER_SEEN]) - int(sq[core.OWN])
-            a["gauges"][c] = (queued, sq[core.CORRUPT_FLAG])
+            a["gauges"][c] = (self.rings.queued(c), c in corrupt)
         self._reset_corrupt_channels()
         if self.http is not None:
             self.http.check()
@@ -336,13 +297,14 @@ class Daemon:
                 self.cache.stats[model] = 0
         elif command == CMD_CLEAR_CACHE:
             self.cache.clear(model)
+            self.last_cache_count = 0  # recount now: whoever asked reads the entries next
         log("control", self.cfg.log_format, command=command, model=argument)
 
     def serve_forever(self) -> None:
         n = self.pending
         raws = self.infer() if n else tuple(self.no_rows)
         while not self.stopping:
-            n = self.step(n, raws, self.spin_ns)
+            n = self.step(n, raws, self.spin_ns, self.sleep_ns)
             if n:
                 raws = self.infer()
                 if time.monotonic_ns() - self.last_housekeeping >= HOUSEKEEPING_NS:
@@ -350,9 +312,8 @@ class Daemon:
             else:
                 raws = tuple(self.no_rows)
                 self.housekeeping()
-                self.sleep()
         if n:  # publish what the last pass drained (what this drains again stays in the SQ)
-            self.step(n, raws, 0)
+            self.step(n, raws, 0, 0)
 
     # --- stop -----------------------------------------------------------------------------
 
@@ -367,13 +328,6 @@ class Daemon:
                 ch.unlink()
             ch.close()
         self.channels = []
-        if not keep:
-            # Only the semaphores we opened: never one refused as someone else's.
-            for sem in [*getattr(self, "cq_sems", []), *([self.doorbell] if hasattr(self, "doorbell") else [])]:
-                try:
-                    sem.unlink()
-                except posix_ipc.ExistentialError:
-                    pass
         if hasattr(self, "stats"):
             self.stats.unlink()
 

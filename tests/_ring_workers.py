@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from ringbuf import Channel, Consumer, completion_semaphore_name, doorbell_name, open_semaphore
+from ringbuf import Channel, Consumer
 from ringbuf import _core as core
 from ringbuf._atomics import cpu_relax, monotonic_ns
 
@@ -50,7 +50,7 @@ def produce_burst(hdr64, hdr32, slots64, state, seq, count, max_batch, deadline_
     """Publish records ``seq .. seq+count`` in batches of 1..max_batch, written in place.
 
     Returns ``(published, wake, status)`` as soon as a publish asks for a wake-up,
-    so the caller can post the semaphore before the consumer's timeout.
+    so the caller can wake the consumer (``ring_wake``) before its timeout.
     """
     capacity = slots64.shape[0]
     mask = np.uint64(capacity - 1)
@@ -104,7 +104,6 @@ def drain(hdr64, slots, state, out, out64, expected, total, spin_ns, deadline_ns
 def stress_producer(prefix: str, channel: str, total: int, pauses: bool, budget_s: float) -> dict[str, Any]:
     """Push ``total`` records; with ``pauses`` stop at random so the consumer falls asleep."""
     ch = Channel.attach(prefix, channel)
-    sem = open_semaphore(doorbell_name(prefix))
     state = core.new_state(int(ch.sq.hdr64[core.TAIL]), int(ch.sq.hdr64[core.HEAD]))
     slots64 = ch.sq.slots.view(np.uint64)
     rng = random.Random(os.getpid())
@@ -116,13 +115,12 @@ def stress_producer(prefix: str, channel: str, total: int, pauses: bool, budget_
             n, wake, status = produce_burst(ch.sq.hdr64, ch.sq.hdr32, slots64, state, seq, burst, 256, deadline)
             seq, burst = seq + n, burst - n
             if wake:
-                sem.release()  # the consumer announced sleep: it must be woken
+                core.ring_wake(ch.sq.hdr32)  # the consumer announced sleep: it must be woken
                 wakeups_posted += 1
         if pauses and seq < total:
             pauses_taken += 1
             time.sleep(rng.uniform(0.0002, 0.002))
     del slots64
-    sem.close()
     ch.close()
     return {"sent": seq, "status": status, "wakeups_posted": wakeups_posted, "pauses": pauses_taken}
 
@@ -130,8 +128,7 @@ def stress_producer(prefix: str, channel: str, total: int, pauses: bool, budget_
 def stress_consumer(prefix: str, channel: str, total: int, sleep: bool, budget_s: float) -> dict[str, Any]:
     """Verify ``total`` records arrive once, in order, intact; sleep between bursts if ``sleep``."""
     ch = Channel.attach(prefix, channel)
-    sem = open_semaphore(doorbell_name(prefix))
-    cons = Consumer(ch.sq, sem)
+    cons = Consumer(ch.sq)
     out = np.zeros((256, WORDS * 8), np.uint8)
     out64 = out.view(np.uint64)
     deadline = time.monotonic_ns() + int(budget_s * 1e9)
@@ -147,7 +144,6 @@ def stress_consumer(prefix: str, channel: str, total: int, sleep: bool, budget_s
             status = TIMEOUT
     result = {"received": expected, "status": status, "sleeps": cons.sleeps, "timeouts": timeouts}
     del cons
-    sem.close()
     ch.close()
     return result
 
@@ -155,8 +151,7 @@ def stress_consumer(prefix: str, channel: str, total: int, sleep: bool, budget_s
 def idle_consumer(prefix: str, channel: str, conn: Any) -> None:
     """Tell the parent we are about to wait, then wait (sleeping) until woken."""
     ch = Channel.attach(prefix, channel)
-    sem = open_semaphore(doorbell_name(prefix))
-    cons = Consumer(ch.sq, sem)
+    cons = Consumer(ch.sq)
     # Load the compiled kernels now (a first call costs ~0.1 s of CPU), so what is
     # measured below is the wait itself.
     cons.wait(timeout=0.0, spin_us=0)
@@ -166,7 +161,6 @@ def idle_consumer(prefix: str, channel: str, conn: Any) -> None:
     t1 = os.times()
     conn.send({"ready": n, "cpu_s": (t1.user + t1.system) - (t0.user + t0.system), "sleeps": cons.sleeps})
     del cons
-    sem.close()
     ch.close()
 
 
@@ -176,9 +170,7 @@ def pingpong_server(prefix: str, channel: str, rounds: int) -> dict[str, Any]:
     from ringbuf import Producer
 
     ch = Channel.attach(prefix, channel)
-    sq_sem = open_semaphore(doorbell_name(prefix))
-    cq_sem = open_semaphore(completion_semaphore_name(prefix, channel))
-    cons, prod = Consumer(ch.sq, sq_sem), Producer(ch.cq, cq_sem)
+    cons, prod = Consumer(ch.sq), Producer(ch.cq)
     answer = np.zeros(1, abi.RESPONSE)
     answered, status = 0, OK
     for _ in range(rounds):
@@ -193,7 +185,5 @@ def pingpong_server(prefix: str, channel: str, rounds: int) -> dict[str, Any]:
         answered += 1
     result = {"answered": answered, "status": status, "sleeps": cons.sleeps, "wakeups_posted": prod.wakeups_posted}
     del cons, prod
-    for s in (sq_sem, cq_sem):
-        s.close()
     ch.close()
     return result

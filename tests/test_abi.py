@@ -123,6 +123,7 @@ RING_WRITERS = {
     "flags": "consumer-flags",
     "full_events": "producer-counters",
     "produced": "producer-counters",
+    "wake_seq": "producer-counters",  # the producer bumps it to wake a sleeping consumer
     "consumed": "consumer-counters",
     "corrupt_events": "consumer-counters",
 }

@@ -30,6 +30,7 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     assert cfg.channels == ("x", "y")
     assert cfg.cache["threat"].ttl_ms == 250 and not cfg.cache["threat"].enabled
     assert cfg.cache["workload"].ttl_ms == 100  # untouched models keep the seed's TTL
+    assert load([], environ={"SHMD_SLEEP_TIMEOUT_MS": "2500"}).sleep_timeout_ms == 2500
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,9 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
         (["--channels", "a,a"], {}, r"^channels must be non-empty and distinct: channels=a,a$"),
         (["--channels", "http"], {}, r"^channel name 'http' is reserved for the HTTP shim$"),
         ([], {"SHMD_KEEP_SEGMENTS": "maybe"}, r"^keep_segments has an invalid value"),
+        ([], {"SHMD_SLEEP_TIMEOUT_MS": "0"}, r"^sleep_timeout_ms must be in \[1, 60000\]: sleep_timeout_ms=0.0$"),
+        (["--channels", "a,stats"], {}, r"^channel name 'stats' is reserved for the daemon's own segment$"),
+        (["--channels", ",".join(f"c{i}" for i in range(128))], {}, r"^at most 128 channels"),
     ],
 )
 def test_bad_values_name_the_setting(argv: list[str], environ: dict[str, str], message: str) -> None:

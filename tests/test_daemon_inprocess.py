@@ -38,8 +38,8 @@ def test_failing_model_answers_internal_and_the_pass_goes_on(prefix: str, capfd:
     try:
         daemon.runners[int(ModelId.THREAT)] = _BrokenModel()
         a, b = daemon.channels
-        sq_a, sq_b = ringbuf.Producer(a.sq, None), ringbuf.Producer(b.sq, None)
-        cq_a, cq_b = ringbuf.Consumer(a.cq, None), ringbuf.Consumer(b.cq, None)
+        sq_a, sq_b = ringbuf.Producer(a.sq), ringbuf.Producer(b.sq)
+        cq_a, cq_b = ringbuf.Consumer(a.cq), ringbuf.Consumer(b.cq)
         sq_a.produce(np.concatenate([_request(ModelId.WORKLOAD, 1), _request(ModelId.THREAT, 2)]))
         sq_b.produce(_request(ModelId.THREAT, 3))
         n = daemon.step(0, tuple(daemon.no_rows), 0)

@@ -104,8 +104,8 @@ def _workload_record() -> bytes:
 def _warm_ring_code(prefix: str) -> None:
     """Compile (or load) the ring functions here, so a forked child inherits them instead of compiling."""
     with Channel.create(prefix, "warm", sq_capacity=2) as ch:
-        ringbuf.Producer(ch.sq, None).produce(np.zeros(1, REQUEST))
-        ringbuf.Consumer(ch.cq, None).consume(1)
+        ringbuf.Producer(ch.sq).produce(np.zeros(1, REQUEST))
+        ringbuf.Consumer(ch.cq).consume(1)
         ch.unlink()
 
 
@@ -119,10 +119,9 @@ def test_group_members_attach_from_python_and_c_strangers_are_told_who_can(
     _warm_ring_code(prefix)
     with DaemonProcess(prefix, "--group", MEMBER, "--channels", "scheduler,memory") as daemon:
         objects = ringbuf.leftovers(prefix)
-        assert len(objects) == 6  # 2 channels, their 2 CQ semaphores, the doorbell, the stats segment
+        assert len(objects) == 3  # 2 channels and the stats segment: no semaphores since ABI v2
         for name in objects:
-            path = SHM / name[1:] if (SHM / name[1:]).exists() else SHM / f"sem.{name[1:]}"
-            assert _owner(path) == ("root", MEMBER, 0o660), name
+            assert _owner(SHM / name[1:]) == ("root", MEMBER, 0o660), name
 
         def predict() -> str:
             with Client("scheduler", prefix, timeout=10) as client:
@@ -163,7 +162,6 @@ SQUATS = {
     # (the careful squatter's 0600 channel is refused for its owner alone)
     "channel": ("scheduler", "channel segment", 0o600),
     "stats": ("stats", "stats segment", 0o666),
-    "doorbell": ("doorbell", "semaphore", 0o666),
 }
 
 
@@ -173,16 +171,13 @@ def _squat(prefix: str, what: str, stranger: pwd.struct_passwd, template: bytes)
 
     def create() -> str:
         os.umask(0)
-        if what == "doorbell":
-            posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=mode, initial_value=0).close()
-        else:
-            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=max(len(template), 4096))
-            os.pwrite(shm.fd, template, 0)
-            shm.close_fd()
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=mode, size=max(len(template), 4096))
+        os.pwrite(shm.fd, template, 0)
+        shm.close_fd()
         return "ok"
 
     assert run_as(stranger, create) == "ok"
-    return SHM / (f"sem.{name[1:]}" if what == "doorbell" else name[1:])
+    return SHM / name[1:]
 
 
 @pytest.mark.parametrize("what", sorted(SQUATS))

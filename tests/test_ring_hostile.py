@@ -40,8 +40,8 @@ def test_garbage_in_a_live_ring_marks_it_corrupt_and_a_healthy_one_keeps_working
 ) -> None:
     bad = Channel.create(prefix, "bad", sq_capacity=CAP)
     good = Channel.create(prefix, "good", sq_capacity=CAP)
-    bp, bc = Producer(bad.sq, None), Consumer(bad.sq, None)
-    gp, gc = Producer(good.sq, None), Consumer(good.sq, None)
+    bp, bc = Producer(bad.sq), Consumer(bad.sq)
+    gp, gc = Producer(good.sq), Consumer(good.sq)
     # Both rings in use, wrapped around once, with records in flight.
     for ring_p, ring_c in ((bp, bc), (gp, gc)):
         assert ring_p.produce(_records(range(6))) == 6
@@ -80,7 +80,7 @@ def test_garbage_in_a_live_ring_marks_it_corrupt_and_a_healthy_one_keeps_working
 def test_garbage_head_marks_the_producer_side_corrupt(prefix: str, head: str) -> None:
     """The producer validates the consumer's head the same way, and keeps the verdict private."""
     ch = Channel.create(prefix, "c", sq_capacity=CAP)
-    prod, cons = Producer(ch.sq, None), Consumer(ch.sq, None)
+    prod, cons = Producer(ch.sq), Consumer(ch.sq)
     assert prod.produce(_records(range(5))) == 5
     cons.consume(3)
     assert prod.space() == CAP - 2
@@ -101,7 +101,7 @@ def test_garbage_head_marks_the_producer_side_corrupt(prefix: str, head: str) ->
 def test_peeked_copy_is_private(prefix: str) -> None:
     """A producer rewriting a slot after peek cannot change what the consumer copied (and validates)."""
     ch = Channel.create(prefix, "c", sq_capacity=CAP)
-    prod, cons = Producer(ch.sq, None), Consumer(ch.sq, None)
+    prod, cons = Producer(ch.sq), Consumer(ch.sq)
     rec = _records(range(41, 43))
     rec["model_id"] = abi.ModelId.THREAT
     assert prod.produce(rec) == 2

@@ -38,19 +38,22 @@ def plain_spin(hdr64, n):
         n -= 1
     return hdr64[core.TAIL]
 
-# The daemon's own copies of protocol steps (shmd/_loop.py), over a one-channel table.
-from shmd import _loop
+# The server's protocol steps over a table of channels (ringbuf/_table.py), one channel here.
+from ringbuf import _table as tab
 cq64 = np.zeros(96, np.uint64)
-table = np.zeros((1, _loop.TABLE_COLUMNS), np.int64)
-table[0, _loop.TABLE_SQ_HDR], table[0, _loop.TABLE_SQ_CAP] = h64.ctypes.data, 4
-table[0, _loop.TABLE_CQ_HDR], table[0, _loop.TABLE_CQ_CAP] = cq64.ctypes.data, 4
+table = np.zeros((1, tab.TABLE_COLUMNS), np.int64)
+table[0, tab.TABLE_SQ_HDR], table[0, tab.TABLE_SQ_CAP] = h64.ctypes.data, 4
+table[0, tab.TABLE_CQ_HDR], table[0, tab.TABLE_CQ_CAP] = cq64.ctypes.data, 4
 states = np.zeros((1, core.STATE_WORDS), np.uint64)
 ready = np.zeros(1, np.int64)
+waiters = np.zeros((1, 3), np.uint64)
+waiters[0, 1], waiters[0, 2] = h32[core.WAKE_SEQ:].ctypes.data, 2
 
 calls = {
-    "loop.channels_with_work": (_loop.channels_with_work, (table, states, states.copy(), ready)),
-    "loop.prepare_sleep": (_loop.prepare_sleep, (table, states, states.copy(), ready)),
-    "loop.end_sleep": (_loop.end_sleep, (table,)),
+    "table.table_ready": (tab.table_ready, (table, states, states.copy(), ready)),
+    "table.table_sleep": (tab.table_sleep, (table, states, states.copy(), ready, waiters, 0)),
+    "ring_wait": (core.ring_wait, (h64, h32, state, 4, 0, 0)),
+    "ring_commit": (core.ring_commit, (h64, h32, state, 0)),
     "ring_ready": (core.ring_ready, (h64, state, 4)),
     "ring_space": (core.ring_space, (h64, state, 4)),
     "ring_spin_ready": (core.ring_spin_ready, (h64, state, 4, 0)),
@@ -93,7 +96,7 @@ def test_the_check_has_teeth(ir: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "fn", ["ring_ready", "ring_spin_ready", "ring_peek", "ring_prepare_sleep", "loop.channels_with_work"]
+    "fn", ["ring_ready", "ring_spin_ready", "ring_peek", "ring_prepare_sleep", "ring_wait", "table.table_ready"]
 )
 def test_consumer_loads_the_tail_with_acquire(ir: dict[str, str], fn: str) -> None:
     assert LOAD_ACQ_64.search(ir[fn]), f"{fn}: the tail load is not `load atomic ... acquire`"
@@ -118,11 +121,19 @@ def test_wakeup_paths_are_fenced(ir: dict[str, str]) -> None:
     set_flag, fence, tail = STORE_REL_32.search(sleep), FENCE.search(sleep), LOAD_ACQ_64.search(sleep)
     assert set_flag and fence and tail
     assert set_flag.start() < fence.start() < tail.start(), "ring_prepare_sleep: flag store, fence, tail load"
-    # The daemon sleeps through its own copy, a loop over channels: LLVM lays its blocks out
-    # out of source order, so only the presence of each of the three is checked there.
-    sleep = ir["loop.prepare_sleep"]
-    assert STORE_REL_32.search(sleep), "loop.prepare_sleep: NEED_WAKEUP is not set by a release store"
-    assert FENCE.search(sleep), "loop.prepare_sleep: no seq_cst fence between setting NEED_WAKEUP and re-checking"
-    assert LOAD_ACQ_64.search(sleep), "loop.prepare_sleep: the re-check does not load the tail with acquire"
+    # The daemon sleeps on all its SQs in one loop, and clients in ring_wait: LLVM lays
+    # their blocks out of source order, so only the presence of each step is checked there.
+    for fn in ("table.table_sleep", "ring_wait"):
+        sleep = ir[fn]
+        assert LOAD_ACQ_32.search(sleep), f"{fn}: wake_seq (or flags) is not loaded with acquire"
+        assert STORE_REL_32.search(sleep), f"{fn}: NEED_WAKEUP is not set by a release store"
+        assert FENCE.search(sleep), f"{fn}: no seq_cst fence between setting NEED_WAKEUP and re-checking"
+        assert LOAD_ACQ_64.search(sleep), f"{fn}: the re-check does not load the tail with acquire"
+        assert "@syscall" in sleep, f"{fn}: the sleep is not a futex system call from compiled code"
+    # A producer publishes, fences, then bumps wake_seq atomically and FUTEX_WAKEs it.
+    commit = ir["ring_commit"]
+    assert STORE_REL_64.search(commit) and FENCE.search(commit), "ring_commit: tail store and fence"
+    bump = re.search(r"atomicrmw add ptr %[\w.]+, i32 1 seq_cst", commit)
+    assert bump, "ring_commit: wake_seq is not bumped atomically"
+    assert "@syscall" in commit
     assert STORE_REL_32.search(ir["ring_end_sleep"])
-    assert STORE_REL_32.search(ir["loop.end_sleep"])

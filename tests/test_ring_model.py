@@ -24,8 +24,8 @@ class RingModel(RuleBasedStateMachine):
         self.prefix = f"t{os.getpid()}h{secrets.token_hex(4)}"
         self.channel = Channel.create(self.prefix, "m", sq_capacity=1 << log2_capacity, cq_capacity=2)
         self.capacity = 1 << log2_capacity
-        self.prod = Producer(self.channel.sq, None)
-        self.cons = Consumer(self.channel.sq, None)
+        self.prod = Producer(self.channel.sq)
+        self.cons = Consumer(self.channel.sq)
         self.model: deque[int] = deque()
         self.next_id = 1
 

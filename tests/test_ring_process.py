@@ -10,14 +10,7 @@ import numpy as np
 import pytest
 
 import kernel_abi as abi
-from ringbuf import (
-    Channel,
-    Consumer,
-    Producer,
-    completion_semaphore_name,
-    doorbell_name,
-    open_semaphore,
-)
+from ringbuf import Channel, Consumer, Producer
 
 from . import _ring_workers as w
 
@@ -34,9 +27,9 @@ def _pool(n: int) -> ProcessPoolExecutor:
 def compiled() -> None:
     # Compiling in the parent fills numba's on-disk cache, so spawned children only load.
     out = np.zeros((4, w.WORDS * 8), np.uint8)
-    w.drain(np.zeros(96, np.uint64), out, np.zeros(3, np.uint64), out, out.view(np.uint64), 0, 0, 0, 0)
+    w.drain(np.zeros(96, np.uint64), out, w.core.new_state(0, 0), out, out.view(np.uint64), 0, 0, 0, 0)
     with Channel.create(f"w{id(out) & 0xFFFFFF}", "warm", sq_capacity=4) as ch:
-        state = np.zeros(3, np.uint64)
+        state = w.core.new_state(0, 0)
         w.produce_burst(ch.sq.hdr64, ch.sq.hdr32, ch.sq.slots.view(np.uint64), state, 0, 1, 1, 0)
         ch.unlink()
 
@@ -46,7 +39,6 @@ def compiled() -> None:
 def test_million_records_arrive_once_in_order_intact(prefix: str, mode: str) -> None:
     sleep = mode == "sleep"
     with Channel.create(prefix, "s", sq_capacity=1024, cq_capacity=2) as ch:
-        sem = open_semaphore(doorbell_name(prefix))
         with _pool(2) as pool:
             cons = pool.submit(w.stress_consumer, prefix, "s", TOTAL, sleep, 25.0)
             prod = pool.submit(w.stress_producer, prefix, "s", TOTAL, sleep, 25.0)
@@ -60,8 +52,6 @@ def test_million_records_arrive_once_in_order_intact(prefix: str, mode: str) -> 
             assert got["sleeps"] > 0 and sent["wakeups_posted"] > 0, (got, sent)
             assert got["timeouts"] == 0
         ch.unlink()
-        sem.unlink()
-        sem.close()
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -77,19 +67,18 @@ def _proc_cpu_s(pid: int) -> float:
 def test_idle_consumer_burns_no_cpu(prefix: str) -> None:
     """A consumer waiting on an empty ring uses < 2% of a core over 2 s, then wakes on a record."""
     with Channel.create(prefix, "i", sq_capacity=4) as ch:
-        sem = open_semaphore(doorbell_name(prefix))
         parent, child = SPAWN.Pipe()
         proc = SPAWN.Process(target=w.idle_consumer, args=(prefix, "i", child))
         proc.start()
         try:
             assert parent.poll(30), "consumer did not start"
             assert parent.recv() == "waiting"
-            time.sleep(0.3)  # past the spin window and into the semaphore wait
+            time.sleep(0.3)  # past the spin window and into the futex wait
             cpu0, t0 = _proc_cpu_s(proc.pid), time.monotonic()
             time.sleep(2.0)
             cpu1, t1 = _proc_cpu_s(proc.pid), time.monotonic()
             assert (cpu1 - cpu0) / (t1 - t0) < 0.02, f"idle consumer used {cpu1 - cpu0:.3f} s CPU in {t1 - t0:.2f} s"
-            prod = Producer(ch.sq, sem)
+            prod = Producer(ch.sq)
             assert prod.produce(np.zeros(1, abi.REQUEST)) == 1
             assert prod.wakeups_posted == 1  # it was asleep with NEED_WAKEUP set
             assert parent.poll(10), "consumer was not woken"
@@ -104,8 +93,6 @@ def test_idle_consumer_burns_no_cpu(prefix: str) -> None:
                 proc.kill()
         assert proc.exitcode == 0
         ch.unlink()
-        sem.unlink()
-        sem.close()
 
 
 @pytest.mark.timeout(60)
@@ -113,9 +100,7 @@ def test_no_lost_wakeup_in_sleepy_ping_pong(prefix: str) -> None:
     """Both sides sleep before every message (spin 0); none may stall until its timeout."""
     rounds = 1500
     with Channel.create(prefix, "p", sq_capacity=4, cq_capacity=4) as ch:
-        sq_sem = open_semaphore(doorbell_name(prefix))
-        cq_sem = open_semaphore(completion_semaphore_name(prefix, "p"))
-        prod, cons = Producer(ch.sq, sq_sem), Consumer(ch.cq, cq_sem)
+        prod, cons = Producer(ch.sq), Consumer(ch.cq)
         req = np.zeros(1, abi.REQUEST)
         with _pool(1) as pool:
             server = pool.submit(w.pingpong_server, prefix, "p", rounds)
@@ -125,8 +110,10 @@ def test_no_lost_wakeup_in_sleepy_ping_pong(prefix: str) -> None:
                 t0 = time.monotonic()
                 assert prod.produce(req) == 1
                 # A lost wake-up shows as a wait that only ends at its timeout (then finds the record).
-                assert cons.wait(timeout=3.0, spin_us=0) == 1, f"round {i}: no answer"
-                worst = max(worst, time.monotonic() - t0)
+                # Round 0 also waits for the server process to start (seconds on a loaded machine).
+                assert cons.wait(timeout=30.0 if i == 0 else 3.0, spin_us=0) == 1, f"round {i}: no answer"
+                if i:
+                    worst = max(worst, time.monotonic() - t0)
                 assert int(cons.consume(1)["request_id"][0]) == i
             done = server.result(timeout=30)
         assert done["status"] == w.OK and done["answered"] == rounds, done
@@ -138,6 +125,3 @@ def test_no_lost_wakeup_in_sleepy_ping_pong(prefix: str) -> None:
         assert min(done["sleeps"], cons.sleeps, prod.wakeups_posted, done["wakeups_posted"]) > rounds // 10
         del prod, cons
         ch.unlink()
-        for s in (sq_sem, cq_sem):
-            s.unlink()
-            s.close()

@@ -21,9 +21,7 @@ from ringbuf import (
     Producer,
     SegmentExists,
     SegmentNotFound,
-    doorbell_name,
     leftovers,
-    open_semaphore,
     remove_leftovers,
 )
 
@@ -104,7 +102,7 @@ def test_default_permissions_are_0600_and_configurable(prefix: str) -> None:
 
 def test_create_refuses_an_existing_segment_and_reuse_reattaches(prefix: str) -> None:
     first = Channel.create(prefix, "c", sq_capacity=8, cq_capacity=4)
-    prod = Producer(first.sq, None)
+    prod = Producer(first.sq)
     rec = np.zeros(3, abi.REQUEST)
     rec["request_id"] = [7, 8, 9]
     assert prod.produce(rec) == 3
@@ -112,7 +110,7 @@ def test_create_refuses_an_existing_segment_and_reuse_reattaches(prefix: str) ->
     again = Channel.create(prefix, "c", sq_capacity=8, reuse=True)
     assert not again.created and first.created
     # It is the same segment: what was submitted before is still there to answer.
-    cons = Consumer(again.sq, None)
+    cons = Consumer(again.sq)
     assert list(cons.consume(8)["request_id"]) == [7, 8, 9]
     assert again.cq.capacity == 4
     del cons
@@ -140,24 +138,22 @@ def test_capacity_must_be_a_power_of_two(prefix: str, capacity: int) -> None:
         Channel.create(prefix, "c", sq_capacity=capacity)
 
 
-def test_leftovers_finds_and_removes_segments_and_semaphores(prefix: str) -> None:
+def test_leftovers_finds_and_removes_segments(prefix: str) -> None:
     ch = Channel.create(prefix, "c", sq_capacity=2)
-    sem = open_semaphore(doorbell_name(prefix))
-    cq_sem = open_semaphore(f"/{prefix}.c.cq")
+    other = Channel.create(prefix, "d", sq_capacity=2)
     ch.close()  # closed, not unlinked: what a crashed run leaves
-    sem.close()
-    cq_sem.close()
-    assert leftovers(prefix) == [f"/{prefix}.c", f"/{prefix}.c.cq", f"/{prefix}.doorbell"]
+    other.close()
+    assert leftovers(prefix) == [f"/{prefix}.c", f"/{prefix}.d"]
     # Another prefix that merely starts the same is not touched.
     assert leftovers(prefix + "z") == []
-    assert sorted(remove_leftovers(prefix)) == sorted([f"/{prefix}.c", f"/{prefix}.c.cq", f"/{prefix}.doorbell"])
+    assert sorted(remove_leftovers(prefix)) == [f"/{prefix}.c", f"/{prefix}.d"]
     assert leftovers(prefix) == []
 
 
 def test_empty_batches(prefix: str) -> None:
     """Producing nothing and consuming nothing are answers, not errors."""
     with Channel.create(prefix, "c", sq_capacity=4) as ch:
-        prod, cons = Producer(ch.sq, None), Consumer(ch.sq, None)
+        prod, cons = Producer(ch.sq), Consumer(ch.sq)
         assert prod.produce(np.zeros(0, abi.REQUEST)) == 0
         assert len(cons.consume(0)) == 0
         assert len(cons.consume(4)) == 0
@@ -171,7 +167,7 @@ def test_empty_batches(prefix: str) -> None:
 def test_model_request_views_alias_the_slot(prefix: str) -> None:
     """A record written through REQUESTS[model] reads back through REQUEST unchanged, across a ring."""
     with Channel.create(prefix, "c", sq_capacity=4) as ch:
-        prod, cons = Producer(ch.sq, None), Consumer(ch.sq, None)
+        prod, cons = Producer(ch.sq), Consumer(ch.sq)
         rec = np.zeros(1, abi.REQUESTS[abi.ModelId.WORKLOAD])
         rec["request_id"] = 42
         rec["model_id"] = abi.ModelId.WORKLOAD

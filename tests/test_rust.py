@@ -217,6 +217,6 @@ def test_a_segment_owned_by_another_uid_is_refused(built: Path, prefix: str) -> 
     assert b"segment /%s.a is not trusted: owner uid=12345 mode=0600 found" % prefix.encode() in refused.stderr
     told = subprocess.run(tool, input=record, capture_output=True, env={**env, "SHMD_DAEMON_UID": "12345"},
                           timeout=RUN_TIMEOUT_S)  # fmt: skip
-    assert b"not trusted" not in told.stderr  # past the owner check (no daemon: its semaphores are missing)
+    assert b"not trusted" not in told.stderr  # past the owner check (no daemon serves it: daemon_pid is 0)
     ch.close()
     ch.unlink()

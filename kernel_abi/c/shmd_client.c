@@ -9,6 +9,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
@@ -20,10 +22,11 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#define NAME_MAX_LEN 64
+#define NAME_MAX_LEN SHMD_NAME_MAX
 #define WAIT_SLICE_NS 20000000ull /* re-check the daemon's liveness this often while sleeping */
 
 /* ------------------------------------------------------------ small helpers */
@@ -81,6 +84,23 @@ static inline void counter_add(uint64_t *shm_counter, uint64_t n)
 {
     _Atomic uint64_t *p = (_Atomic uint64_t *)shm_counter;
     atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
+/* Wake-up words: shared futexes (never FUTEX_PRIVATE_FLAG: the word is mapped
+ * by the daemon too). See the wake-up protocol in shmd_abi.h. */
+static void futex_wake_word(uint32_t *shm_word)
+{
+    atomic_fetch_add_explicit((_Atomic uint32_t *)shm_word, 1, memory_order_seq_cst);
+    syscall(SYS_futex, shm_word, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* Sleep while *shm_word == expected, until CLOCK_MONOTONIC deadline_ns. */
+static void futex_wait_word(uint32_t *shm_word, uint32_t expected, uint64_t deadline_ns)
+{
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time (FUTEX_WAIT a relative one). */
+    struct timespec ts = {.tv_sec = (time_t)(deadline_ns / 1000000000ull),
+                          .tv_nsec = (long)(deadline_ns % 1000000000ull)};
+    syscall(SYS_futex, shm_word, FUTEX_WAIT_BITSET, expected, &ts, NULL, FUTEX_BITSET_MATCH_ANY);
 }
 
 uint64_t shmd_now_ns(void)
@@ -146,8 +166,7 @@ static int valid_name(const char *s)
     if (!s)
         return 0;
     for (; s[n]; n++) {
-        char c = s[n];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+        if (!strchr(SHMD_NAME_CHARS, s[n]))
             return 0;
     }
     return n >= 1 && n <= NAME_MAX_LEN;
@@ -195,10 +214,10 @@ static void held_remove(const char *segment)
 static pid_t try_lock(int fd)
 {
     for (int attempt = 0; attempt < 3; attempt++) {
-        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = SHMD_LOCK_OFFSET, .l_len = SHMD_LOCK_LEN};
         if (fcntl(fd, F_SETLK, &fl) == 0)
             return 0;
-        struct flock probe = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+        struct flock probe = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = SHMD_LOCK_OFFSET, .l_len = SHMD_LOCK_LEN};
         if (fcntl(fd, F_GETLK, &probe) != 0)
             return -1;
         if (probe.l_type != F_UNLCK)
@@ -271,7 +290,7 @@ int shmd_channel_attach(struct shmd_channel *ch, const char *prefix, const char 
         return fail(ch, SHMD_EINVAL, "prefix must be 1-64 of [A-Za-z0-9_-]: prefix=\"%s\"", prefix ? prefix : "(null)");
     if (!valid_name(name))
         return fail(ch, SHMD_EINVAL, "channel must be 1-64 of [A-Za-z0-9_-]: channel=\"%s\"", name ? name : "(null)");
-    snprintf(ch->segment, sizeof ch->segment, "/%s.%s", prefix, name);
+    snprintf(ch->segment, sizeof ch->segment, SHMD_SEGMENT_NAME_FMT, prefix, name);
 
     /* Exclusive hold within this process first, before opening any fd: POSIX
      * drops all of a process's record locks on a file when *any* of its fds
@@ -354,26 +373,6 @@ int shmd_channel_attach(struct shmd_channel *ch, const char *prefix, const char 
         goto out_unmap;
     }
 
-    /* Semaphores are the daemon's: open, never create (a client creating them
-     * after the daemon unlinked its own would leave them behind). */
-    char sem_name[160];
-    snprintf(sem_name, sizeof sem_name, "/%s.doorbell", prefix);
-    ch->doorbell = sem_open(sem_name, 0);
-    if (ch->doorbell == SEM_FAILED) {
-        ch->doorbell = NULL;
-        rc = fail(ch, errno == ENOENT ? SHMD_ENOTFOUND : SHMD_ESYS, "sem_open(%s) failed: %s (is the daemon up?)",
-                  sem_name, strerror(errno));
-        goto out_unmap;
-    }
-    snprintf(sem_name, sizeof sem_name, "%s.cq", ch->segment);
-    ch->cq_sem = sem_open(sem_name, 0);
-    if (ch->cq_sem == SEM_FAILED) {
-        ch->cq_sem = NULL;
-        rc = fail(ch, errno == ENOENT ? SHMD_ENOTFOUND : SHMD_ESYS, "sem_open(%s) failed: %s (is the daemon up?)",
-                  sem_name, strerror(errno));
-        goto out_unmap;
-    }
-
     /* Resume where the rings stand (as ringbuf's Producer/Consumer do): the
      * SQ from its tail, the CQ from its head; what a previous holder left in
      * the CQ is reaped and dropped by id. */
@@ -398,11 +397,6 @@ out_unmap:
     ch->shm_chan = NULL;
 out_close:
     held_remove(ch->segment);
-    if (ch->doorbell)
-        sem_close(ch->doorbell);
-    if (ch->cq_sem)
-        sem_close(ch->cq_sem);
-    ch->doorbell = ch->cq_sem = NULL;
     close(ch->fd); /* also drops our record lock, if taken */
     ch->fd = -1;
     return rc;
@@ -417,11 +411,6 @@ void shmd_channel_detach(struct shmd_channel *ch)
     }
     ch->shm_chan = NULL;
     ch->sq.shm_hdr = ch->cq.shm_hdr = NULL;
-    if (ch->doorbell)
-        sem_close(ch->doorbell);
-    if (ch->cq_sem)
-        sem_close(ch->cq_sem);
-    ch->doorbell = ch->cq_sem = NULL;
     if (ch->fd >= 0)
         close(ch->fd); /* the kernel drops the record lock with the last fd */
     ch->fd = -1;
@@ -486,13 +475,13 @@ int shmd_sq_space_left(struct shmd_channel *ch)
     return (int)(r->capacity - (uint32_t)(tail - head));
 }
 
-static void sq_post_if_sleeping(struct shmd_channel *ch)
+static void sq_wake_if_sleeping(struct shmd_channel *ch)
 {
     /* Pairs with the daemon's fence between setting NEED_WAKEUP and
      * re-reading our tail: at least one of us sees the other's store. */
     atomic_thread_fence(memory_order_seq_cst);
     if (load_acquire_u32(&ch->sq.shm_hdr->flags) & SHMD_RING_NEED_WAKEUP) {
-        sem_post(ch->doorbell);
+        futex_wake_word(&ch->sq.shm_hdr->wake_seq);
         ch->wakeups_posted++;
     }
 }
@@ -504,7 +493,7 @@ static void sq_publish(struct shmd_channel *ch, unsigned n)
     /* The daemon must see the slot contents before it sees the tail. */
     store_release_u64(&r->shm_hdr->tail, r->cached_own);
     counter_add(&r->shm_hdr->produced, n);
-    sq_post_if_sleeping(ch);
+    sq_wake_if_sleeping(ch);
 }
 
 int shmd_sq_submit(struct shmd_channel *ch, const struct shmd_request *reqs, unsigned n)
@@ -530,7 +519,7 @@ void shmd_sq_nudge(struct shmd_channel *ch)
     if (ch->sq.corrupt)
         return;
     if (ch->sq.cached_own != load_acquire_u64(&ch->sq.shm_hdr->head))
-        sq_post_if_sleeping(ch);
+        sq_wake_if_sleeping(ch);
 }
 
 /* -------------------------------------------------------- the rings: CQ side */
@@ -584,34 +573,18 @@ static void cq_end_sleep(struct shmd_channel *ch)
     store_release_u32(shm_flags, load_acquire_u32(shm_flags) & ~(uint32_t)SHMD_RING_NEED_WAKEUP);
 }
 
-/* Announce sleep, then re-check; sleep only if this returns 0. */
-static int cq_prepare_sleep(struct shmd_channel *ch)
+/* Announce sleep, then re-check; sleep on *seq only if this returns 0. The
+ * wake word is loaded before the flag is set: a daemon that sees the flag
+ * bumps the word after our load, so the FUTEX_WAIT cannot miss it. */
+static int cq_prepare_sleep(struct shmd_channel *ch, uint32_t *seq)
 {
     uint32_t *shm_flags = &ch->cq.shm_hdr->flags;
+    *seq = load_acquire_u32(&ch->cq.shm_hdr->wake_seq);
     store_release_u32(shm_flags, load_acquire_u32(shm_flags) | SHMD_RING_NEED_WAKEUP);
     /* Pairs with the daemon's fence after publishing the CQ tail: either it
      * sees NEED_WAKEUP (and posts) or we see its tail in the re-check. */
     atomic_thread_fence(memory_order_seq_cst);
     return shmd_cq_ready(ch);
-}
-
-static int sem_wait_until(sem_t *sem, uint64_t deadline_ns)
-{
-    struct timespec ts = {.tv_sec = (time_t)(deadline_ns / 1000000000ull),
-                          .tv_nsec = (long)(deadline_ns % 1000000000ull)};
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 30))
-    return sem_clockwait(sem, CLOCK_MONOTONIC, &ts);
-#else
-    /* sem_timedwait counts in CLOCK_REALTIME: convert the remaining time. */
-    uint64_t now = shmd_now_ns();
-    struct timespec rt;
-    clock_gettime(CLOCK_REALTIME, &rt);
-    uint64_t abs_rt = (uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec +
-                      (deadline_ns > now ? deadline_ns - now : 0);
-    ts.tv_sec = (time_t)(abs_rt / 1000000000ull);
-    ts.tv_nsec = (long)(abs_rt % 1000000000ull);
-    return sem_timedwait(sem, &ts);
-#endif
 }
 
 int shmd_cq_wait(struct shmd_channel *ch, uint64_t spin_ns, uint64_t deadline_ns)
@@ -629,14 +602,15 @@ int shmd_cq_wait(struct shmd_channel *ch, uint64_t spin_ns, uint64_t deadline_ns
         now = shmd_now_ns();
     }
     for (;;) {
-        n = cq_prepare_sleep(ch);
+        uint32_t seq;
+        n = cq_prepare_sleep(ch, &seq);
         if (n == 0) {
             if (shmd_now_ns() >= deadline_ns) {
                 cq_end_sleep(ch);
                 return 0;
             }
             ch->sleeps++;
-            (void)sem_wait_until(ch->cq_sem, deadline_ns); /* timeout or EINTR: the re-check decides */
+            futex_wait_word(&ch->cq.shm_hdr->wake_seq, seq, deadline_ns); /* woken, changed, timeout or EINTR: the re-check decides */
             n = shmd_cq_ready(ch);
         }
         cq_end_sleep(ch);

@@ -26,7 +26,6 @@
 #ifndef SHMD_CLIENT_H
 #define SHMD_CLIENT_H
 
-#include <semaphore.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,7 +38,7 @@ extern "C" {
 /* Error codes: every function that can fail returns one (negative) or >= 0. */
 enum shmd_error {
     SHMD_OK = 0,
-    SHMD_ENOTFOUND = -1,  /* no segment or semaphore: the daemon is not serving this channel */
+    SHMD_ENOTFOUND = -1,  /* no segment: the daemon is not serving this channel */
     SHMD_EBUSY = -2,      /* another process (or client of this one) holds the channel */
     SHMD_ELAYOUT = -3,    /* the segment has another magic, ABI version or layout */
     SHMD_ECORRUPT = -4,   /* a peer index or header word went invalid while attached */
@@ -51,12 +50,8 @@ enum shmd_error {
     SHMD_EUNTRUSTED = -10  /* the segment's owner is not the expected daemon uid (see shmd_channel_attach) */
 };
 
-/* A response flag the daemon never sets: the client's fallback answered.
- * Bit 15 of shmd_response.flags is reserved for this (the ABI uses bit 0). */
-enum shmd_client_resp_flag_bit {
-    SHMD_RESP_FALLBACK_BIT = 15,
-};
-#define SHMD_RESP_FALLBACK (1u << SHMD_RESP_FALLBACK_BIT)
+/* SHMD_RESP_FALLBACK (shmd_abi.h, bit 15 of shmd_response.flags) is never set
+ * by the daemon: it marks an answer from the client's fallback. */
 
 #define SHMD_MSG_LEN 256
 
@@ -82,8 +77,6 @@ struct shmd_channel {
     void *map;
     size_t map_len;
     int fd;               /* segment fd, holding the record lock on byte 0 */
-    sem_t *doorbell;      /* /{prefix}.doorbell: wakes the daemon (SQ consumer) */
-    sem_t *cq_sem;        /* /{prefix}.{channel}.cq: wakes us (CQ consumer) */
     struct shmd_ring sq;  /* we produce */
     struct shmd_ring cq;  /* we consume */
     uint64_t wakeups_posted;
@@ -111,7 +104,7 @@ int shmd_channel_check_daemon(struct shmd_channel *ch, uint64_t stale_ns);
 /* Free SQ slots now, or SHMD_ECORRUPT. */
 int shmd_sq_space_left(struct shmd_channel *ch);
 /* Copy up to n requests into the SQ and publish them with one tail store
- * (posting the doorbell if the daemon sleeps). The number accepted (0 when
+ * (waking the daemon if it sleeps: FUTEX_WAKE on the SQ's wake_seq). The number accepted (0 when
  * the ring is full: back-pressure, never an overwrite) or SHMD_ECORRUPT. */
 int shmd_sq_submit(struct shmd_channel *ch, const struct shmd_request *reqs, unsigned n);
 /* Wake the daemon if it sleeps while our SQ has records pending (after
@@ -124,7 +117,7 @@ int shmd_cq_ready(struct shmd_channel *ch);
 int shmd_cq_reap(struct shmd_channel *ch, struct shmd_response *out, unsigned max);
 /* Block until a response is ready or CLOCK_MONOTONIC passes deadline_ns:
  * spin up to spin_ns, then set NEED_WAKEUP, fence, re-check and sleep on the
- * CQ semaphore. The ready count (0: deadline passed) or SHMD_ECORRUPT. */
+ * CQ's wake_seq (FUTEX_WAIT). The ready count (0: deadline passed) or SHMD_ECORRUPT. */
 int shmd_cq_wait(struct shmd_channel *ch, uint64_t spin_ns, uint64_t deadline_ns);
 
 /* ------------------------------------------------- requests, hashing, time */

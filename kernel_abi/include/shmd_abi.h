@@ -9,6 +9,19 @@
  * tail, reads, then publishes head with a release store. Strings travel as
  * their 64-bit FNV-1a hash (offset basis 0xcbf29ce484222325, prime
  * 0x100000001b3) over UTF-8 bytes.
+ *
+ * Rendezvous (kernel_abi/_rendezvous.py): channel C of prefix P is the POSIX
+ * shared-memory object SHMD_SEGMENT_NAME_FMT ("/P.C"); P and C are each 1 to
+ * SHMD_NAME_MAX characters of SHMD_NAME_CHARS; SHMD_STATS_NAME is reserved. A
+ * client holds its channel with an F_SETLK F_WRLCK record lock on byte
+ * SHMD_LOCK_OFFSET (length SHMD_LOCK_LEN) of the segment.
+ *
+ * Wake-ups (futex, shared, never FUTEX_PRIVATE_FLAG): a consumer with nothing
+ * to read loads wake_seq, sets SHMD_RING_NEED_WAKEUP in flags, fences
+ * (seq_cst), re-checks tail, and only then FUTEX_WAITs on wake_seq expecting
+ * the value it loaded; it clears NEED_WAKEUP when it wakes. A producer
+ * release-stores tail, fences (seq_cst), and if NEED_WAKEUP is set increments
+ * wake_seq atomically and FUTEX_WAKEs it. No wake-up can be lost.
  */
 #ifndef SHMD_ABI_H
 #define SHMD_ABI_H
@@ -23,7 +36,7 @@ extern "C" {
 #define SHMD_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
 #endif
 
-#define SHMD_ABI_VERSION 1u
+#define SHMD_ABI_VERSION 2u
 #define SHMD_RING_MAGIC 0x474e4952444d4853ull /* "SHMDRING" */
 #define SHMD_CHANNEL_MAGIC 0x4e414843444d4853ull /* "SHMDCHAN" */
 #define SHMD_CACHE_LINE 64u
@@ -34,6 +47,13 @@ extern "C" {
 #define SHMD_PAYLOAD_OFFSET 40u
 #define SHMD_RING_HEADER_SIZE 768u
 #define SHMD_CHANNEL_HEADER_SIZE 256u
+#define SHMD_NAME_MAX 64u
+#define SHMD_NAME_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+#define SHMD_SEGMENT_NAME_FMT "/%s.%s" /* prefix, channel */
+#define SHMD_STATS_NAME "stats"
+#define SHMD_LOCK_OFFSET 0
+#define SHMD_LOCK_LEN 1
+#define SHMD_MAX_CHANNELS 128u /* per daemon: futex_waitv's limit */
 
 enum shmd_model_id {
     SHMD_MODEL_WORKLOAD = 1,
@@ -103,8 +123,10 @@ enum shmd_request_flag_bit {
 
 enum shmd_response_flag_bit {
     SHMD_RESP_CACHE_HIT_BIT = 0,
+    SHMD_RESP_FALLBACK_BIT = 15,
 };
 #define SHMD_RESP_CACHE_HIT (1u << SHMD_RESP_CACHE_HIT_BIT)
+#define SHMD_RESP_FALLBACK (1u << SHMD_RESP_FALLBACK_BIT)
 
 enum shmd_ring_flag_bit {
     SHMD_RING_NEED_WAKEUP_BIT = 0,
@@ -210,7 +232,8 @@ struct shmd_ring_header {
     uint8_t _pad3[124];
     uint64_t full_events;
     uint64_t produced;
-    uint8_t _pad4[112];
+    uint32_t wake_seq;
+    uint8_t _pad4[108];
     uint64_t consumed;
     uint64_t corrupt_events;
     uint8_t _pad5[112];
@@ -288,6 +311,7 @@ SHMD_STATIC_ASSERT(offsetof(struct shmd_ring_header, head) == 256, "shmd_ring_he
 SHMD_STATIC_ASSERT(offsetof(struct shmd_ring_header, flags) == 384, "shmd_ring_header.flags offset");
 SHMD_STATIC_ASSERT(offsetof(struct shmd_ring_header, full_events) == 512, "shmd_ring_header.full_events offset");
 SHMD_STATIC_ASSERT(offsetof(struct shmd_ring_header, produced) == 520, "shmd_ring_header.produced offset");
+SHMD_STATIC_ASSERT(offsetof(struct shmd_ring_header, wake_seq) == 528, "shmd_ring_header.wake_seq offset");
 SHMD_STATIC_ASSERT(offsetof(struct shmd_ring_header, consumed) == 640, "shmd_ring_header.consumed offset");
 SHMD_STATIC_ASSERT(offsetof(struct shmd_ring_header, corrupt_events) == 648, "shmd_ring_header.corrupt_events offset");
 SHMD_STATIC_ASSERT(sizeof(struct shmd_channel_header) == 256, "shmd_channel_header size");

@@ -17,7 +17,7 @@ use core::mem::{offset_of, size_of};
 #[cfg(not(target_endian = "little"))]
 compile_error!("the shmd wire format is little-endian");
 
-pub const ABI_VERSION: u16 = 1;
+pub const ABI_VERSION: u16 = 2;
 pub const RING_MAGIC: u64 = 0x474e4952444d4853; // "SHMDRING"
 pub const CHANNEL_MAGIC: u64 = 0x4e414843444d4853; // "SHMDCHAN"
 pub const CACHE_LINE: usize = 64;
@@ -33,6 +33,8 @@ pub const REQ_NO_CACHE_BIT: u32 = 0;
 pub const REQ_NO_CACHE: u32 = 1 << REQ_NO_CACHE_BIT;
 pub const RESP_CACHE_HIT_BIT: u32 = 0;
 pub const RESP_CACHE_HIT: u16 = 1 << RESP_CACHE_HIT_BIT;
+pub const RESP_FALLBACK_BIT: u32 = 15;
+pub const RESP_FALLBACK: u16 = 1 << RESP_FALLBACK_BIT;
 pub const RING_NEED_WAKEUP_BIT: u32 = 0;
 pub const RING_NEED_WAKEUP: u32 = 1 << RING_NEED_WAKEUP_BIT;
 
@@ -490,8 +492,9 @@ pub struct RingHeader {
     pub _pad3: [u8; 124],
     pub full_events: u64,
     pub produced: u64,
+    pub wake_seq: u32,
     #[doc(hidden)]
-    pub _pad4: [u8; 112],
+    pub _pad4: [u8; 108],
     pub consumed: u64,
     pub corrupt_events: u64,
     #[doc(hidden)]
@@ -575,6 +578,7 @@ const _: () = assert!(offset_of!(RingHeader, head) == 256, "RingHeader.head offs
 const _: () = assert!(offset_of!(RingHeader, flags) == 384, "RingHeader.flags offset");
 const _: () = assert!(offset_of!(RingHeader, full_events) == 512, "RingHeader.full_events offset");
 const _: () = assert!(offset_of!(RingHeader, produced) == 520, "RingHeader.produced offset");
+const _: () = assert!(offset_of!(RingHeader, wake_seq) == 528, "RingHeader.wake_seq offset");
 const _: () = assert!(offset_of!(RingHeader, consumed) == 640, "RingHeader.consumed offset");
 const _: () = assert!(offset_of!(RingHeader, corrupt_events) == 648, "RingHeader.corrupt_events offset");
 const _: () = assert!(size_of::<ChannelHeader>() == 256, "ChannelHeader size");

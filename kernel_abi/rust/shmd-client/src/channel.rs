@@ -4,9 +4,10 @@
 //! We produce the SQ and consume the CQ. Barriers, each with what the other
 //! side must see first, are at the stores and fences below; the wake-up
 //! handshake is io_uring's: a sleeper sets NEED_WAKEUP, fences (seq_cst) and
-//! re-checks before it sleeps; a publisher stores its index, fences and then
-//! reads NEED_WAKEUP. At least one of the two sees the other's store, so no
-//! wake-up is lost.
+//! re-checks before it sleeps on the ring's `wake_seq` futex word (loaded
+//! before NEED_WAKEUP is set); a publisher stores its index, fences and then
+//! reads NEED_WAKEUP, and if set bumps `wake_seq` and wakes it. At least one
+//! of the two sees the other's store, so no wake-up is lost.
 
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
@@ -14,7 +15,7 @@ use crate::abi::{ChannelHeader, Request, Response, CHANNEL_MAGIC, RING_MAGIC};
 use crate::ring::{Counter, Indices, Ring, Violation};
 use crate::segment::Segment;
 use crate::sys;
-use crate::wake::Wake;
+use crate::wake;
 use crate::Error;
 
 /// Counters of this side's wake-up traffic.
@@ -25,10 +26,9 @@ pub struct WakeStats {
 }
 
 pub struct Channel {
-    // Field order is drop order: rings and wake-ups before the segment they point into.
+    // Field order is drop order: rings before the segment they point into.
     sq: Ring,
     cq: Ring,
-    wake: Wake,
     seg: Segment,
     pub stats: WakeStats,
 }
@@ -39,7 +39,6 @@ impl Channel {
     /// head: what a previous holder left in the CQ is reaped and dropped by id).
     pub fn attach(prefix: &str, channel: &str) -> Result<Channel, Error> {
         let seg = Segment::attach(prefix, channel)?;
-        let wake = Wake::open(prefix, &seg.name)?;
         let base = seg.map.as_ptr();
         // SAFETY: both places were validated inside the mapping, which `seg` keeps alive beside the rings.
         let (mut sq, mut cq) = unsafe {
@@ -57,7 +56,7 @@ impl Channel {
         }
         sq.idx = Indices::new(seg.sq.capacity, sq_tail, sq_head);
         cq.idx = Indices::new(seg.cq.capacity, cq_head, cq_head);
-        Ok(Channel { sq, cq, wake, seg, stats: WakeStats::default() })
+        Ok(Channel { sq, cq, seg, stats: WakeStats::default() })
     }
 
     /// "/{prefix}.{channel}"
@@ -165,7 +164,7 @@ impl Channel {
         // re-reading our tail: at least one of us sees the other's store.
         fence(Ordering::SeqCst);
         if self.sq.need_wakeup() {
-            self.wake.wake_daemon();
+            wake::wake(self.sq.wake_word());
             self.stats.wakeups_posted += 1;
         }
     }
@@ -260,6 +259,8 @@ impl Channel {
             now = sys::now_ns();
         }
         loop {
+            // Loaded before NEED_WAKEUP is set: a daemon that sees the flag bumps it after this.
+            let seq = self.cq.wake_word().load(Ordering::Acquire);
             self.cq.set_need_wakeup(true);
             // Pairs with the daemon's fence after publishing the CQ tail: either
             // it sees NEED_WAKEUP (and posts) or we see its tail in the re-check.
@@ -271,7 +272,7 @@ impl Channel {
                     return Ok(0);
                 }
                 self.stats.sleeps += 1;
-                self.wake.sleep_until(deadline_ns); // timeout or EINTR: the re-check decides
+                wake::sleep_until(self.cq.wake_word(), seq, deadline_ns); // woken, timeout or EINTR: the re-check decides
                 n = self.cq_ready();
             }
             self.cq.set_need_wakeup(false);

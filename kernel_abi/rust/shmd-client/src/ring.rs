@@ -129,6 +129,11 @@ impl Ring {
         (magic.load(Ordering::Relaxed), version.load(Ordering::Relaxed))
     }
 
+    /// The ring's futex word (`wake_seq`): the consumer sleeps on it, the producer bumps and wakes it.
+    pub fn wake_word(&self) -> &AtomicU32 {
+        self.word32(unsafe { core::ptr::addr_of_mut!((*self.shm_hdr).wake_seq) })
+    }
+
     pub fn need_wakeup(&self) -> bool {
         let flags = self.word32(unsafe { core::ptr::addr_of_mut!((*self.shm_hdr).flags) });
         flags.load(Ordering::Acquire) & RING_NEED_WAKEUP != 0

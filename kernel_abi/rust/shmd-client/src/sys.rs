@@ -13,10 +13,11 @@
 //! | `kill(pid, 0)`                         | is the daemon's pid a live process         |
 //! | `clock_gettime(CLOCK_MONOTONIC)`       | the clock of `submit_ns` / `deadline_ns`   |
 //! | `getrandom`                            | a random request-id base per attach        |
-//! | `sem_open/post/clockwait/close`        | wake-ups (`wake.rs`)                       |
+//! | `syscall(SYS_futex)`                   | wake-ups (`wake.rs`)                       |
 //! | `geteuid`                              | trust a segment this user made (`segment.rs`) |
 
 use core::ffi::{c_char, c_int, c_long, c_uint, c_void};
+use core::sync::atomic::AtomicU32;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
@@ -36,6 +37,13 @@ const F_UNLCK: i16 = 2;
 const SEEK_SET: i16 = 0;
 const CLOCK_MONOTONIC: c_int = 1;
 const ESRCH: i32 = 3;
+#[cfg(target_arch = "x86_64")]
+const SYS_FUTEX: c_long = 202;
+#[cfg(target_arch = "aarch64")]
+const SYS_FUTEX: c_long = 98;
+const FUTEX_WAKE: c_int = 1;
+const FUTEX_WAIT_BITSET: c_int = 9;
+const FUTEX_BITSET_MATCH_ANY: u32 = 0xffff_ffff;
 
 #[repr(C)]
 struct Timespec {
@@ -54,12 +62,6 @@ struct Flock {
 }
 const _: () = assert!(size_of::<Flock>() == 32 && size_of::<Timespec>() == 16);
 
-/// An opaque glibc `sem_t`; only ever used through the pointer sem_open returns.
-#[repr(C)]
-pub struct SemT {
-    _opaque: [u8; 0],
-}
-
 #[link(name = "rt")]
 extern "C" {
     fn shm_open(name: *const c_char, oflag: c_int, mode: u32) -> c_int;
@@ -69,10 +71,7 @@ extern "C" {
     fn kill(pid: i32, sig: c_int) -> c_int;
     fn clock_gettime(clock: c_int, ts: *mut Timespec) -> c_int;
     fn getrandom(buf: *mut c_void, len: usize, flags: c_uint) -> isize;
-    fn sem_open(name: *const c_char, oflag: c_int, ...) -> *mut SemT;
-    fn sem_post(sem: *mut SemT) -> c_int;
-    fn sem_clockwait(sem: *mut SemT, clock: c_int, abstime: *const Timespec) -> c_int;
-    fn sem_close(sem: *mut SemT) -> c_int;
+    fn syscall(num: c_long, ...) -> c_long;
     fn geteuid() -> u32;
 }
 
@@ -192,43 +191,27 @@ pub fn pid_alive(pid: u32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() != Some(ESRCH)
 }
 
-/// A named POSIX semaphore opened (never created), closed on drop.
-pub struct Semaphore {
-    sem: *mut SemT,
+/// FUTEX_WAKE one sleeper on `word` (shared futex: the word is in a shared mapping).
+pub fn futex_wake(word: &AtomicU32) {
+    // SAFETY: word is a valid, aligned u32 for the duration of the call.
+    unsafe { syscall(SYS_FUTEX, word.as_ptr(), FUTEX_WAKE, 1 as c_int, core::ptr::null::<Timespec>(), 0usize, 0u32) };
 }
 
-// SAFETY: sem_post and sem_clockwait are thread-safe on a process-shared semaphore.
-unsafe impl Send for Semaphore {}
-
-impl Semaphore {
-    pub fn open_existing(name: &str) -> io::Result<Semaphore> {
-        let cname = c_name(name)?;
-        // SAFETY: cname is NUL-terminated; without O_CREAT no variadic arguments are read.
-        let sem = unsafe { sem_open(cname.as_ptr(), 0) };
-        if sem.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Semaphore { sem })
-    }
-
-    pub fn post(&self) {
-        // SAFETY: sem is open until drop.
-        unsafe { sem_post(self.sem) };
-    }
-
-    /// Wait until posted or CLOCK_MONOTONIC reaches `deadline_ns` (or a signal):
-    /// the caller re-checks what it waits for either way.
-    pub fn wait_until(&self, deadline_ns: u64) {
-        let ts =
-            Timespec { tv_sec: (deadline_ns / 1_000_000_000) as i64, tv_nsec: (deadline_ns % 1_000_000_000) as c_long };
-        // SAFETY: sem is open until drop; ts is a valid absolute time.
-        unsafe { sem_clockwait(self.sem, CLOCK_MONOTONIC, &ts) };
-    }
-}
-
-impl Drop for Semaphore {
-    fn drop(&mut self) {
-        // SAFETY: sem came from sem_open and is closed once.
-        unsafe { sem_close(self.sem) };
-    }
+/// Sleep while `*word == expected`, until CLOCK_MONOTONIC reaches `deadline_ns`
+/// (FUTEX_WAIT_BITSET takes an absolute monotonic time), or a signal arrives.
+pub fn futex_wait_until(word: &AtomicU32, expected: u32, deadline_ns: u64) {
+    let ts =
+        Timespec { tv_sec: (deadline_ns / 1_000_000_000) as i64, tv_nsec: (deadline_ns % 1_000_000_000) as c_long };
+    // SAFETY: word is a valid, aligned u32 and ts a valid timespec for the duration of the call.
+    unsafe {
+        syscall(
+            SYS_FUTEX,
+            word.as_ptr(),
+            FUTEX_WAIT_BITSET,
+            expected,
+            &ts as *const Timespec,
+            0usize,
+            FUTEX_BITSET_MATCH_ANY,
+        )
+    };
 }

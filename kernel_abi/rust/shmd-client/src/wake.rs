@@ -1,43 +1,23 @@
 //! The wake-up primitive, and nothing else: the NEED_WAKEUP protocol around it
 //! lives in channel.rs.
 //!
-//! ABI v1: two named POSIX semaphores, both the daemon's (opened, never
-//! created: a client creating them after the daemon unlinked its own would
-//! leave them behind): `/{prefix}.doorbell` wakes the daemon (one for all SQs
-//! of a prefix) and `/{prefix}.{channel}.cq` wakes this client.
+//! ABI v2: each ring's `wake_seq` word is a shared futex (never
+//! FUTEX_PRIVATE_FLAG: the daemon maps it too). A sleeper loads it before
+//! setting NEED_WAKEUP and waits on the value it loaded; a waker increments it
+//! and wakes it, so a wake-up between the load and the wait is never lost.
 
-use crate::sys::Semaphore;
-use crate::Error;
+use core::sync::atomic::{AtomicU32, Ordering};
 
-pub struct Wake {
-    doorbell: Semaphore,
-    cq: Semaphore,
+use crate::sys;
+
+/// Wake the consumer sleeping on `word` (it set NEED_WAKEUP).
+pub fn wake(word: &AtomicU32) {
+    word.fetch_add(1, Ordering::SeqCst);
+    sys::futex_wake(word);
 }
 
-fn open(name: &str) -> Result<Semaphore, Error> {
-    Semaphore::open_existing(name).map_err(|e| {
-        let msg = format!("sem_open({name}) failed: {e} (is the daemon up?)");
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound(msg)
-        } else {
-            Error::Sys(msg)
-        }
-    })
-}
-
-impl Wake {
-    pub fn open(prefix: &str, segment: &str) -> Result<Wake, Error> {
-        Ok(Wake { doorbell: open(&format!("/{prefix}.doorbell"))?, cq: open(&format!("{segment}.cq"))? })
-    }
-
-    /// Wake the daemon (it set NEED_WAKEUP on our SQ).
-    pub fn wake_daemon(&self) {
-        self.doorbell.post();
-    }
-
-    /// Sleep until the daemon posts our CQ, `deadline_ns` passes or a signal
-    /// arrives; the caller re-checks the ring whichever it was.
-    pub fn sleep_until(&self, deadline_ns: u64) {
-        self.cq.wait_until(deadline_ns);
-    }
+/// Sleep while `word` still holds `expected`, until CLOCK_MONOTONIC reaches
+/// `deadline_ns` or a signal arrives; the caller re-checks the ring whichever it was.
+pub fn sleep_until(word: &AtomicU32, expected: u32, deadline_ns: u64) {
+    sys::futex_wait_until(word, expected, deadline_ns);
 }
