@@ -83,8 +83,11 @@ def process_cpu_ns(pid: int) -> int:
     """CPU time of process ``pid`` (all threads) so far, in ns: its POSIX CPU-time clock.
 
     The clock id is glibc's MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED), what
-    ``clock_getcpuclockid`` returns; 0 when the process is gone.
+    ``clock_getcpuclockid`` returns; 0 when the process is gone or ``pid`` is not positive
+    (pid 0 would be this process's own clock).
     """
+    if pid <= 0:
+        return 0
     try:
         return time.clock_gettime_ns((~pid << 3) | 2)
     except OSError:
