@@ -16,7 +16,7 @@
  * start + k * GAP_NS (CLOCK_MONOTONIC, clock_nanosleep TIMER_ABSTIME) not earlier
  * than the end of the previous round trip; slots missed because a round trip
  * overran are skipped and counted, as a periodic tick would. GAP_NS 0 is back to
- * back. WARMUP unmeasured round trips go first. The run stops after N measured
+ * back. WARMUP unmeasured round trips go first (0.25 s at most). The run stops after N measured
  * round trips or BUDGET_MS, whichever comes first.
  *
  * Output: one line per measured round trip (ns, from just before the send to just
@@ -44,7 +44,8 @@
 
 #include "shmd_client.h"
 
-#define WARMUP 200
+#define WARMUP 200                /* unmeasured round trips first ... */
+#define WARMUP_MAX_NS 250000000u  /* ... for at most 0.25 s (a spin peer descheduled on a busy host) */
 #define REQ_SIZE sizeof(struct shmd_request)
 #define RESP_SIZE sizeof(struct shmd_response)
 #define CHILD_IDLE_S 10 /* an echo child gives up after this long without a request */
@@ -329,7 +330,8 @@ int main(int argc, char **argv)
     }
 
     int rc = 0;
-    for (int i = 0; i < WARMUP && rc == 0; i++)
+    uint64_t warm_end = now_ns() + WARMUP_MAX_NS;
+    for (int i = 0; i < WARMUP && rc == 0 && now_ns() < warm_end; i++)
         rc = t.roundtrip(&t);
     t.hits = t.fallbacks = 0;
     long done = 0, skipped = 0;
