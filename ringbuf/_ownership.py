@@ -117,8 +117,11 @@ class Trust:
         either, root, this process's own user and the ``shmd`` service user
         are trusted: none of them is a stranger to this caller.
         """
-        if uid is None and os.environ.get(DAEMON_UID_ENV, "").strip():
-            uid = int(os.environ[DAEMON_UID_ENV])
+        text = os.environ.get(DAEMON_UID_ENV, "").strip()
+        if uid is None and text:
+            if not text.isdigit():
+                raise ValueError(f"{DAEMON_UID_ENV} must be a numeric uid: {DAEMON_UID_ENV}={text!r}")
+            uid = int(text)
         if uid is not None:
             owners = {uid}
         else:
@@ -129,8 +132,8 @@ class Trust:
                 pass
         return cls(
             frozenset(owners), None,
-            f"the daemon is not running there, or runs as another user: set {DAEMON_UID_ENV} "
-            "(or daemon_uid=) to its uid if that is expected",
+            "another user may have made it before the daemon (squatting the name): do not use it; "
+            f"if the daemon really runs as that user, set {DAEMON_UID_ENV} (or daemon_uid=) to its uid",
         )  # fmt: skip
 
 

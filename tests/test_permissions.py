@@ -255,6 +255,9 @@ def test_clients_refuse_a_segment_owned_by_another_uid(
     Channel.attach(prefix, "a", trust=Trust.daemon(stranger.pw_uid)).close()
     monkeypatch.setenv(ringbuf.DAEMON_UID_ENV, str(stranger.pw_uid))
     Channel.attach(prefix, "a").close()
+    monkeypatch.setenv(ringbuf.DAEMON_UID_ENV, "shmd")
+    with pytest.raises(ValueError, match=r"^SHMD_DAEMON_UID must be a numeric uid: SHMD_DAEMON_UID='shmd'$"):
+        Channel.attach(prefix, "a")
 
     # The C client: refused before mapping; with SHMD_DAEMON_UID it gets past the owner check.
     env = {k: v for k, v in os.environ.items() if k != ringbuf.DAEMON_UID_ENV}
