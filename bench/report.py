@@ -77,9 +77,12 @@ def _summary_us(node: dict[str, Any], unit: str) -> dict[float, float]:
 
 def _walk(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
     yield path, node
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in items:
-        yield from _walk(value, (*path, str(key)))
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, (*path, str(key)))
+    elif isinstance(node, list):  # rows of a table: "[i]", never mistaken for a numeric key (a gap)
+        for i, value in enumerate(node):
+            yield from _walk(value, (*path, f"[{i}]"))
 
 
 def find_latencies(bench: str, doc: dict[str, Any]) -> list[Latency]:
@@ -111,8 +114,6 @@ def load(results: Path) -> list[Bench]:
 
 def _pace_of(lat: Latency) -> tuple[str, float] | None:
     """(x axis name, x) when this summary is one point of a pace sweep."""
-    if lat.path and lat.path[0] == "results":  # rows of a table, numbered: not a sweep
-        return None
     for part in lat.path:
         if m := _RATE.match(part):
             return "offered load, requests/s", float(m.group(1))
@@ -232,26 +233,37 @@ def plot_throughput(benches: list[Bench], out: Path) -> Path | None:
     return _save(fig, out / "throughput_vs_batch.png")
 
 
+def http_pairs(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(case, shim, bare)`` for every case measured under ``figures`` and at the same place under ``baseline``."""
+    base = doc.get("baseline", doc.get("baselines", {}))
+    pairs = []
+    for path, node in _walk(doc.get("figures", {}), ()):
+        other: Any = base
+        for part in path:
+            other = other.get(part, {}) if isinstance(other, dict) else {}
+        if isinstance(node, dict) and "rps" in node and isinstance(other, dict) and "rps" in other:
+            pairs.append(("/".join(path), node, other))
+    return pairs
+
+
 def plot_http(benches: list[Bench], out: Path) -> Path | None:
-    """The shim against the bare endpoint: every scenario both measured (``figures`` and ``baseline``)."""
+    """The shim against the bare endpoint, case by case (``figures`` against ``baseline``, same run)."""
     import matplotlib.pyplot as plt
 
     http = next((b for b in benches if b.name == "http"), None)
-    if http is None:
+    pairs = http_pairs(http.doc) if http is not None else []
+    if not pairs:
         return None
-    figs, base = http.doc.get("figures", {}), http.doc.get("baseline", {})
-    cases = [c for c in figs if isinstance(figs[c], dict) and "rps" in figs[c] and "rps" in base.get(c, {})]
-    if not cases:
-        return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    cases = [case for case, _, _ in pairs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(12, len(cases) * 1.2), 4.5))
     xs = range(len(cases))
-    for offset, (what, src) in ((-0.2, ("shmd HTTP shim", figs)), (0.2, ("bare aiohttp endpoint", base))):
-        left.bar([x + offset for x in xs], [src[c]["rps"] for c in cases], 0.4, label=what)
-        for q, hatch in (("p50_us", ""), ("p99_us", "//")):
-            right.bar([x + offset + (0.1 if q == "p99_us" else -0.1) for x in xs], [src[c].get(q, 0) for c in cases],
-                      0.2, hatch=hatch, label=f"{what} {q[:-3]}")  # fmt: skip
+    for offset, what, i in ((-0.2, "shmd HTTP shim", 1), (0.2, "bare aiohttp endpoint", 2)):
+        left.bar([x + offset for x in xs], [p[i]["rps"] for p in pairs], 0.4, label=what)
+        for shift, q, hatch in ((-0.1, "p50_us", ""), (0.1, "p99_us", "//")):
+            right.bar([x + offset + shift for x in xs], [p[i].get(q, 0) for p in pairs], 0.2, hatch=hatch,
+                      label=f"{what} {q[:-3]}")  # fmt: skip
     for ax, ylabel in ((left, "requests per second"), (right, "latency, µs")):
-        ax.set_xticks(list(xs), cases)
+        ax.set_xticks(list(xs), cases, rotation=30, ha="right", fontsize="small")
         ax.set_ylabel(ylabel)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize="x-small")

@@ -44,7 +44,7 @@ def test_latencies_are_found_by_shape_in_microseconds() -> None:
         "gap between requests, µs (0 = back to back)", 100.0)  # fmt: skip
     assert report._pace_of(busy) is None
     assert ("figures", "oneway_batch1_rps") not in found  # a throughput, not a latency
-    assert report._pace_of(found[("results", "0")]) is None  # a table row, not a sweep
+    assert report._pace_of(found[("results", "[0]")]) is None  # a table row, not a sweep
 
 
 def test_throughput_series_by_batch() -> None:
