@@ -1,4 +1,4 @@
-"""``python -m bench native [--quick] [--json PATH]``: the C client against a real daemon.
+"""``python -m bench native [--quick] [--json PATH]``: the C and Rust clients against a real daemon.
 
 Figures (from ``kernel_abi/c/build/shmd_bench``, a C program on the C client library):
 
@@ -7,6 +7,10 @@ Figures (from ``kernel_abi/c/build/shmd_bench``, a C program on the C client lib
   repeated), median and p99 of per-call times;
 - sustained predictions/s through ``shmd_client_predict_batch`` with batches of 32
   and 256 (cache off).
+
+The Rust client (``kernel_abi/rust/shmd-client``, its ``shmd_rs_tool bench``: the same
+loop through ``Client::predict_batch``) gives the same figures on its own channel of the
+same daemon, C and Rust alternating per figure; skipped when cargo is not installed.
 
 Baselines measured in the same run: the Python client (``shmd.client.Client.predict``
 in a loop, miss and hit, and ``predict_many`` batches of 256) on the same daemon, and
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -33,6 +38,8 @@ from kernel_abi import ABI_VERSION, PAYLOADS, REQUESTS, ModelId
 ROOT = Path(__file__).resolve().parent.parent
 C_DIR = ROOT / "kernel_abi" / "c"
 BENCH_BIN = C_DIR / "build" / "shmd_bench"
+RUST_DIR = ROOT / "kernel_abi" / "rust" / "shmd-client"
+RUST_BENCH = [str(RUST_DIR / "target" / "release" / "shmd_rs_tool"), "bench"]
 RUN_TIMEOUT_S = 60.0
 
 
@@ -56,9 +63,10 @@ def _request_bytes() -> bytes:
     return rec.tobytes()
 
 
-def _c_bench(prefix: str, channel: str, mode: str, n: int, batch: int = 1) -> tuple[np.ndarray, dict[str, int]]:
-    """Run shmd_bench; per-call (or per-batch) ns samples and its summary line's numbers."""
-    args = [str(BENCH_BIN), prefix, channel, mode, str(n)] + ([str(batch)] if mode == "batch" else [])
+def _c_bench(prefix: str, channel: str, mode: str, n: int, batch: int = 1,
+             tool: tuple[str, ...] = (str(BENCH_BIN),)) -> tuple[np.ndarray, dict[str, int]]:
+    """Run shmd_bench (or ``tool``: the same CLI); per-call (or per-batch) ns samples and its summary line's numbers."""
+    args = [*tool, prefix, channel, mode, str(n)] + ([str(batch)] if mode == "batch" else [])
     proc = subprocess.run(args, input=_request_bytes(), capture_output=True, timeout=RUN_TIMEOUT_S)
     if proc.returncode != 0:
         raise RuntimeError(f"shmd_bench {mode} failed ({proc.returncode}): {proc.stderr.decode()}")
@@ -106,22 +114,31 @@ def run(quick: bool) -> dict[str, Any]:
     from bench.ring import SPAWN, _floor
 
     build_c_client()
+    cargo = shutil.which("cargo")
+    if cargo:
+        build = subprocess.run([cargo, "build", "--offline", "--quiet", "--release", "--bins"], cwd=RUST_DIR,
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+        if build.returncode != 0:
+            raise RuntimeError(f"cargo build in {RUST_DIR} failed:\n{build.stderr}")
+    clients = {"c": (str(BENCH_BIN),), **({"rust": tuple(RUST_BENCH)} if cargo else {})}
     scale = 1 if quick else 4
     n_c, n_py = 5_000 * scale, 2_000 * scale
     prefix = f"bn{os.getpid()}x{secrets.token_hex(3)}"
     fig: dict[str, Any] = {}
     base: dict[str, Any] = {}
-    proc, _ = _start_daemon(prefix, "c,py")
+    proc, _ = _start_daemon(prefix, "c,rust,py")
     try:
         for mode in ("miss", "hit"):
-            samples, done = _c_bench(prefix, "c", mode, n_c)
-            fig[f"c_rtt_{mode}_us"] = {**summarize(samples / 1000.0), "cache_hits": done["cache_hits"]}
+            for name, tool in clients.items():
+                samples, done = _c_bench(prefix, name, mode, n_c, tool=tool)
+                fig[f"{name}_rtt_{mode}_us"] = {**summarize(samples / 1000.0), "cache_hits": done["cache_hits"]}
         for batch, n_batches in ((32, 1_000 * scale), (256, 200 * scale)):
-            samples, done = _c_bench(prefix, "c", "batch", n_batches, batch)
-            fig[f"c_batch{batch}_per_s"] = {
-                **summarize(batch / (samples / 1e9)),
-                "overall": done["count"] * batch / (done["total_ns"] / 1e9),
-            }
+            for name, tool in clients.items():
+                samples, done = _c_bench(prefix, name, "batch", n_batches, batch, tool=tool)
+                fig[f"{name}_batch{batch}_per_s"] = {
+                    **summarize(batch / (samples / 1e9)),
+                    "overall": done["count"] * batch / (done["total_ns"] / 1e9),
+                }
         base["py_rtt_miss_us"] = summarize(_py_rtt(prefix, "py", n_py, True))
         base["py_rtt_hit_us"] = summarize(_py_rtt(prefix, "py", n_py, False))
         rates, overall = _py_stream(prefix, "py", 50 * scale, 256)
@@ -145,7 +162,11 @@ def run(quick: bool) -> dict[str, Any]:
         "py_hit_over_c_hit": ratio(base["py_rtt_hit_us"]["median"], fig["c_rtt_hit_us"]["median"]),
         "c_batch256_over_py_batch256": ratio(fig["c_batch256_per_s"]["overall"], base["py_batch256_per_s"]["overall"]),
     }
-    return {"benchmark": "native", "quick": quick, "figures": fig, "baselines": base, "ratios": ratios}
+    if "rust" in clients:
+        for key, stat in (("rtt_miss_us", "median"), ("rtt_hit_us", "median"), ("batch256_per_s", "overall")):
+            ratios[f"rust_over_c_{key}"] = ratio(fig[f"rust_{key}"][stat], fig[f"c_{key}"][stat])
+    return {"benchmark": "native", "quick": quick, "clients": list(clients), "figures": fig, "baselines": base,
+            "ratios": ratios}  # fmt: skip
 
 
 def report(r: dict[str, Any]) -> str:
@@ -157,6 +178,11 @@ def report(r: dict[str, Any]) -> str:
              f["c_rtt_miss_us"]["n"], f"{x['c_miss_over_floor']:.1f}x floor"),
             ("C client, cache hit", f["c_rtt_hit_us"]["median"], f["c_rtt_hit_us"]["p99"],
              f["c_rtt_hit_us"]["n"], f"{x['c_hit_over_floor']:.1f}x floor"),
+            *(
+                (f"Rust client, cache {m}", f[f"rust_rtt_{m}_us"]["median"], f[f"rust_rtt_{m}_us"]["p99"],
+                 f[f"rust_rtt_{m}_us"]["n"], f"{x[f'rust_over_c_rtt_{m}_us']:.2f}x C")
+                for m in ("miss", "hit") if "rust" in r["clients"]
+            ),
             ("Python client, cache miss", b["py_rtt_miss_us"]["median"], b["py_rtt_miss_us"]["p99"],
              b["py_rtt_miss_us"]["n"], f"{x['py_miss_over_c_miss']:.1f}x C"),
             ("Python client, cache hit", b["py_rtt_hit_us"]["median"], b["py_rtt_hit_us"]["p99"],
@@ -172,6 +198,7 @@ def report(r: dict[str, Any]) -> str:
             for name, s in (
                 ("C predict_batch, 32", f["c_batch32_per_s"]),
                 ("C predict_batch, 256", f["c_batch256_per_s"]),
+                *((f"Rust predict_batch, {n}", f[f"rust_batch{n}_per_s"]) for n in (32, 256) if "rust" in r["clients"]),
                 ("Python predict_many, 256", b["py_batch256_per_s"]),
             )
         ],
