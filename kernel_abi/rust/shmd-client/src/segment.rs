@@ -189,6 +189,19 @@ impl Segment {
             io::ErrorKind::NotFound => Error::NotFound(format!(
                 "no channel segment {name}: is `shmd serve --prefix {prefix}` running with channel '{channel}'?"
             )),
+            io::ErrorKind::PermissionDenied => match std::fs::metadata(format!("/dev/shm{name}")) {
+                Ok(m) => Error::Sys(format!(
+                    "cannot open {name} as uid {}: owner uid={} gid={} mode={:04o}; run as uid {} or as a member of \
+                     gid {} (the daemon's --group)",
+                    sys::euid(),
+                    m.uid(),
+                    m.gid(),
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid()
+                )),
+                Err(_) => sys_err(format!("shm_open({name})"), e),
+            },
             _ => sys_err(format!("shm_open({name})"), e),
         })?;
         let meta = file.metadata().map_err(|e| sys_err(format!("fstat({name})"), e))?;
