@@ -204,19 +204,28 @@ def test_attach_refusals_name_the_problem(built: Path, daemon: DaemonProcess, pr
     assert f"channel 'rs' (prefix '{daemon.prefix}') is held by pid {os.getpid()}" in proc.stderr.decode()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a segment another owner")
 def test_a_segment_owned_by_another_uid_is_refused(built: Path, prefix: str) -> None:
-    """As ringbuf.Trust.daemon: the owner must be the daemon's uid ($SHMD_DAEMON_UID, else root/us/shmd)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give a segment to another uid")
+    """A segment someone else created is refused before it is mapped (the fallback answers, saying
+    why), unless SHMD_DAEMON_UID names its owner: the C and Python clients' rule. A caller without
+    permission is told the owner, group and mode."""
+    one = _records("workload", [SAMPLES["workload"]])
     ch = Channel.create(prefix, "a", sq_capacity=2)
-    os.fchown(ch.fd, 12345, -1)  # as if another user had made it first
-    env = {k: v for k, v in os.environ.items() if k != "SHMD_DAEMON_UID"}
-    record = _records("workload", _variants("workload", 1))
-    tool = [str(built / "shmd_rs_tool"), "rt", prefix, "a"]
-    refused = subprocess.run(tool, input=record, capture_output=True, env=env, timeout=RUN_TIMEOUT_S)
-    assert b"segment /%s.a is not trusted: owner uid=12345 mode=0600 found" % prefix.encode() in refused.stderr
-    told = subprocess.run(tool, input=record, capture_output=True, env={**env, "SHMD_DAEMON_UID": "12345"},
-                          timeout=RUN_TIMEOUT_S)  # fmt: skip
-    assert b"not trusted" not in told.stderr  # past the owner check (no daemon serves it: daemon_pid is 0)
-    ch.close()
-    ch.unlink()
+    try:
+        os.fchown(ch.fd, 4242, -1)  # as if uid 4242 had made it
+        env = {k: v for k, v in os.environ.items() if k != "SHMD_DAEMON_UID"}
+        refused = subprocess.run([TOOL, "rt", prefix, "a"], input=one, capture_output=True, env=env, timeout=30)
+        assert refused.returncode == 3
+        assert f"segment /{prefix}.a is not trusted: owner uid=4242 mode=0600 found" in refused.stderr.decode()
+        trusted = subprocess.run([TOOL, "rt", prefix, "a"], input=one, capture_output=True, timeout=30,
+                                 env={**env, "SHMD_DAEMON_UID": "4242"})  # fmt: skip
+        assert trusted.returncode == 3 and "not trusted" not in trusted.stderr.decode()  # past the owner check
+        # A caller that may not open it is told who may.
+        stranger = subprocess.run([TOOL, "rt", prefix, "a"], input=one, capture_output=True, timeout=30,
+                                  user=4243, group=4243)  # fmt: skip
+        assert f"cannot open /{prefix}.a as uid 4243: owner uid=4242 gid=0 mode=0600; run as uid 4242" in (
+            stranger.stderr.decode()
+        )
+    finally:
+        ch.close()
+        ch.unlink()
