@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _constants as c
 from . import _layout as lay
+from . import _rendezvous as rv
 
 RUST_PATH = Path(__file__).parent / "rust" / "shmd-client" / "src" / "abi.rs"
 
@@ -189,6 +190,37 @@ def _assertions(name: str, dt: np.dtype) -> list[str]:
     return out
 
 
+def _rendezvous() -> list[str]:
+    """How a caller finds and holds a channel, and the wake-up rule (kernel_abi/_rendezvous.py)."""
+    reserved = ", ".join(f'"{n}"' for n in rv.RESERVED_NAMES)
+    return [
+        "// Rendezvous (kernel_abi/_rendezvous.py): a prefix and a channel name are each",
+        "// 1 to NAME_MAX characters of NAME_CHARS; channel C of prefix P is the POSIX",
+        "// shared-memory object `segment_name(P, C)`; RESERVED_NAMES are never channels.",
+        "// A client holds its channel with an F_SETLK F_WRLCK record lock on LOCK_LENGTH",
+        "// byte(s) at LOCK_OFFSET of the segment.",
+        "//",
+        "// Wake-ups (futex, shared, never FUTEX_PRIVATE_FLAG): a consumer with nothing to",
+        "// read loads wake_seq, sets RING_NEED_WAKEUP in flags, fences (SeqCst), re-checks",
+        "// tail, and only then FUTEX_WAITs on wake_seq expecting the value it loaded; it",
+        "// clears NEED_WAKEUP when it wakes. A producer release-stores tail, fences",
+        "// (SeqCst), and if NEED_WAKEUP is set increments wake_seq and FUTEX_WAKEs it.",
+        f"pub const NAME_MAX: usize = {rv.NAME_MAX};",
+        f'pub const NAME_CHARS: &str = "{rv.NAME_CHARS}";',
+        f'pub const STATS_NAME: &str = "{rv.STATS_NAME}";',
+        f"pub const RESERVED_NAMES: [&str; {len(rv.RESERVED_NAMES)}] = [{reserved}];",
+        f"pub const LOCK_OFFSET: i64 = {rv.LOCK_OFFSET};",
+        f"pub const LOCK_LENGTH: i64 = {rv.LOCK_LENGTH};",
+        f"pub const MAX_CHANNELS: usize = {rv.MAX_CHANNELS}; // per daemon: futex_waitv's limit",
+        "",
+        "/// The POSIX shared-memory name of `channel` under `prefix` (names already checked).",
+        "pub fn segment_name(prefix: &str, channel: &str) -> String {",
+        f'    format!("{rv.SEGMENT_NAME_FORMAT}")',  # Python's str.format fields read as Rust's inline format args
+        "}",
+        "",
+    ]
+
+
 def render() -> str:
     """The full text of ``abi.rs``."""
     out = [
@@ -223,6 +255,7 @@ def render() -> str:
         f"pub const RING_HEADER_SIZE: usize = {lay.RING_HEADER_SIZE};",
         f"pub const CHANNEL_HEADER_SIZE: usize = {lay.CHANNEL_HEADER_SIZE};",
         "",
+        *_rendezvous(),
     ]
     for cls, prefix, ty in _FLAGS:
         for m in cls:

@@ -29,6 +29,30 @@ pub const PAYLOAD_OFFSET: usize = 40;
 pub const RING_HEADER_SIZE: usize = 768;
 pub const CHANNEL_HEADER_SIZE: usize = 256;
 
+// Rendezvous (kernel_abi/_rendezvous.py): a prefix and a channel name are each
+// 1 to NAME_MAX characters of NAME_CHARS; channel C of prefix P is the POSIX
+// shared-memory object `segment_name(P, C)`; RESERVED_NAMES are never channels.
+// A client holds its channel with an F_SETLK F_WRLCK record lock on LOCK_LENGTH
+// byte(s) at LOCK_OFFSET of the segment.
+//
+// Wake-ups (futex, shared, never FUTEX_PRIVATE_FLAG): a consumer with nothing to
+// read loads wake_seq, sets RING_NEED_WAKEUP in flags, fences (SeqCst), re-checks
+// tail, and only then FUTEX_WAITs on wake_seq expecting the value it loaded; it
+// clears NEED_WAKEUP when it wakes. A producer release-stores tail, fences
+// (SeqCst), and if NEED_WAKEUP is set increments wake_seq and FUTEX_WAKEs it.
+pub const NAME_MAX: usize = 64;
+pub const NAME_CHARS: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
+pub const STATS_NAME: &str = "stats";
+pub const RESERVED_NAMES: [&str; 1] = ["stats"];
+pub const LOCK_OFFSET: i64 = 0;
+pub const LOCK_LENGTH: i64 = 1;
+pub const MAX_CHANNELS: usize = 128; // per daemon: futex_waitv's limit
+
+/// The POSIX shared-memory name of `channel` under `prefix` (names already checked).
+pub fn segment_name(prefix: &str, channel: &str) -> String {
+    format!("/{prefix}.{channel}")
+}
+
 pub const REQ_NO_CACHE_BIT: u32 = 0;
 pub const REQ_NO_CACHE: u32 = 1 << REQ_NO_CACHE_BIT;
 pub const RESP_CACHE_HIT_BIT: u32 = 0;

@@ -12,15 +12,11 @@
 
 use std::time::Duration;
 
-use crate::abi::{ModelId, Request, Response, Status, ABI_VERSION};
+use crate::abi::{ModelId, Request, Response, Status, ABI_VERSION, RESP_FALLBACK};
 use crate::channel::Channel;
 use crate::prediction::{decode, Outputs, Prediction, Source};
 use crate::request::{FailureFeatures, Features, MemoryFeatures, ThreatFeatures, WorkloadFeatures};
 use crate::{segment, sys, Error, FailurePrediction, MemoryPrediction, ThreatPrediction, WorkloadPrediction};
-
-/// A response flag the daemon never sets: the client's fallback answered.
-pub const RESP_FALLBACK_BIT: u32 = 15;
-pub const RESP_FALLBACK: u16 = 1 << RESP_FALLBACK_BIT;
 
 /// Re-check the daemon's liveness this often while waiting.
 const WAIT_SLICE_NS: u64 = 20_000_000;

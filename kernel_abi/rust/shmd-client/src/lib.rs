@@ -30,11 +30,11 @@ mod segment;
 mod sys;
 mod wake;
 
-pub use abi::{AccessType, FailureType, ModelId, RecommendedAction, Request, Response, Severity, Status, ThreatType};
-pub use channel::{Channel, WakeStats};
-pub use client::{
-    BreakerState, CallOptions, Client, ClientBuilder, ClientStats, Fallback, RESP_FALLBACK, RESP_FALLBACK_BIT,
+pub use abi::{
+    AccessType, FailureType, ModelId, RecommendedAction, Request, Response, Severity, Status, ThreatType, RESP_FALLBACK,
 };
+pub use channel::{Channel, WakeStats};
+pub use client::{BreakerState, CallOptions, Client, ClientBuilder, ClientStats, Fallback};
 pub use error::Error;
 pub use prediction::{
     FailurePrediction, MemoryPrediction, Meta, Outputs, Prediction, Source, ThreatPrediction, WorkloadPrediction,

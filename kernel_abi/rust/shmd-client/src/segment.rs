@@ -1,7 +1,8 @@
 //! Attaching a channel segment: names, the exclusive hold, layout validation.
 //!
-//! Mirrors ringbuf/_segment.py (names, layout checks) and shmd/_lock.py (the
-//! hold): a channel is `/{prefix}.{channel}` in POSIX shared memory; a client
+//! Mirrors ringbuf/_segment.py (layout checks) and shmd/_lock.py (the hold),
+//! with the names and the lock from kernel_abi/_rendezvous.py (generated into
+//! abi.rs): a channel is `/{prefix}.{channel}` in POSIX shared memory; a client
 //! holds it with a write record lock on byte 0 (the kernel drops it when the
 //! client dies, and F_GETLK names the holder); attaching checks every header
 //! word the protocol relies on before a pointer into the segment is formed.
@@ -13,34 +14,32 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 
 use crate::abi::{
-    ChannelHeader, RingHeader, RingKind, ABI_VERSION, CHANNEL_HEADER_SIZE, CHANNEL_MAGIC, REQUEST_SLOT_SIZE,
-    RESPONSE_SLOT_SIZE, RING_HEADER_SIZE, RING_MAGIC,
+    segment_name, ChannelHeader, RingHeader, RingKind, ABI_VERSION, CHANNEL_HEADER_SIZE, CHANNEL_MAGIC, LOCK_LENGTH,
+    LOCK_OFFSET, NAME_CHARS, NAME_MAX, REQUEST_SLOT_SIZE, RESERVED_NAMES, RESPONSE_SLOT_SIZE, RING_HEADER_SIZE,
+    RING_MAGIC,
 };
 use crate::sys::{self, Lock, Mapping};
 use crate::Error;
 
-/// Longest prefix or channel name.
-pub const NAME_MAX_LEN: usize = 64;
-/// The byte of the segment a client's record lock covers.
-pub const LOCK_BYTE: i64 = 0;
-
-/// 1-64 of [A-Za-z0-9_-]: what the daemon accepts, and safe inside a POSIX name.
+/// 1 to NAME_MAX of NAME_CHARS: what the daemon accepts, and safe inside a POSIX name.
 pub fn valid_name(s: &str) -> bool {
-    (1..=NAME_MAX_LEN).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=NAME_MAX).contains(&s.len()) && s.bytes().all(|b| NAME_CHARS.as_bytes().contains(&b))
 }
 
 pub fn check_names(prefix: &str, channel: &str) -> Result<(), Error> {
-    if !valid_name(prefix) {
-        return Err(Error::InvalidArgument(format!("prefix must be 1-64 of [A-Za-z0-9_-]: prefix={prefix:?}")));
+    for (what, value) in [("prefix", prefix), ("channel", channel)] {
+        if !valid_name(value) {
+            return Err(Error::InvalidArgument(format!(
+                "{what} must be 1-{NAME_MAX} of [A-Za-z0-9_-]: {what}={value:?}"
+            )));
+        }
     }
-    if !valid_name(channel) {
-        return Err(Error::InvalidArgument(format!("channel must be 1-64 of [A-Za-z0-9_-]: channel={channel:?}")));
+    if RESERVED_NAMES.contains(&channel) {
+        return Err(Error::InvalidArgument(format!(
+            "channel name is reserved for the daemon's own segment: channel={channel:?}; pick another"
+        )));
     }
     Ok(())
-}
-
-pub fn segment_name(prefix: &str, channel: &str) -> String {
-    format!("/{prefix}.{channel}")
 }
 
 /// POSIX record locks never conflict within one process (and closing any of
@@ -234,7 +233,7 @@ impl Segment {
         let sq = ring("submission", chan.sq_offset, RingKind::Submission, REQUEST_SLOT_SIZE)?;
         let cq = ring("completion", chan.cq_offset, RingKind::Completion, RESPONSE_SLOT_SIZE)?;
         // Exclusive hold across processes: the kernel drops the lock when we die.
-        if let Lock::HeldBy(pid) = sys::try_lock_byte(&file, LOCK_BYTE) {
+        if let Lock::HeldBy(pid) = sys::try_lock(&file, LOCK_OFFSET, LOCK_LENGTH) {
             let by = pid.map_or_else(|| "another process".to_owned(), |p| format!("pid {p}"));
             return Err(Error::Busy(format!(
                 "channel '{channel}' (prefix '{prefix}') is held by {by}; detach there first or pick another channel"
@@ -263,6 +262,7 @@ mod tests {
     fn names_follow_the_daemon_rule() {
         assert!(valid_name("scheduler") && valid_name("a-b_C9") && valid_name(&"x".repeat(64)));
         assert!(!valid_name("") && !valid_name("a.b") && !valid_name("a/b") && !valid_name(&"x".repeat(65)));
+        assert!(check_names("ok", "stats").unwrap_err().to_string().contains("reserved"));
         let err = check_names("ok", "bad name").unwrap_err();
         assert_eq!(err, Error::InvalidArgument("channel must be 1-64 of [A-Za-z0-9_-]: channel=\"bad name\"".into()));
     }

@@ -149,7 +149,7 @@ impl Drop for Mapping {
     }
 }
 
-/// The outcome of trying to hold byte `offset` of a file exclusively.
+/// The outcome of trying to hold bytes of a file exclusively.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lock {
     Taken,
@@ -157,8 +157,8 @@ pub enum Lock {
     HeldBy(Option<i32>),
 }
 
-fn flock_cmd(file: &File, cmd: c_int, l_type: i16, offset: i64) -> io::Result<Flock> {
-    let mut fl = Flock { l_type, l_whence: SEEK_SET, l_start: offset, l_len: 1, l_pid: 0 };
+fn flock_cmd(file: &File, cmd: c_int, l_type: i16, offset: i64, len: i64) -> io::Result<Flock> {
+    let mut fl = Flock { l_type, l_whence: SEEK_SET, l_start: offset, l_len: len, l_pid: 0 };
     // SAFETY: F_SETLK/F_GETLK take a pointer to a struct flock, which fl is.
     let rc = unsafe { fcntl(file.as_raw_fd(), cmd, &mut fl as *mut Flock) };
     if rc != 0 {
@@ -167,14 +167,14 @@ fn flock_cmd(file: &File, cmd: c_int, l_type: i16, offset: i64) -> io::Result<Fl
     Ok(fl)
 }
 
-/// A POSIX record lock (write) on one byte: the kernel drops it when the
-/// process dies or closes any descriptor of the file.
-pub fn try_lock_byte(file: &File, offset: i64) -> Lock {
+/// A POSIX record lock (write) on `len` bytes at `offset`: the kernel drops
+/// it when the process dies or closes any descriptor of the file.
+pub fn try_lock(file: &File, offset: i64, len: i64) -> Lock {
     for _ in 0..3 {
-        if flock_cmd(file, F_SETLK, F_WRLCK, offset).is_ok() {
+        if flock_cmd(file, F_SETLK, F_WRLCK, offset, len).is_ok() {
             return Lock::Taken;
         }
-        match flock_cmd(file, F_GETLK, F_WRLCK, offset) {
+        match flock_cmd(file, F_GETLK, F_WRLCK, offset, len) {
             Err(_) => return Lock::HeldBy(None),
             Ok(probe) if probe.l_type != F_UNLCK => return Lock::HeldBy(Some(probe.l_pid)),
             Ok(_) => {} // released between our two calls: try again
