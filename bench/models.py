@@ -1,22 +1,64 @@
 """``python -m bench models [--quick] [--json PATH]``: the four models' runners, per batch size.
 
-For each model, backend (litert, tf) and batch (1, 16, 256): microseconds per
-``predict`` call (median and p99) and rows/s, against a numpy forward pass of the
-same weights measured in the same run. Loops are bounded by both a call count and a
-time budget per configuration.
+For each model, backend and batch (1, 16, 256): microseconds per call (median and p99)
+and rows/s, against a numpy forward pass of the same weights measured in the same run.
+Backends: ``litert`` and ``tf`` (``predict`` from Python), ``compiled`` (``predict``
+from Python) and ``compiled-njit`` (the same ``forward`` timed inside compiled code, as
+the daemon's pass calls it: no Python call in the figure). Also per model: encoding 256
+payload records (the compiled batch encoder, timed inside compiled code). Loops are
+bounded by both a call count and a time budget per configuration.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+from numba import njit
+
+from models._forward import forward
+from ringbuf import _core as core
 
 BATCHES = (1, 16, 256)
+
+
+@njit(nogil=True, cache=True)
+def _forward_ns(bank, mid, x, n, out, scratch, calls, budget_ns, samples):
+    """``forward`` timed call by call inside compiled code; how many samples were taken."""
+    end = core.monotonic_ns() + budget_ns
+    k = 0
+    while k < calls and core.monotonic_ns() < end:
+        t0 = core.monotonic_ns()
+        forward(bank, mid, x, n, out, scratch)
+        samples[k] = core.monotonic_ns() - t0
+        k += 1
+    return k
+
+
+@njit(nogil=True, cache=True)
+def _encode_ns(encode, payloads, out, err, calls, budget_ns, samples):
+    end = core.monotonic_ns() + budget_ns
+    k = 0
+    while k < calls and core.monotonic_ns() < end:
+        t0 = core.monotonic_ns()
+        encode(payloads, out, err)
+        samples[k] = core.monotonic_ns() - t0
+        k += 1
+    return k
+
+
+def _summary_us(samples_ns: np.ndarray, rows: int) -> dict:
+    us = samples_ns / 1e3
+    med = float(np.median(us))
+    return {
+        "median_us": round(med, 3),
+        "p99_us": round(float(np.percentile(us, 99)), 3),
+        "rows_per_s": round(rows / med * 1e6),
+        "calls": len(us),
+    }
 
 
 def _numpy_forward(mid):
@@ -79,65 +121,74 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    from bench._stats import write_json
     from kernel_abi import ModelId
-    from models import MODEL_NAMES, load_runner
+    from models import MODEL_NAMES, N_FEATURES, N_RAW_OUTPUTS, load_runner, scratch_for
     from models._data import split
+    from models._encode import BATCH_ENCODERS
 
     max_calls, budget = (300, 0.3) if args.quick else (5000, 2.0)
-    results, baseline, ratios = [], [], []
-    print(
-        f"{'model':<9} {'backend':<7} {'batch':>5} {'median us':>10} {'p99 us':>10} "
-        f"{'rows/s':>12} {'x numpy':>8}"
-    )
+    results, baseline, ratios, encoding, parity = [], [], [], [], []
+    print(f"{'model':<9} {'backend':<13} {'batch':>5} {'median us':>10} {'p99 us':>10} {'rows/s':>12} {'x numpy':>8}")
+
+    def row(name: str, backend: str, batch: int, r: dict, speedup: float) -> None:
+        print(
+            f"{name:<9} {backend:<13} {batch:>5} {r['median_us']:>10.2f} {r['p99_us']:>10.2f} "
+            f"{r['rows_per_s']:>12,} {speedup:>8.2f}"
+        )
+
     for mid in ModelId:
         name = MODEL_NAMES[mid]
-        x_all = split(mid, 7, "test", max(BATCHES))[1]
+        rec_all, x_all, _ = split(mid, 7, "test", max(BATCHES))
         numpy_fn = _numpy_forward(mid)
-        runners = {"litert": load_runner(mid), "tf": load_runner(mid, backend="tf")}
-        agree = float(np.abs(numpy_fn(x_all) - runners["litert"].predict(x_all)).max())
+        runners = {b: load_runner(mid, backend=b) for b in ("litert", "compiled", "tf")}
+        ref = runners["litert"].predict(x_all)
+        parity.append({
+            "model": name,
+            "numpy_vs_litert_max_abs": float(np.abs(numpy_fn(x_all) - ref).max()),
+            "compiled_vs_litert_max_abs": float(np.abs(runners["compiled"].predict(x_all) - ref).max()),
+        })  # fmt: skip
+        bank = runners["compiled"].bank
+        scratch = scratch_for(bank)
         for batch in BATCHES:
             x = np.ascontiguousarray(x_all[:batch])
-            base = {
-                "model": name,
-                "backend": "numpy",
-                "batch": batch,
-                **_time(numpy_fn, x, max_calls, budget),
-            }
+            base = {"model": name, "backend": "numpy", "batch": batch, **_time(numpy_fn, x, max_calls, budget)}
             baseline.append(base)
-            print(
-                f"{name:<9} {'numpy':<7} {batch:>5} {base['median_us']:>10.2f} {base['p99_us']:>10.2f} "
-                f"{base['rows_per_s']:>12,} {1.0:>8.2f}"
-            )
+            row(name, "numpy", batch, base, 1.0)
+            timed = {}
             for backend, runner in runners.items():
-                calls = max_calls if backend == "litert" else max_calls // 5
-                r = {
-                    "model": name,
-                    "backend": backend,
-                    "batch": batch,
-                    **_time(runner.predict, x, calls, budget),
-                }
+                calls = max_calls if backend != "tf" else max_calls // 5
+                timed[backend] = _time(runner.predict, x, calls, budget)
+            out = np.zeros((batch, N_RAW_OUTPUTS[mid]), np.float32)
+            samples = np.zeros(max_calls, np.int64)
+            forward(bank, int(mid), x, batch, out, scratch)
+            k = _forward_ns(bank, int(mid), x, batch, out, scratch, max_calls, int(budget * 1e9), samples)
+            timed["compiled-njit"] = _summary_us(samples[:k], batch)
+            for backend, t in timed.items():
+                r = {"model": name, "backend": backend, "batch": batch, **t}
                 results.append(r)
                 speedup = round(base["median_us"] / r["median_us"], 3)
-                ratios.append(
-                    {"model": name, "backend": backend, "batch": batch, "speedup_vs_numpy": speedup}
-                )
-                print(
-                    f"{name:<9} {backend:<7} {batch:>5} {r['median_us']:>10.2f} {r['p99_us']:>10.2f} "
-                    f"{r['rows_per_s']:>12,} {speedup:>8.2f}"
-                )
-        print(f"{name:<9} numpy vs litert max abs diff {agree:.1e}")
+                ratios.append({"model": name, "backend": backend, "batch": batch, "speedup_vs_numpy": speedup})
+                row(name, backend, batch, r, speedup)
+        payloads = np.ascontiguousarray(rec_all[:256])
+        feats = np.zeros((256, N_FEATURES[mid]), np.float32)
+        err = np.zeros(256, np.int32)
+        samples = np.zeros(max_calls, np.int64)
+        BATCH_ENCODERS[mid](payloads, feats, err)
+        k = _encode_ns(BATCH_ENCODERS[mid], payloads, feats, err, max_calls, int(budget * 1e9), samples)
+        enc = {"model": name, "records": 256, **_summary_us(samples[:k], 256)}
+        encoding.append(enc)
+        print(f"{name:<9} encode 256 records: median {enc['median_us']:.2f} us, p99 {enc['p99_us']:.2f} us")
+        print(f"{name:<9} max abs diff vs litert: numpy {parity[-1]['numpy_vs_litert_max_abs']:.1e}, "
+              f"compiled {parity[-1]['compiled_vs_litert_max_abs']:.1e}")  # fmt: skip
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "benchmark": "models",
-                    "quick": args.quick,
-                    "results": results,
-                    "baseline": baseline,
-                    "ratios": ratios,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        write_json(args.json, {
+            "benchmark": "models",
+            "quick": args.quick,
+            "results": results,
+            "baseline": baseline,
+            "ratios": ratios,
+            "encoding": encoding,
+            "parity": parity,
+        })  # fmt: skip
     return 0

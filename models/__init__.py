@@ -1,19 +1,22 @@
 """models: the four prediction models, from payload record to API outputs.
 
 Serving path (no TensorFlow import): ``encode_<model>`` (compiled, one record) ->
-``load_runner(mid).predict`` (LiteRT) -> ``postprocess`` (compiled). Training and
-artifact export live in ``models.train`` (``shmd train``).
+``load_runner(mid).predict`` (LiteRT, or the same graph as numba code: ``forward`` over a
+``Bank``) -> ``postprocess`` (compiled). Training and artifact export live in
+``models.train`` (``shmd train``).
 """
 
 from typing import TYPE_CHECKING, Any
 
 from ._artifacts import ArtifactError, default_models_dir
-from ._runner import LiteRTRunner, Runner, TFRunner, load_runner
+from ._program import Bank, Program, make_bank, scratch_for
+from ._runner import BACKENDS, CompiledRunner, LiteRTRunner, Runner, TFRunner, load_runner
 from ._spec import ENCODER_VERSION, MODEL_IDS, MODEL_NAMES, N_FEATURES, N_RAW_OUTPUTS
 from ._validate import encode_batch, validate
 
 if TYPE_CHECKING:
     from ._encode import encode_failure, encode_memory, encode_threat, encode_workload
+    from ._forward import forward
     from ._post import postprocess
 
 # The encoders and postprocess are numba-compiled (importing numba costs ~130 MB resident): they
@@ -23,6 +26,7 @@ _LAZY = {
     "encode_memory": "_encode",
     "encode_threat": "_encode",
     "encode_workload": "_encode",
+    "forward": "_forward",
     "postprocess": "_post",
 }
 
@@ -38,13 +42,17 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BACKENDS",
     "ENCODER_VERSION",
     "MODEL_IDS",
     "MODEL_NAMES",
     "N_FEATURES",
     "N_RAW_OUTPUTS",
     "ArtifactError",
+    "Bank",
+    "CompiledRunner",
     "LiteRTRunner",
+    "Program",
     "Runner",
     "TFRunner",
     "default_models_dir",
@@ -53,7 +61,10 @@ __all__ = [
     "encode_memory",
     "encode_threat",
     "encode_workload",
+    "forward",
     "load_runner",
+    "make_bank",
     "postprocess",
+    "scratch_for",
     "validate",
 ]

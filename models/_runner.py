@@ -1,6 +1,8 @@
-"""Runners: one ``predict(float32[n, f]) -> float32[n, k]`` behind a small ABC, two backends.
+"""Runners: one ``predict(float32[n, f]) -> float32[n, k]`` behind a small ABC, three backends.
 
 ``litert`` (default) runs the compiled ``model.tflite`` and never imports TensorFlow.
+``compiled`` runs the same ``model.tflite`` graph and weights as numba code
+(``models._forward``), callable from the daemon's compiled pass as well as from Python.
 ``tf`` runs ``model.keras`` through a ``tf.function`` with a fixed input signature, for
 models that cannot be converted; TensorFlow is imported only when it is chosen.
 """
@@ -16,7 +18,11 @@ import numpy as np
 from kernel_abi import ModelId
 
 from ._artifacts import KERAS_FILE, TFLITE_FILE, ArtifactError, load_manifest
-from ._spec import MODEL_NAMES, N_FEATURES, N_RAW_OUTPUTS
+from ._program import Program, make_bank, program_from_tflite, scratch_for
+from ._spec import MODEL_NAMES, N_FEATURES, N_MODEL_SLOTS, N_RAW_OUTPUTS
+
+#: The backends ``load_runner`` accepts.
+BACKENDS = ("litert", "compiled", "tf")
 
 #: Largest LiteRT batch bucket; bigger batches run in chunks of this size.
 MAX_BUCKET = 1024
@@ -97,6 +103,43 @@ class LiteRTRunner(Runner):
         return it.get_tensor(out)[:n]
 
 
+class CompiledRunner(Runner):
+    """The ``.tflite`` graph as numba code: ``program`` (the ops and weights) in a one-model bank.
+
+    ``program`` is what the daemon puts into the bank its compiled pass calls; ``predict``
+    is the same ``forward`` from Python, with one scratch tile per thread.
+    """
+
+    backend = "compiled"
+
+    def __init__(self, mid: ModelId, manifest: dict, path: Path) -> None:
+        super().__init__(mid, manifest)
+        self.program: Program = program_from_tflite(path)
+        if (self.program.n_in, self.program.n_out) != (self.n_features, self.n_outputs):
+            raise ArtifactError(
+                f"TFLite model shape does not match the manifest: {path}: "
+                f"[{self.program.n_in}] -> [{self.program.n_out}], expected [{self.n_features}] -> [{self.n_outputs}]"
+            )
+        self.bank = make_bank({int(self.model_id): (self.program, self.version)}, N_MODEL_SLOTS)
+        self._local = threading.local()
+        from ._forward import forward  # numba: loaded only by the backend that runs it
+
+        self._forward = forward
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        if not (batch.dtype == np.float32 and batch.ndim == 2 and batch.flags.c_contiguous):
+            batch = self._check(batch)
+        elif batch.shape[1] != self.n_features:
+            self._check(batch)  # raises, naming the expected shape
+        scratch = self._local.__dict__.get("scratch")
+        if scratch is None:
+            scratch = self._local.scratch = scratch_for(self.bank)
+        n = batch.shape[0]
+        out = np.empty((n, self.n_outputs), np.float32)
+        self._forward(self.bank, int(self.model_id), batch, n, out, scratch)
+        return out
+
+
 class TFRunner(Runner):
     """The Keras model through one ``tf.function`` with signature float32[None, f]."""
 
@@ -132,7 +175,10 @@ def load_runner(
     if backend == "litert":
         manifest, path = load_manifest(mid, dirpath, TFLITE_FILE)
         return LiteRTRunner(mid, manifest, path)
+    if backend == "compiled":
+        manifest, path = load_manifest(mid, dirpath, TFLITE_FILE)
+        return CompiledRunner(mid, manifest, path)
     if backend == "tf":
         manifest, path = load_manifest(mid, dirpath, KERAS_FILE)
         return TFRunner(mid, manifest, path)
-    raise ValueError(f"unknown backend: backend={backend!r} (use 'litert' or 'tf')")
+    raise ValueError(f"unknown backend: backend={backend!r} (use one of {', '.join(BACKENDS)})")

@@ -17,6 +17,8 @@ MODEL_NAMES: dict[ModelId, str] = {
     ModelId.MEMORY: "memory",
 }
 MODEL_IDS: dict[str, ModelId] = {name: mid for mid, name in MODEL_NAMES.items()}
+#: Rows of arrays indexed by model id (row 0 unused).
+N_MODEL_SLOTS = max(ModelId) + 1
 
 #: Bumped whenever an encoder's output changes; a manifest trained with another
 #: encoder version is refused at load time.

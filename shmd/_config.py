@@ -37,6 +37,10 @@ def default_http_workers() -> int:
     already fill both CPUs, and a second shim only adds contention.
     """
     return max(1, min(8, ((os.cpu_count() or 1) - 1) // 2))
+
+
+#: ``models.BACKENDS``, named here so reading a config never imports the models (a test pins them equal).
+BACKENDS = ("litert", "compiled", "tf")
 DEFAULT_TTL_MS = {"workload": 100.0, "threat": 500.0, "failure": 1000.0, "memory": 50.0}
 
 
@@ -89,8 +93,8 @@ class Config:
             raise ConfigError(
                 f"sleep_timeout_ms must be in [1, 60000]: sleep_timeout_ms={self.sleep_timeout_ms}"
             )
-        if self.backend not in ("litert", "tf"):
-            raise ConfigError(f"backend must be litert or tf: backend={self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}: backend={self.backend!r}")
         if not 1 <= self.max_batch <= 65536:
             raise ConfigError(f"max_batch must be in [1, 65536]: max_batch={self.max_batch}")
         if not 0 < self.port < 65536:
@@ -187,7 +191,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sleep-timeout-ms", dest="sleep_timeout_ms", type=float,
                    help="longest idle sleep before the loop looks again, ms (default 100)")  # fmt: skip
     p.add_argument("--models-dir", dest="models_dir", help="model artifacts (default: the shipped ones)")
-    p.add_argument("--backend", choices=("litert", "tf"), help="model runtime (default litert)")
+    p.add_argument("--backend", choices=BACKENDS, help="model runtime (default litert)")
     p.add_argument("--keep-segments", dest="keep_segments", action="store_true", default=None,
                    help="leave the channels in /dev/shm on exit")  # fmt: skip
     p.add_argument("--group", help="make segments 0660 with this group, so its members may attach "

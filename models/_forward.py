@@ -1,0 +1,208 @@
+"""The compiled forward pass: run a model of a ``Bank`` over a float32 batch, in numba.
+
+``forward(bank, mid, x, n, out, scratch)`` is callable from other compiled code (the
+daemon's pass calls it on a miss, with no return to Python) and from Python
+(``CompiledRunner``). The batch runs through the model's program ``TILE_ROWS`` rows at a
+time; dense layers use the register-blocked kernel of ``_simd``, everything else is a
+short row loop. Arithmetic is float32 throughout, as in LiteRT.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from . import _ops as o
+from ._simd import LANES, float32_from_bits, tile_1x1, tile_1x2, tile_1x4, tile_1x8, tile_4x1, tile_4x2
+
+_F = 4  # bytes per float32
+
+
+@njit(nogil=True, cache=True)
+def _dense(s, ops, i, consts, rows):
+    """Dense layer of op ``i`` over scratch rows [0, rows)."""
+    n_in = ops[i, o.OP_A_WIDTH]
+    ws = ops[i, o.OP_W_STRIDE]
+    ss = s.shape[1]
+    x = s.ctypes.data + _F * ops[i, o.OP_A]
+    y = s.ctypes.data + _F * ops[i, o.OP_OUT]
+    w = consts.ctypes.data + _F * ops[i, o.OP_W]
+    b = consts.ctypes.data + _F * ops[i, o.OP_BIAS]
+    relu = ops[i, o.OP_RELU]
+    r = 0
+    while r + 4 <= rows:
+        xr = x + _F * r * ss
+        yr = y + _F * r * ss
+        j = 0
+        while j + 2 * LANES <= ws:
+            tile_4x2(xr, ss, w + _F * j, ws, b + _F * j, yr + _F * j, ss, n_in, relu)
+            j += 2 * LANES
+        if j < ws:
+            tile_4x1(xr, ss, w + _F * j, ws, b + _F * j, yr + _F * j, ss, n_in, relu)
+        r += 4
+    while r < rows:
+        xr = x + _F * r * ss
+        yr = y + _F * r * ss
+        j = 0
+        while j + 8 * LANES <= ws:
+            tile_1x8(xr, ss, w + _F * j, ws, b + _F * j, yr + _F * j, ss, n_in, relu)
+            j += 8 * LANES
+        if j + 4 * LANES <= ws:
+            tile_1x4(xr, ss, w + _F * j, ws, b + _F * j, yr + _F * j, ss, n_in, relu)
+            j += 4 * LANES
+        if j + 2 * LANES <= ws:
+            tile_1x2(xr, ss, w + _F * j, ws, b + _F * j, yr + _F * j, ss, n_in, relu)
+            j += 2 * LANES
+        if j < ws:
+            tile_1x1(xr, ss, w + _F * j, ws, b + _F * j, yr + _F * j, ss, n_in, relu)
+        r += 1
+
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _exp(x):
+    """float32 exp (Cephes expf: 2**n times a degree-6 polynomial), no libm call.
+
+    Inlined arithmetic, so a loop over it can vectorise; within 2 ulp of expf on
+    [-87, 88], clamped outside (a sigmoid saturates there anyway).
+    """
+    x = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    n = np.floor(x * _LOG2E + np.float32(0.5))
+    r = x - n * _LN2_HI - n * _LN2_LO
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * float32_from_bits((np.int64(n) + 127) << 23)
+
+
+@njit(nogil=True, cache=True)
+def _copy(s, ops, i, consts, rows):
+    dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
+    for r in range(rows):
+        for j in range(width):  # element loops: numba's slice assignment costs ~20x more here
+            s[r, dst + j] = s[r, a + j]
+
+
+@njit(nogil=True, cache=True)
+def _gather(s, ops, i, consts, rows):
+    dst, a, width, at = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH], ops[i, o.OP_W]
+    for j in range(width):
+        src = a + np.int64(consts[at + j])
+        for r in range(rows):
+            s[r, dst + j] = s[r, src]
+
+
+@njit(nogil=True, cache=True)
+def _logistic(s, ops, i, consts, rows):
+    dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
+    one = np.float32(1.0)
+    for r in range(rows):
+        for j in range(width):
+            s[r, dst + j] = one / (one + _exp(-s[r, a + j]))
+
+
+@njit(nogil=True, cache=True)
+def _softmax(s, ops, i, consts, rows):
+    dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
+    beta = consts[ops[i, o.OP_PARAM]]
+    for r in range(rows):
+        m = s[r, a]
+        for j in range(1, width):
+            m = max(m, s[r, a + j])
+        total = np.float32(0.0)
+        for j in range(width):
+            e = _exp((s[r, a + j] - m) * beta)
+            s[r, dst + j] = e
+            total += e
+        for j in range(width):
+            s[r, dst + j] /= total
+
+
+@njit(nogil=True, cache=True)
+def _reduce(s, ops, i, consts, rows):
+    dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_A_WIDTH]
+    is_max = ops[i, o.OP_KIND] == o.K_REDUCE_MAX
+    for r in range(rows):
+        acc = s[r, a]
+        for j in range(1, width):
+            acc = max(acc, s[r, a + j]) if is_max else acc + s[r, a + j]
+        s[r, dst] = acc
+
+
+@njit(nogil=True, cache=True)
+def _binary(s, ops, i, consts, rows):
+    """a (op) b with a width-1 operand broadcast; b may be a constant row."""
+    kind = ops[i, o.OP_KIND]
+    dst, width = ops[i, o.OP_OUT], ops[i, o.OP_WIDTH]
+    a, wa = ops[i, o.OP_A], ops[i, o.OP_A_WIDTH]
+    b, wb, b_const = ops[i, o.OP_B], ops[i, o.OP_B_WIDTH], ops[i, o.OP_B_CONST]
+    for r in range(rows):
+        for j in range(width):
+            x = s[r, a + (0 if wa == 1 else j)]
+            k = b + (0 if wb == 1 else j)
+            y = consts[k] if b_const else s[r, k]
+            if kind == o.K_ADD:
+                v = x + y
+            elif kind == o.K_MUL:
+                v = x * y
+            elif kind == o.K_DIV:
+                v = x / y
+            else:  # K_GREATER_EQUAL: booleans are 0/1 floats
+                v = np.float32(1.0) if x >= y else np.float32(0.0)
+            s[r, dst + j] = v
+
+
+@njit(nogil=True, cache=True)
+def forward(bank, mid, x, n, out, scratch):
+    """Raw outputs ``out[:n, :k]`` of model ``mid`` for features ``x[:n, :f]`` (float32).
+
+    ``scratch`` comes from ``scratch_for(bank)``; its row count is the tile size (read
+    here, not from ``_ops``: numba's cache would keep a stale constant of another module).
+    """
+    m = bank.models[mid]
+    ops, consts = bank.ops, bank.consts
+    start, stop = m[o.MODEL_OP_START], m[o.MODEL_OP_STOP]
+    col_in, n_in, col_out, n_out = m[o.MODEL_IN], m[o.MODEL_N_IN], m[o.MODEL_OUT], m[o.MODEL_N_OUT]
+    if m[o.MODEL_VERSION] == 0:
+        raise ValueError("forward: the bank holds no such model")
+    if (
+        scratch.shape[1] < m[o.MODEL_STRIDE]
+        or x.shape[0] < n
+        or x.shape[1] != n_in
+        or out.shape[0] < n
+        or out.shape[1] != n_out
+    ):
+        raise ValueError("forward: scratch, x or out has the wrong shape for this model")
+    tile = scratch.shape[0]
+    for t in range(0, n, tile):
+        rows = min(tile, n - t)
+        for r in range(rows):
+            for j in range(n_in):
+                scratch[r, col_in + j] = x[t + r, j]
+        for i in range(start, stop):
+            kind = ops[i, o.OP_KIND]
+            if kind == o.K_DENSE:
+                _dense(scratch, ops, i, consts, rows)
+            elif kind == o.K_COPY:
+                _copy(scratch, ops, i, consts, rows)
+            elif kind == o.K_LOGISTIC:
+                _logistic(scratch, ops, i, consts, rows)
+            elif kind == o.K_SOFTMAX:
+                _softmax(scratch, ops, i, consts, rows)
+            elif kind == o.K_GATHER:
+                _gather(scratch, ops, i, consts, rows)
+            elif kind == o.K_REDUCE_MAX or kind == o.K_REDUCE_SUM:
+                _reduce(scratch, ops, i, consts, rows)
+            else:
+                _binary(scratch, ops, i, consts, rows)
+        for r in range(rows):
+            for j in range(n_out):
+                out[t + r, j] = scratch[r, col_out + j]
