@@ -71,6 +71,14 @@ M_CAND_START, M_N_CAND = 66, 4
 _LOG65 = math.log1p(64.0)
 _LOG_LINES = math.log1p(1.0 / ADDR_LINE)
 
+# Per-row transcendentals of small integer fields, tabulated (values exactly as computed
+# per row before): sin/cos of the hour (0..23) and weekday (0..6); log1p of counts 0..64.
+_HOUR_SIN = np.array([math.sin(2.0 * math.pi * h / 24.0) for h in range(24)])
+_HOUR_COS = np.array([math.cos(2.0 * math.pi * h / 24.0) for h in range(24)])
+_DAY_SIN = np.array([math.sin(2.0 * math.pi * d / 7.0) for d in range(7)])
+_DAY_COS = np.array([math.cos(2.0 * math.pi * d / 7.0) for d in range(7)])
+_LOG_COUNT = np.array([math.log1p(k) / _LOG65 for k in range(65)])
+
 
 @numba.njit(nogil=True, cache=True)
 def _bad(x, lo, hi):
@@ -119,12 +127,12 @@ def encode_workload(payloads, i, out):
     for j in range(10):
         d = (math.log1p(np.float64(hm[j])) - lcur) * 10.0
         out[23 + j] = min(max(d, -5.0), 5.0)
-    hour = 2.0 * math.pi * np.float64(p.time_of_day) / 24.0
-    day = 2.0 * math.pi * np.float64(p.day_of_week) / 7.0
-    out[33] = math.sin(hour)
-    out[34] = math.cos(hour)
-    out[35] = math.sin(day)
-    out[36] = math.cos(day)
+    hour = np.int64(p.time_of_day)  # validated: 0..23 and 0..6
+    day = np.int64(p.day_of_week)
+    out[33] = _HOUR_SIN[hour]
+    out[34] = _HOUR_COS[hour]
+    out[35] = _DAY_SIN[day]
+    out[36] = _DAY_COS[day]
     out[37] = 1.0 if p.day_of_week >= 5 else 0.0
     return 0
 
@@ -171,13 +179,13 @@ def encode_threat(payloads, i, out):
     out[15] = m
     out[16] = h[9] - h[0]
     out[17] = min(math.log1p(np.float64(p.time_since_last_threat)) / TIME_LOG_SCALE, 1.5)
-    out[18] = math.log1p(cnt) / _LOG65
+    out[18] = _LOG_COUNT[cnt]  # counts validated: 0..64
     denom = max(cnt, 1)
     for k in range(4):
         out[19 + k] = sev[k] / denom
-        out[23 + k] = math.log1p(np.float64(sev[k])) / _LOG65
+        out[23 + k] = _LOG_COUNT[np.int64(sev[k])]
     out[27] = dist / denom
-    out[28] = math.log1p(dist) / _LOG65
+    out[28] = _LOG_COUNT[dist]
     return 0
 
 

@@ -137,3 +137,4 @@ def float32_from_bits(typingctx, bits):
         return builder.bitcast(low, _F32)
 
     return types.float32(bits), codegen
+
