@@ -7,6 +7,11 @@ from Python) and ``compiled-njit`` (the same ``forward`` timed inside compiled c
 the daemon's pass calls it: no Python call in the figure). Also per model: encoding 256
 payload records (the compiled batch encoder, timed inside compiled code). Loops are
 bounded by both a call count and a time budget per configuration.
+
+``--int8``: also quantise each shipped Keras model (dynamic range + representative
+dataset, ``Optimize.DEFAULT``) and report held-out quality (5,000 test rows, the
+manifest's metrics) and LiteRT speed at batch 1 and 256 beside the float model. The
+compiled backend runs float32 graphs only, so it has no int8 figure (docs/MODELS.md).
 """
 
 from __future__ import annotations
@@ -113,10 +118,72 @@ def _time(fn, x: np.ndarray, max_calls: int, budget_s: float) -> dict:
     }
 
 
+def _lower_is_better(metric: str) -> bool:
+    return any(k in metric for k in ("mae", "brier", "ece"))
+
+
+def _int8_study(mid, max_calls: int, budget: float) -> dict:
+    """Float vs int8 (LiteRT) on 5,000 held-out rows: quality per metric, speed, size."""
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from models import (
+        MODEL_NAMES,
+        _layers,  # noqa: F401  (registers the custom layers)
+        postprocess,
+    )
+    from models._artifacts import default_models_dir
+    from models._data import split
+    from models._evaluate import evaluate
+
+    directory = default_models_dir() / MODEL_NAMES[mid]
+    rec, x, lab = split(mid, 7, "test", 5000)
+    _, x_rep, train_lab = split(mid, 7, "train", 2000)
+    conv = tf.lite.TFLiteConverter.from_keras_model(keras.saving.load_model(directory / "model.keras", compile=False))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x_rep[i : i + 1]] for i in range(300))
+    study = {}
+    for tag, content in (("float", (directory / "model.tflite").read_bytes()), ("int8", conv.convert())):
+        it = Interpreter(model_content=content, num_threads=1)
+        inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+        speed = {}
+        for batch, xb in ((len(x), x), (1, x[:1]), (256, x[:256])):
+            xb = np.ascontiguousarray(xb)
+            it.resize_tensor_input(inp, list(xb.shape), strict=True)
+            it.allocate_tensors()
+
+            def call(v, it=it, inp=inp, out=out):
+                it.set_tensor(inp, v)
+                it.invoke()
+                return it.get_tensor(out)
+
+            if batch == len(x):
+                raw = call(xb).copy()
+            else:
+                speed[f"batch{batch}_us"] = _time(call, xb, max_calls, budget)["median_us"]
+        post = np.zeros((len(x), 4))
+        postprocess(int(mid), raw, post)
+        metrics = evaluate(mid, rec, x, raw, post, lab, train_lab)
+        quality = {k: v["model"] for k, v in metrics.items() if "model" in v}
+        quality["ece"] = metrics["confidence"]["ece"]
+        study[tag] = {"size_kb": round(len(content) / 1024, 1), "quality": quality, **speed}
+    worst = 0.0
+    for metric, ref in study["float"]["quality"].items():
+        got = study["int8"]["quality"][metric]
+        loss = (got - ref) if _lower_is_better(metric) else (ref - got)
+        # Task metrics: relative loss. ECE is itself an error near 0: 1% means 0.01 absolute.
+        worst = max(worst, loss if metric == "ece" else loss / max(abs(ref), 1e-9))
+    study["worst_relative_quality_loss"] = round(worst, 4)
+    study["quality_within_1pct"] = worst <= 0.01
+    return study
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench models", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer calls per configuration")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--int8", action="store_true", help="also measure each model quantised (LiteRT)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
@@ -128,7 +195,7 @@ def main(argv: list[str]) -> int:
     from models._encode import BATCH_ENCODERS
 
     max_calls, budget = (300, 0.3) if args.quick else (5000, 2.0)
-    results, baseline, ratios, encoding, parity = [], [], [], [], []
+    results, baseline, ratios, encoding, parity, int8 = [], [], [], [], [], {}
     print(f"{'model':<9} {'backend':<13} {'batch':>5} {'median us':>10} {'p99 us':>10} {'rows/s':>12} {'x numpy':>8}")
 
     def row(name: str, backend: str, batch: int, r: dict, speedup: float) -> None:
@@ -179,6 +246,12 @@ def main(argv: list[str]) -> int:
         enc = {"model": name, "records": 256, **_summary_us(samples[:k], 256)}
         encoding.append(enc)
         print(f"{name:<9} encode 256 records: median {enc['median_us']:.2f} us, p99 {enc['p99_us']:.2f} us")
+        if args.int8:
+            int8[name] = _int8_study(mid, max_calls, budget)
+            q = int8[name]
+            print(f"{name:<9} int8: worst relative quality loss {q['worst_relative_quality_loss']:.2%}, "
+                  f"batch 1 {q['float']['batch1_us']:.2f} -> {q['int8']['batch1_us']:.2f} us, "
+                  f"batch 256 {q['float']['batch256_us']:.1f} -> {q['int8']['batch256_us']:.1f} us")  # fmt: skip
         print(f"{name:<9} max abs diff vs litert: numpy {parity[-1]['numpy_vs_litert_max_abs']:.1e}, "
               f"compiled {parity[-1]['compiled_vs_litert_max_abs']:.1e}")  # fmt: skip
     if args.json:
@@ -190,5 +263,6 @@ def main(argv: list[str]) -> int:
             "ratios": ratios,
             "encoding": encoding,
             "parity": parity,
+            "int8": int8,
         })  # fmt: skip
     return 0

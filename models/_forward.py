@@ -162,7 +162,7 @@ def _binary(s, ops, i, consts, rows):
 
 @njit(nogil=True, cache=True)
 def forward(bank, mid, x, n, out, scratch):
-    """Raw outputs ``out[:n, :k]`` of model ``mid`` for features ``x[:n, :f]`` (float32).
+    """Raw outputs ``out[:n, :k]`` of model ``mid`` for features ``x[:n, :f]`` (float32, may be wider).
 
     ``scratch`` comes from ``scratch_for(bank)``; its row count is the tile size (read
     here, not from ``_ops``: numba's cache would keep a stale constant of another module).
@@ -173,14 +173,15 @@ def forward(bank, mid, x, n, out, scratch):
     col_in, n_in, col_out, n_out = m[o.MODEL_IN], m[o.MODEL_N_IN], m[o.MODEL_OUT], m[o.MODEL_N_OUT]
     if m[o.MODEL_VERSION] == 0:
         raise ValueError("forward: the bank holds no such model")
+    # x and out may be wider than the model: the daemon keeps the widest model's width.
     if (
         scratch.shape[1] < m[o.MODEL_STRIDE]
         or x.shape[0] < n
-        or x.shape[1] != n_in
+        or x.shape[1] < n_in
         or out.shape[0] < n
-        or out.shape[1] != n_out
+        or out.shape[1] < n_out
     ):
-        raise ValueError("forward: scratch, x or out has the wrong shape for this model")
+        raise ValueError("forward: scratch, x or out is too small for this model")
     tile = scratch.shape[0]
     for t in range(0, n, tile):
         rows = min(tile, n - t)

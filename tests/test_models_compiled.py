@@ -150,8 +150,8 @@ def test_one_bank_serves_every_model_as_its_own_runner_does():
         out = np.zeros((40, N_RAW_OUTPUTS[mid]), np.float32)
         forward(bank, int(mid), x, 40, out, scratch)
         np.testing.assert_array_equal(out, _runner(mid, "compiled").predict(x))
-    with pytest.raises(ValueError, match="wrong shape"):
-        forward(bank, int(ModelId.THREAT), x, 40, out, scratch)  # memory features into threat
+    with pytest.raises(ValueError, match="too small"):
+        forward(bank, int(ModelId.MEMORY), x[:, :20], 40, out, scratch)  # 20 of memory's 70 features
 
 
 def test_backend_names_agree_and_unknown_backend_is_named():
