@@ -8,7 +8,8 @@ wake-ups on futex words inside the segment.
 The public API is what this module exports: ``Channel`` (segments),
 ``Producer``/``Consumer`` (one ring from Python), ``ChannelTable`` and the
 ``table_*`` functions (every channel of a server, callable from its
-compiled loop), and the clock and spin hints compiled code needs.
+compiled loop), the ``ring_*`` functions (one ring's protocol, callable from a
+client's compiled code), and the clock and spin hints compiled code needs.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from ._segment import (
 
 if TYPE_CHECKING:
     from ._atomics import cpu_relax, monotonic_ns
-    from ._core import CORRUPT
+    from ._core import CORRUPT, ring_nudge, ring_peek, ring_produce, ring_release, ring_wait
     from ._ends import DEFAULT_SPIN_US, Consumer, Producer
     from ._table import (
         INTERRUPTED,
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 # they load on first use. A process that only names segments or reads the stats segment
 # (the HTTP shim, which reaches its channel through the C client) never pays for it.
 _LAZY = {
-    "CORRUPT": "_core",
+    **dict.fromkeys(("CORRUPT", "ring_nudge", "ring_peek", "ring_produce", "ring_release", "ring_wait"), "_core"),
     "DEFAULT_SPIN_US": "_ends",
     "Consumer": "_ends",
     "Producer": "_ends",
@@ -107,6 +108,11 @@ __all__ = [
     "open_own_segment",
     "open_peer_segment",
     "remove_leftovers",
+    "ring_nudge",
+    "ring_peek",
+    "ring_produce",
+    "ring_release",
+    "ring_wait",
     "segment_name",
     "table_answer",
     "table_peek",

@@ -214,6 +214,18 @@ def ring_commit(hdr64, hdr32, state, n):
 
 
 @njit(nogil=True, cache=True)
+def ring_nudge(hdr64, hdr32, state):
+    """Producer: wake a sleeping consumer that has records pending; True if woken.
+
+    For a consumer that stopped taking for want of room elsewhere (the daemon,
+    when this side's completion ring was full): call after making that room.
+    """
+    if state[CORRUPT_FLAG] or state[OWN] == load_acquire(hdr64, HEAD):
+        return False
+    return ring_commit(hdr64, hdr32, state, 0)
+
+
+@njit(nogil=True, cache=True)
 def ring_produce(hdr64, hdr32, slots, state, records, n):
     """Producer: copy up to ``n`` rows of ``records`` (uint8[n, slot_size]) and publish.
 

@@ -92,9 +92,7 @@ class Producer:
         daemon, when this side's completion ring was full): call after
         making that room, so it need not wait for its sleep timeout.
         """
-        pending = self.tail != int(self.ring.hdr64[core.HEAD])
-        if pending:
-            self.wakeups_posted += core.ring_commit(self.ring.hdr64, self.ring.hdr32, self.state, 0)
+        self.wakeups_posted += core.ring_nudge(self.ring.hdr64, self.ring.hdr32, self.state)
 
 
 class Consumer:

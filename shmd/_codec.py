@@ -248,7 +248,7 @@ _FILL = {
 }
 
 
-def _values(model: ModelId, fields: Any) -> tuple:
+def values(model: ModelId, fields: Any) -> tuple:
     """API ``fields`` checked and converted, in the order of the payload struct's fields."""
     values: dict[str, Any] = {}
     _FILL[model](values, _mapping(fields, "body"))
@@ -257,7 +257,7 @@ def _values(model: ModelId, fields: Any) -> tuple:
 
 def encode_payload(model: ModelId, fields: Any) -> np.ndarray:
     """API ``fields`` as a payload record of ``PAYLOADS[model]``."""
-    return np.array(_values(model, fields), PAYLOADS[model])
+    return np.array(values(model, fields), PAYLOADS[model])
 
 
 def encode_payloads(model: ModelId, items: Sequence[Any]) -> np.ndarray:
@@ -269,7 +269,7 @@ def encode_payloads(model: ModelId, items: Sequence[Any]) -> np.ndarray:
     rows = []
     for i, fields in enumerate(items):
         try:
-            rows.append(_values(model, fields))
+            rows.append(values(model, fields))
         except InvalidFields as err:
             if len(items) > 1:
                 err.args = (f"item {i}: {err.args[0]}",)

@@ -55,7 +55,11 @@ from ._errors import ConfigError
 # Words of the pass_state array. The last two are a test-only fault point (see
 # ``fault_state``): which step of ``finish`` to die after, and after how many times.
 PASS_START, PASS_DRAIN_NS, PASS_FAULT, PASS_FAULT_COUNTDOWN = range(4)
-PASS_STATE_WORDS = 4
+# The adaptive idle spin (see ``_adapt_spin``): the window now, and the wake-up cost learnt.
+PASS_SPIN_NS, PASS_WAKE_NS = 4, 5
+PASS_STATE_WORDS = 6
+INITIAL_WAKE_NS = 20_000  # a futex wake-up on this VM, measured (docs/ARCHITECTURE.md); then learnt
+MIN_SPIN_NS = 2_000  # a window that grows starts here
 FAULT_NONE, FAULT_AFTER_PUBLISH, FAULT_AFTER_RELEASE = range(3)
 FAULT_POINTS = {"after_publish": FAULT_AFTER_PUBLISH, "after_release": FAULT_AFTER_RELEASE}
 FAULT_EXIT_CODE = 86  # what a daemon killed by its fault point exits with
@@ -63,7 +67,9 @@ FAULT_EXIT_CODE = 86  # what a daemon killed by its fault point exits with
 LOOP_SLEEPS = 0  # times the loop slept on the SQs' wake-up words
 LOOP_TIMEOUT_RESCUES = 1  # sleeps that ended by timeout and then found work: a lost wake-up
 LOOP_WAKES = 2  # clients woken after their answers were published
-N_LOOP_COUNTERS = 4
+LOOP_SPIN_NS = 3  # the adaptive spin window now (ns)
+LOOP_WAKE_NS = 4  # the wake-up cost learnt (ns)
+N_LOOP_COUNTERS = 5
 MAX_INNER_PASSES = 64  # model-free passes ``step`` may finish before returning to Python
 N_MODELS = max(ModelId) + 1  # arrays indexed by model id; row 0 unused
 _WORKLOAD, _THREAT, _FAILURE, _MEMORY = (int(m) for m in ModelId)
@@ -318,6 +324,38 @@ def finish(
 
 
 @njit(nogil=True, cache=True)
+def _adapt_spin(pass_state, reqs, n, idle_from, spin_max_ns, m_loop):
+    """Learn from a sleep that ended with work: the idle spin window and the wake-up cost.
+
+    Halt-polling (KVM) / hybrid polling (NVMe): spinning pays only when the next
+    request comes sooner than a wake-up costs. ``idle_from`` is when the loop ran
+    out of work; the request came ``waited`` later. The window grows (doubling)
+    when a longer spin, within ``2 x wake cost`` and ``spin_max_ns``, would have
+    caught it without sleeping, and halves when the request came later than that:
+    so a caller pacing faster than a wake-up is met by a spinning loop, and a
+    slower one by a sleeping loop that burns no CPU. The wake-up cost is learnt
+    from the requests that woke the loop: drain time minus their submit time.
+    """
+    drain_ns = pass_state[PASS_DRAIN_NS]
+    latest = np.int64(0)
+    for j in range(n):
+        latest = max(latest, np.int64(reqs[j].submit_ns))
+    sample = drain_ns - latest
+    if 0 < sample < 1_000_000:  # a clock of another machine, or a stamp long before the submit: ignore
+        pass_state[PASS_WAKE_NS] += (sample - pass_state[PASS_WAKE_NS]) // 8
+    cap = min(spin_max_ns, 2 * pass_state[PASS_WAKE_NS])
+    waited = drain_ns - idle_from
+    window = pass_state[PASS_SPIN_NS]
+    if waited <= cap:
+        window = min(cap, max(2 * window, MIN_SPIN_NS))
+    else:
+        window = window // 2 if window >= 2 * MIN_SPIN_NS else 0
+    pass_state[PASS_SPIN_NS] = window
+    m_loop[LOOP_SPIN_NS] = window
+    m_loop[LOOP_WAKE_NS] = pass_state[PASS_WAKE_NS]
+
+
+@njit(nogil=True, cache=True)
 def step(
     table, sq_state, cq_state, ready, alloc, offsets, pass_state, room, n_prev,
     staging, reqs, p_workload, p_threat, p_failure, p_memory,
@@ -332,8 +370,9 @@ def step(
 
     One call from Python per pass: every call costs the unboxing of each
     argument, so finishing and draining share one. With nothing to drain
-    after spinning ``spin_ns``, sleeps on every SQ's wake-up word for at most
-    ``sleep_ns`` (0: return at once) and drains as soon as it is woken.
+    after spinning (the adaptive window, at most ``spin_ns``), sleeps on every
+    SQ's wake-up word for at most ``sleep_ns`` (0: return at once; no spin
+    either) and drains as soon as it is woken.
     Returns the number of records drained: 0 after a sleep that timed out or
     was interrupted by a signal (Python then runs housekeeping and handlers).
     """
@@ -341,7 +380,8 @@ def step(
     # next round here rather than after a trip to Python; bounded, so Python
     # still sees signals and housekeeping.
     n = n_prev
-    spin = spin_ns
+    spin = min(pass_state[PASS_SPIN_NS], spin_ns) if sleep_ns > 0 else spin_ns
+    idle_from = np.int64(0)
     for _ in range(MAX_INNER_PASSES):
         if n > 0:
             m_loop[LOOP_WAKES] += finish(
@@ -351,6 +391,7 @@ def step(
                 c_entries, c_ttl, c_stats,
                 m_model, m_hist, m_summary, m_batch, m_channel, wake,
             )  # fmt: skip
+        started = monotonic_ns()
         n = drain(
             table, sq_state, cq_state, ready, alloc, offsets, pass_state, room,
             staging, reqs, p_workload, p_threat, p_failure, p_memory,
@@ -359,7 +400,10 @@ def step(
             c_entries, c_ttl, c_quantum, c_stats,
             m_model, m_channel, max_queue_ns, spin,
         )  # fmt: skip
-        spin = spin_ns
+        if idle_from > 0 and n > 0:  # the drain after a wake-up: learn from it
+            _adapt_spin(pass_state, reqs, n, idle_from, spin_ns, m_loop)
+        idle_from = 0
+        spin = min(pass_state[PASS_SPIN_NS], spin_ns) if sleep_ns > 0 else spin_ns
         if n == 0 and sleep_ns > 0:
             m_loop[LOOP_SLEEPS] += 1
             found, outcome = table_sleep(table, sq_state, cq_state, ready, waiters, sleep_ns)
@@ -367,6 +411,7 @@ def step(
                 return 0
             if outcome == TIMED_OUT:
                 m_loop[LOOP_TIMEOUT_RESCUES] += 1
+            idle_from = started
             spin = 0  # work is there: the next round drains it at once
             continue
         if n == 0 or counts.sum() > 0:

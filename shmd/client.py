@@ -21,6 +21,7 @@ crash, carry ids this client does not have outstanding: they are dropped
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import threading
 import time
@@ -30,13 +31,11 @@ from typing import Any
 import numpy as np
 
 import ringbuf
-from kernel_abi import (
-    REQUEST,
-    ModelId,
-)
+from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUEST, RESPONSE, ModelId
 
-from . import _codec, _lock, _records
+from . import _codec, _exchange, _lock, _records
 from ._errors import ChannelBusy, DaemonError, NotReady
+from ._records import requests_for
 
 DEFAULT_PREFIX = "shmd"
 DEFAULT_TIMEOUT = 5.0
@@ -76,6 +75,25 @@ class Client:
         self._outstanding: set[int] = set()
         self._results: dict[int, np.ndarray] = {}
         self.dropped = 0
+        self._prepare_exchange()
+
+    def _prepare_exchange(self) -> None:
+        """Buffers of the compiled round trip, made once; its code loaded now, not on the first call."""
+        # With one CPU to run on, spinning would only keep the daemon we wait for off it.
+        spin_max = int(self.spin_us * 1000) if len(os.sched_getaffinity(0)) > 1 else 0
+        self._learn = _exchange.new_learn(spin_max)
+        self._progress = np.zeros(_exchange.PROGRESS_WORDS, np.int64)
+        self._scratch = np.zeros((self.channel.cq.capacity, RESPONSE.itemsize), np.uint8)
+        self._done = np.zeros(1, np.uint8)
+        # One preallocated record per model for predict(): filled in place, never reallocated.
+        self._one = {mid: requests_for(mid, np.zeros(1, PAYLOADS[mid]), submit_ns=0) for mid in ModelId}
+        self._one_rows = {mid: rec.view(np.uint8).reshape(1, -1) for mid, rec in self._one.items()}
+        self._one_resp = np.zeros(1, RESPONSE)
+        self._one_resp_row = self._one_resp.view(np.uint8).reshape(1, -1)
+        sq, cq = self.channel.sq, self.channel.cq
+        self._rings = (sq.hdr64, sq.hdr32, sq.slots, self._sq.state, cq.hdr64, cq.hdr32, cq.slots, self._cq.state)
+        # An empty exchange loads (or compiles) the code; answers a previous holder left are dropped.
+        self._exchange(self._one_rows[ModelId.WORKLOAD][:0], self._one_resp_row[:0])
 
     def _hold(self) -> None:
         seg = self.channel.segment
@@ -121,6 +139,31 @@ class Client:
         self._outstanding.difference_update(ids)
         return got
 
+    def _exchange(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Publish REQUEST ``rows`` (uint8[n, slot]) under fresh ids, answers into ``out`` rows, in order."""
+        n = len(rows)
+        if len(self._done) < n:
+            self._done = np.zeros(n, np.uint8)
+        progress = self._progress
+        progress[:] = 0
+        progress[_exchange.FIRST_ID] = self._next_id
+        self._next_id += n
+        deadline = now_ns() + int(self.timeout * 1e9)
+        while True:
+            rc = _exchange.exchange(*self._rings, rows, out, self._done, self._scratch, progress, self._learn, deadline)
+            if rc == _exchange.DONE:
+                break
+            if rc == _exchange.CORRUPT:
+                self._cq.ready()  # raises RingCorrupt naming the ring and indices
+                self._sq.space()
+            if now_ns() >= deadline:
+                self.dropped += int(progress[_exchange.DROPPED])
+                raise NotReady(
+                    f"{n - int(progress[_exchange.GOT])} of {n} predictions unanswered after {self.timeout}s on "
+                    f"channel {self.channel.name!r}: is the daemon running (prefix {self.channel.prefix!r})?"
+                )
+        self.dropped += int(progress[_exchange.DROPPED])
+
     def wait(self, timeout: float | None = None) -> int:
         """Block until completions are ready (spin, then sleep); the ready count."""
         return self._cq.wait(self.timeout if timeout is None else timeout, self.spin_us)
@@ -139,8 +182,47 @@ class Client:
         deadline_ms: float | None = None,
         no_cache: bool = False,
     ) -> dict[str, Any]:
-        """One prediction: API ``fields`` in, the API ``prediction`` dict out."""
-        return self.predict_many(model, [fields], deadline_ms=deadline_ms, no_cache=no_cache)[0]
+        """One prediction: API ``fields`` in, the API ``prediction`` dict out.
+
+        One compiled call publishes, waits and reaps; the record is built in a
+        buffer made at attach (no numpy allocation per call).
+        """
+        mid = _codec.model_id(model)
+        if self._outstanding:  # records submitted with submit(): keep their answers for reap()
+            return self.predict_many(model, [fields], deadline_ms=deadline_ms, no_cache=no_cache)[0]
+        rec = self._one[mid]
+        rec["payload"][0] = _codec.values(mid, fields)
+        rec["flags"][0] = REQ_NO_CACHE if no_cache else 0
+        rec["deadline_ns"][0] = 0 if deadline_ms is None else now_ns() + int(deadline_ms * 1e6)
+        self._exchange(self._one_rows[mid], self._one_resp_row)
+        return _records.read_response(mid, self._one_resp[0], fields)
+
+    def predict_records(self, model: str, records: np.ndarray) -> np.ndarray:
+        """Zero-copy path: REQUEST records in (``REQUESTS[model]`` or ``REQUEST`` dtype), RESPONSE records out.
+
+        The caller fills the payloads (and, if it wants, ``flags`` and
+        ``deadline_ns``); model_id, abi_version and payload_len are set here,
+        request_id and submit_ns by the compiled exchange. The records are
+        copied into the ring straight from ``records``; answers come back in
+        order, statuses unchecked (``Status.OK`` = 0). For building records in
+        the ring itself, see ``ringbuf.Producer.reserve``/``commit``.
+        """
+        mid = _codec.model_id(model)
+        if records.dtype.itemsize != REQUEST.itemsize or records.ndim != 1:
+            raise ValueError(
+                f"records must be a 1-d array of REQUEST records: itemsize={records.dtype.itemsize} "
+                f"ndim={records.ndim}, expected itemsize={REQUEST.itemsize} ndim=1"
+            )
+        header = records.view(REQUEST)
+        header["model_id"] = mid
+        header["abi_version"] = ABI_VERSION
+        header["payload_len"] = PAYLOADS[mid].itemsize
+        out = np.zeros(len(records), RESPONSE)
+        if self._outstanding:
+            raise ChannelBusy("predict_records with submit()ted records outstanding: reap() them first")
+        self._exchange(np.ascontiguousarray(records).view(np.uint8).reshape(len(records), -1),
+                       out.view(np.uint8).reshape(len(records), -1))  # fmt: skip
+        return out
 
     def predict_many(
         self,
@@ -157,7 +239,13 @@ class Client:
         unless ``return_exceptions`` puts exceptions in the result list.
         """
         mid = _codec.model_id(model)
-        responses = self._roundtrip(self._build(mid, items, deadline_ms, no_cache))
+        records = self._build(mid, items, deadline_ms, no_cache)
+        if self._outstanding:
+            responses = self._roundtrip(records)
+        else:
+            responses = np.zeros(len(records), RESPONSE)
+            rows = records.view(np.uint8).reshape(len(records), -1)
+            self._exchange(rows, responses.view(np.uint8).reshape(len(records), -1))
         results: list[Any] = []
         for i, resp in enumerate(responses):
             try:

@@ -197,11 +197,14 @@ class Daemon:
         self.offsets = np.zeros(n_ch + 1, np.int64)
         self.wake = np.zeros(n_ch, np.bool_)
         self.max_queue_ns = int(self.cfg.max_queue_ms * 1e6)
-        self.spin_ns = int(self.cfg.spin_us * 1000)
+        # The idle spin's upper bound; the loop learns the window below it. With one CPU
+        # to run on, a spinning loop would only keep the client it waits for off that CPU.
+        self.spin_ns = int(self.cfg.spin_us * 1000) if len(os.sched_getaffinity(0)) > 1 else 0
         self.sleep_ns = int(self.cfg.sleep_timeout_ms * 1e6)
         self.pass_state = np.zeros(_loop.PASS_STATE_WORDS, np.int64)
         fault = os.environ.get("SHMD_TEST_FAULT", "")  # test-only: see _loop.fault_state
         self.pass_state[_loop.PASS_FAULT : _loop.PASS_FAULT_COUNTDOWN + 1] = _loop.fault_state(fault)
+        self.pass_state[_loop.PASS_WAKE_NS] = _loop.INITIAL_WAKE_NS
         self.passes = 0
         self.last_housekeeping = 0
         self.last_cache_count = 0

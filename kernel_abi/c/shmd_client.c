@@ -12,6 +12,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -638,7 +639,28 @@ struct shmd_client {
     unsigned reaped_cap;
     uint8_t *done; /* per request of the current call */
     unsigned done_cap;
+    uint64_t answer_ns; /* learnt time from submit to answer (EWMA): sizes the spin window */
+    uint64_t spin_max_ns; /* cfg.spin_us, or 0 when this process may run on one CPU only */
 };
+
+/* How long to spin for an answer before sleeping: spinning pays only when the
+ * answer comes sooner than a wake-up of ours would cost, so spin for twice the
+ * answer time learnt, and not at all once answers take longer than the bound
+ * (the daemon wakes us then). The learning goes on either way: a slow answer
+ * measured after a sleep lengthens the next window until the bound. */
+static uint64_t spin_window(const struct shmd_client *c)
+{
+    if (c->answer_ns > c->spin_max_ns)
+        return 0;
+    return 2 * c->answer_ns < c->spin_max_ns ? 2 * c->answer_ns : c->spin_max_ns;
+}
+
+static void learn_answer_time(struct shmd_client *c, uint64_t sample_ns)
+{
+    if (sample_ns > 4 * c->spin_max_ns)
+        sample_ns = 4 * c->spin_max_ns; /* one preemption must not rule the next calls */
+    c->answer_ns = c->answer_ns - c->answer_ns / 8 + sample_ns / 8;
+}
 
 static uint64_t random_id_base(void)
 {
@@ -723,6 +745,11 @@ struct shmd_client *shmd_client_new(const struct shmd_client_config *cfg)
     c->cfg.channel = c->channel;
     if (!c->cfg.spin_us)
         c->cfg.spin_us = 50;
+    /* With one CPU to run on, spinning would only keep the daemon we wait for off it. */
+    cpu_set_t cpus;
+    int one_cpu = sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) < 2;
+    c->spin_max_ns = one_cpu ? 0 : (uint64_t)c->cfg.spin_us * 1000ull;
+    c->answer_ns = c->spin_max_ns / 2;
     if (!c->cfg.timeout_ms)
         c->cfg.timeout_ms = 1000;
     if (!c->cfg.cooldown_ms)
@@ -795,7 +822,8 @@ static int exchange(struct shmd_client *c, struct shmd_request *reqs, struct shm
     }
     memset(c->done, 0, n);
     unsigned sent = 0, got = 0;
-    uint64_t spin_ns = (uint64_t)c->cfg.spin_us * 1000ull;
+    uint64_t spin_ns = spin_window(c);
+    uint64_t submitted = now;
     for (;;) {
         if (sent < n) {
             int k = shmd_sq_submit(ch, reqs + sent, n - sent);
@@ -818,8 +846,11 @@ static int exchange(struct shmd_client *c, struct shmd_request *reqs, struct shm
                 c->stats.dropped++; /* late answer to an earlier call, or a duplicate after a restart */
             }
         }
-        if (got == n)
+        if (got == n) {
+            if (n <= 4) /* a big batch's time says nothing about the next single answer */
+                learn_answer_time(c, shmd_now_ns() - submitted);
             return (int)n;
+        }
         now = shmd_now_ns();
         if (now >= deadline_ns)
             return (int)got;

@@ -153,7 +153,7 @@ struct shmd_client_config {
     const char *channel;       /* required: the channel name */
     shmd_fallback_fn fallback; /* optional: without it, calls fail with SHMD_ENOFALLBACK */
     void *fallback_arg;
-    uint32_t spin_us;          /* spin window before sleeping on the CQ (default 50) */
+    uint32_t spin_us;          /* upper bound of the adaptive spin before sleeping on the CQ (default 50) */
     uint32_t timeout_ms;       /* wait bound for requests with deadline_ns == 0 (default 1000) */
     uint32_t cooldown_ms;      /* breaker open time before a probe (default 200) */
     uint32_t heartbeat_stale_ms; /* daemon heartbeat older than this = hung (default 2000; 0: default) */

@@ -1,0 +1,55 @@
+"""Client's compiled round trip: predict, predict_many and predict_records against a live daemon."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from kernel_abi import REQUESTS, RESPONSE, ModelId, Status
+from shmd import _codec
+from shmd.client import Client
+from shmd.samples import SAMPLES
+
+from ._daemon import DaemonProcess
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    with DaemonProcess(f"cf{os.getpid()}", "--channels", "a") as d:
+        yield d
+
+
+def test_predict_agrees_with_predict_many_for_every_model(daemon: DaemonProcess) -> None:
+    with Client("a", daemon.prefix) as c:
+        for name, fields in SAMPLES.items():
+            one = c.predict(name, fields, no_cache=True)
+            many = c.predict_many(name, [fields, fields], no_cache=True)
+            assert {k: v for k, v in one.items() if k != "cacheHit"} == {
+                k: v for k, v in many[0].items() if k != "cacheHit"
+            }, name
+            c.predict(name, fields)  # fills the cache (NO_CACHE requests bypass it both ways)
+            assert c.predict(name, fields)["cacheHit"], f"{name}: the repeat is answered from the cache"
+        assert c.dropped == 0 and c.outstanding == 0
+
+
+def test_predict_records_answers_in_order_with_per_record_status(daemon: DaemonProcess) -> None:
+    mid = ModelId.WORKLOAD
+    records = np.zeros(5, REQUESTS[mid])
+    records["payload"] = _codec.encode_payloads(mid, [SAMPLES["workload"]] * 5)
+    records["payload"]["current_cpu"] = [0.1, 0.2, 7.0, 0.4, 0.5]  # the third is out of range
+    with Client("a", daemon.prefix) as c:
+        out = c.predict_records("workload", records)
+        assert out.dtype == RESPONSE and len(out) == 5
+        assert out["status"].tolist() == [Status.OK, Status.OK, Status.INVALID_INPUT, Status.OK, Status.OK]
+        assert (np.diff(out["request_id"].astype(np.int64)) == 1).all(), "answers are in submission order"
+        assert out["request_id"].tolist() == records["request_id"].tolist(), "ids stamped into the caller's records"
+        again = c.predict_records("workload", records)
+        assert again["request_id"][0] == out["request_id"][-1] + 1, "every call takes fresh ids"
+        assert np.array_equal(again["outputs"][[0, 1, 3, 4]], out["outputs"][[0, 1, 3, 4]])
+        with pytest.raises(ValueError, match=r"^records must be a 1-d array of REQUEST records: itemsize=8"):
+            c.predict_records("workload", np.zeros(3, np.uint64))
