@@ -346,13 +346,6 @@ def _judge(figures: dict[str, float]) -> list[dict[str, Any]]:
     return out
 
 
-def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
-
-
 def _table(name: str, shim: dict[str, Any], bare: dict[str, Any]) -> str:
     rows = [f"{'case':<9} {'server':<9} {'req':>7} {'err':>4} {'req/s':>8} {'p50 µs':>8} {'p99 µs':>8} "
             f"{'p99.9 µs':>9} {'max µs':>8} {'hits':>5} {'÷ bare':>7}"]  # fmt: skip
@@ -441,7 +434,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, {
             "benchmark": "http",
-            "commit": _commit(),
             "quick": args.quick,
             "cpus": os.cpu_count(),
             "generator": generator,
@@ -449,9 +441,13 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_per_case": seconds,
             "distinct_bodies": {"single": N_BODIES, "batch": N_BATCHES, "batch_items": BATCH},
             "commands": commands,
-            "figures": shim,
-            "baseline": base,
-            "ratios": ratios,
+            # The default configuration (the first) as figures/baseline/ratios, as bench report reads them;
+            # every configuration, each with its own same-run baseline, under "configurations".
+            "figures": shim[default],
+            "baseline": base[default],
+            "configurations": {name: {"figures": shim[name], "baseline": base[name], "ratios": ratios[name]}
+                               for name in names},
+            "ratios": ratios[default],
             "rss_mb": rss,
             "codec_costs_us": codecs,
             "targets": targets,
