@@ -26,8 +26,9 @@ from pathlib import Path
 import kernel_abi
 
 _C_DIR = Path(kernel_abi.__file__).resolve().parent / "c"
-SOURCES = (_C_DIR / "shmd_client.c", Path(__file__).resolve().parent / "_exchange.c")
-HEADERS = (_C_DIR / "shmd_client.h", _C_DIR.parent / "include" / "shmd_abi.h")
+# Every source of the C client library (a file added there is compiled in), and the shim's own.
+SOURCES = (*sorted(_C_DIR.glob("*.c")), Path(__file__).resolve().parent / "_exchange.c")
+HEADERS = (*sorted(_C_DIR.glob("*.h")), *sorted((_C_DIR.parent / "include").glob("*.h")))
 CFLAGS = ("-std=c11", "-O2", "-fPIC", "-shared", f"-I{_C_DIR}", f"-I{_C_DIR.parent / 'include'}")
 LDLIBS = ("-lpthread", "-lrt")
 
