@@ -31,7 +31,7 @@ def daemon() -> Iterator[Daemon]:
     assert not d.stop(), "daemon left shared memory behind"
 
 
-def test_schemathesis_finds_no_failure(daemon: Daemon) -> None:
+def test_schemathesis_finds_no_failure(daemon: Daemon, tmp_path: Path) -> None:
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     if st is None:
         pytest.skip("schemathesis is not installed (it is in the test extra: pip install -e '.[test]')")
@@ -39,7 +39,8 @@ def test_schemathesis_finds_no_failure(daemon: Daemon) -> None:
            f"http://127.0.0.1:{daemon.port}/openapi.json", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
            "--seed", str(SEED), "--no-color", "--generation-database", "none"]  # fmt: skip
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests._schemathesis_hooks", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=200)
+    # cwd: schemathesis keeps a working directory (.schemathesis/) there, not in the repository
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=200)
     summary = proc.stdout[proc.stdout.rfind("SUMMARY") :] if "SUMMARY" in proc.stdout else proc.stdout[-4000:]
     assert proc.returncode == 0, f"schemathesis failed ({' '.join(cmd)}):\n{proc.stdout[-20000:]}\n{proc.stderr}"
     assert "generated" in summary and "passed" in summary, summary  # it did run cases
