@@ -23,6 +23,18 @@ from ._app import create_app
 from ._native import NativeBuildError
 
 
+def _exit_with_parent() -> None:
+    """SIGTERM this process when its parent dies: a daemon killed with SIGKILL leaves no shim behind."""
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        sys.exit(f"http_shim: the parent process {parent} is gone")
+
+
 def _event_loop() -> asyncio.AbstractEventLoop:
     if os.environ.get("SHMD_HTTP_LOOP", "uvloop") == "uvloop":
         try:
@@ -41,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=9005, help="port (default 9005)")
     p.add_argument("--reuse-port", action="store_true",
                    help="bind with SO_REUSEPORT, so several shim processes share the port")  # fmt: skip
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="exit when the parent process (shmd serve) dies, even by SIGKILL (Linux)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon's answer")
     args = p.parse_args(argv)
+    if args.exit_with_parent:
+        _exit_with_parent()
     logging.basicConfig(level=logging.WARNING, format="http_shim %(levelname)s %(message)s")
     app = create_app(args.prefix, args.channel, admin_token=os.environ.get("SHMD_ADMIN_TOKEN"), timeout=args.timeout)
     try:

@@ -48,7 +48,7 @@ class HttpChild:
 
     def _spawn(self, worker: _Worker) -> None:
         cmd = [sys.executable, "-m", "http_shim", "--prefix", self.cfg.prefix, "--channel", worker.channel,
-               "--host", self.cfg.host, "--port", str(self.cfg.port)]  # fmt: skip
+               "--host", self.cfg.host, "--port", str(self.cfg.port), "--exit-with-parent"]  # fmt: skip
         if len(self.workers) > 1:
             cmd.append("--reuse-port")
         env = dict(os.environ)
