@@ -220,6 +220,9 @@ def test_a_segment_owned_by_another_uid_is_refused(built: Path, prefix: str) -> 
         trusted = subprocess.run([TOOL, "rt", prefix, "a"], input=one, capture_output=True, timeout=30,
                                  env={**env, "SHMD_DAEMON_UID": "4242"})  # fmt: skip
         assert trusted.returncode == 3 and "not trusted" not in trusted.stderr.decode()  # past the owner check
+        bad_env = subprocess.run([TOOL, "rt", prefix, "a"], input=one, capture_output=True, timeout=30,
+                                 env={**env, "SHMD_DAEMON_UID": "shmd"})  # fmt: skip
+        assert 'SHMD_DAEMON_UID must be a numeric uid: SHMD_DAEMON_UID="shmd"' in bad_env.stderr.decode()
         # A caller that may not open it is told who may.
         stranger = subprocess.run([TOOL, "rt", prefix, "a"], input=one, capture_output=True, timeout=30,
                                   user=4243, group=4243)  # fmt: skip

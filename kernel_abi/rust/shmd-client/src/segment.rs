@@ -163,14 +163,17 @@ fn sys_err(what: String, e: io::Error) -> Error {
 /// Anyone can create /dev/shm/<prefix>.<channel> first: trust only a segment
 /// owned by the daemon's uid: $SHMD_DAEMON_UID when set, else root, this
 /// process's euid or the `shmd` user (the rule of ringbuf.Trust.daemon).
-fn owner_trusted(owner: u32) -> bool {
+fn owner_trusted(owner: u32) -> Result<bool, Error> {
     if let Some(want) = std::env::var("SHMD_DAEMON_UID").ok().filter(|v| !v.trim().is_empty()) {
-        return want.trim().parse::<u32>() == Ok(owner);
+        let uid = want.trim().parse::<u32>().map_err(|_| {
+            Error::InvalidArgument(format!("SHMD_DAEMON_UID must be a numeric uid: SHMD_DAEMON_UID={want:?}"))
+        })?;
+        return Ok(uid == owner);
     }
     let service_uid = std::fs::read_to_string("/etc/passwd").ok().and_then(|passwd| {
         passwd.lines().find_map(|line| line.strip_prefix("shmd:")?.split(':').nth(1)?.parse::<u32>().ok())
     });
-    owner == 0 || owner == sys::euid() || service_uid == Some(owner)
+    Ok(owner == 0 || owner == sys::euid() || service_uid == Some(owner))
 }
 
 impl Segment {
@@ -204,7 +207,7 @@ impl Segment {
             _ => sys_err(format!("shm_open({name})"), e),
         })?;
         let meta = file.metadata().map_err(|e| sys_err(format!("fstat({name})"), e))?;
-        if !owner_trusted(meta.uid()) {
+        if !owner_trusted(meta.uid())? {
             return Err(Error::Untrusted(format!(
                 "segment {name} is not trusted: owner uid={} mode={:04o} found, the daemon's uid expected; set \
                  SHMD_DAEMON_UID to its uid if that is expected",
