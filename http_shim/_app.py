@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import re
 import struct
 import time
 from typing import Any
@@ -39,7 +38,6 @@ log = logging.getLogger("http_shim")
 MAX_BATCH = 10_000
 CONTROL_TIMEOUT_S = 2.0  # the daemon runs control commands within ~100 ms; this bounds the wait
 _MODELS = frozenset(_snapshot.MODEL_NAMES)
-_ITEM = re.compile(r"^item (\d+): ")  # the index prefix shmd._codec puts on a batch item's InvalidFields
 
 
 def _model(request: web.Request) -> str:
@@ -185,9 +183,7 @@ class Shim:
         try:
             records = self._records(mid, items)
         except InvalidFields as err:
-            m = _ITEM.match(str(err))
-            index = m.group(1) if m else "0"
-            raise HttpError(400, f"features[{index}].{err.field}: {err.rule}") from None
+            raise HttpError(400, f"features[{err.item or 0}].{err.field}: {err.rule}") from None
         except (TypeError, ValueError, OverflowError) as err:
             raise HttpError(400, f"features: has an item with an unusable value ({type(err).__name__})") from None
         return self._batch_answer(request, t0, await self._predict(mid, records))  # one submission for the batch

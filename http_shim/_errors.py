@@ -12,6 +12,7 @@ from aiohttp import web
 
 from shmd._errors import (
     BadVersion,
+    ChannelError,
     DaemonError,
     DeadlineExceeded,
     InternalError,
@@ -55,6 +56,8 @@ def http_error(exc: BaseException) -> tuple[int, str]:
         return 400, str(exc)
     if isinstance(exc, NotReady):
         return 503, f"daemon did not answer in time: {exc}"
+    if isinstance(exc, ChannelError):
+        return 503, f"daemon channel unavailable: {exc}"
     for cls, status in _DAEMON_STATUS:
         if isinstance(exc, cls):
             return status, str(exc)

@@ -20,6 +20,7 @@ from ._errors import (
     RingCorrupt,
     RingError,
     SegmentExists,
+    SegmentNoSpace,
     SegmentNotFound,
     UntrustedObject,
 )
@@ -29,6 +30,7 @@ from ._segment import (
     RingView,
     leftovers,
     remove_leftovers,
+    reserve,
     segment_name,
 )
 
@@ -99,6 +101,7 @@ __all__ = [
     "RingError",
     "RingView",
     "SegmentExists",
+    "SegmentNoSpace",
     "SegmentNotFound",
     "Trust",
     "UntrustedObject",
@@ -108,6 +111,7 @@ __all__ = [
     "open_own_segment",
     "open_peer_segment",
     "remove_leftovers",
+    "reserve",
     "ring_nudge",
     "ring_peek",
     "ring_produce",

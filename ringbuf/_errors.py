@@ -22,6 +22,14 @@ class SegmentExists(RingError):
     """
 
 
+class SegmentNoSpace(RingError):
+    """Raised on create when /dev/shm cannot hold the segment.
+
+    Nothing is left behind. Free space in /dev/shm, enlarge it
+    (``mount -o remount,size=...``), or ask for smaller capacities.
+    """
+
+
 class LayoutMismatch(RingError):
     """Raised on attach when the segment's magic, ABI version or sizes differ.
 

@@ -8,6 +8,7 @@ that one segment, its wake-up words included: there are no semaphores.
 from __future__ import annotations
 
 import mmap
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +31,7 @@ from kernel_abi import (
     segment_name,
 )
 
-from ._errors import LayoutMismatch, SegmentExists, SegmentNotFound
+from ._errors import LayoutMismatch, SegmentExists, SegmentNoSpace, SegmentNotFound
 from ._ownership import (
     PRIVATE,
     SHM_DIR,
@@ -39,6 +40,28 @@ from ._ownership import (
     open_own_segment,
     open_peer_segment,
 )
+
+
+def reserve(shm: posix_ipc.SharedMemory, name: str, size: int) -> None:
+    """Give the new segment ``shm`` its pages now, or unlink it and raise SegmentNoSpace.
+
+    tmpfs hands out pages on first touch: without this a full /dev/shm shows
+    up later as SIGBUS in whichever process writes the page first.
+    """
+    try:
+        os.posix_fallocate(shm.fd, 0, size)
+    except OSError as err:
+        shm.close_fd()
+        try:
+            posix_ipc.unlink_shared_memory(name)
+        except posix_ipc.ExistentialError:
+            pass
+        free = os.statvfs(SHM_DIR)
+        raise SegmentNoSpace(
+            f"cannot allocate segment {name} in {SHM_DIR}: {err.strerror}: size={size} bytes, "
+            f"{free.f_bavail * free.f_frsize} free; free space there, enlarge it "
+            "(mount -o remount,size=...) or configure smaller capacities"
+        ) from None
 
 
 @dataclass
@@ -95,6 +118,13 @@ def _initialise(buf: mmap.mmap, sq_offset: int, cq_offset: int, size: int, sq_ca
     header["magic"] = CHANNEL_MAGIC
 
 
+_LAYOUT_WORDS = 3  # u64 words of block 0 holding fields, in the channel and the ring headers
+assert max(CHANNEL_HEADER.fields[f][1] for f in ("magic", "abi_version", "sq_offset", "cq_offset", "segment_size")) < 24
+assert max(RING_HEADER.fields[f][1] for f in ("magic", "abi_version", "slot_size", "capacity", "kind")) < 24
+_HEAD_WORD = RING_HEADER.fields["head"][1] // 8
+_TAIL_WORD = RING_HEADER.fields["tail"][1] // 8
+
+
 def _check_capacity(what: str, capacity: int) -> None:
     if capacity < 2 or capacity & (capacity - 1) or capacity > 1 << 24:
         raise ValueError(f"{what} must be a power of two in [2, 2**24]: {what}={capacity}")
@@ -124,6 +154,7 @@ class Channel:
     cq: RingView
     _shm: posix_ipc.SharedMemory = field(repr=False)
     _map: mmap.mmap = field(repr=False)
+    _layout: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.uint64))
 
     @property
     def fd(self) -> int:
@@ -144,12 +175,13 @@ class Channel:
     ) -> Channel:
         """Create channel ``name`` under ``prefix``, with ``access``'s mode and group.
 
-        With ``reuse=True`` an existing valid segment of that name is attached
-        instead (``created`` is then False), which is how a restarted daemon
-        picks up what its predecessor left; an invalid one is replaced. Only a
-        segment of this user, no wider than ``access``, is reused: another
-        raises ``UntrustedObject``, or with ``replace_untrusted`` is unlinked
-        and replaced.
+        With ``reuse=True`` an existing valid segment of that name and of these
+        capacities is attached instead (``created`` is then False), which is
+        how a restarted daemon picks up what its predecessor left; an invalid
+        one, or one of other capacities, is replaced (what was queued in it is
+        dropped). Only a segment of this user, no wider than ``access``, is
+        reused: another raises ``UntrustedObject``, or with
+        ``replace_untrusted`` is unlinked and replaced.
         """
         cq_capacity = cq_capacity or sq_capacity
         _check_capacity("sq_capacity", sq_capacity)
@@ -165,10 +197,15 @@ class Channel:
                     f"attach to it, create with reuse=True, or remove it with remove_leftovers({prefix!r})"
                 )
             try:
-                return cls._map_existing(prefix, name, seg, shm)
+                found = cls._map_existing(prefix, name, seg, shm)
+                if (found.sq.capacity, found.cq.capacity) == (sq_capacity, cq_capacity):
+                    return found
+                found.close()
+                raise LayoutMismatch(f"segment {seg} has other capacities")
             except LayoutMismatch:
                 posix_ipc.unlink_shared_memory(seg)
                 return cls.create(prefix, name, sq_capacity=sq_capacity, cq_capacity=cq_capacity, access=access)
+        reserve(shm, seg, size)
         buf = mmap.mmap(shm.fd, size)
         _initialise(buf, sq_offset, cq_offset, size, sq_capacity, cq_capacity)
         return cls._map_segment(prefix, name, seg, shm, buf, created=True)
@@ -211,7 +248,37 @@ class Channel:
             # Views of buf may still live in the traceback: leave the unmap to the GC.
             shm.close_fd()
             raise
-        return cls(prefix, name, seg, created, header, sq, cq, shm, buf)
+        channel = cls(prefix, name, seg, created, header, sq, cq, shm, buf)
+        channel._layout = channel._layout_words()
+        return channel
+
+    def _layout_words(self) -> np.ndarray:
+        """Block 0 of the channel header and of both ring headers: written once, at creation."""
+        words = np.frombuffer(self._map, np.uint64, _LAYOUT_WORDS, 0)
+        return np.concatenate([words, self.sq.hdr64[:_LAYOUT_WORDS], self.cq.hdr64[:_LAYOUT_WORDS]])
+
+    def tampered(self, *, sq_head: int, cq_tail: int) -> str:
+        """What in the segment a holder overwrote, for its other side ('' if nothing).
+
+        The layout words (validated at attach) must read as they did then, and
+        the SQ head and CQ tail as their owner (the caller) last stored them:
+        nobody else writes them, and a holder that does leaves a channel the
+        next holder cannot use.
+        """
+        now = self._layout_words()
+        if not np.array_equal(now, self._layout):
+            i = int(np.flatnonzero(now != self._layout)[0])
+            where = ("channel header", "submission ring header", "completion ring header")[i // _LAYOUT_WORDS]
+            return (
+                f"{where} layout word {i % _LAYOUT_WORDS} overwritten: "
+                f"value={int(now[i]):#x} found, {int(self._layout[i]):#x} expected"
+            )
+        owned = ((self.sq, _HEAD_WORD, "head", sq_head), (self.cq, _TAIL_WORD, "tail", cq_tail))
+        for ring, word, name, expected in owned:
+            found = int(ring.hdr64[word])
+            if found != expected:
+                return f"{ring.kind.name.lower()} ring {name} overwritten: {name}={found} found, {expected} expected"
+        return ""
 
     @staticmethod
     def _validate(seg: str, size: int, header: np.ndarray, buf: mmap.mmap) -> tuple[RingView, RingView]:

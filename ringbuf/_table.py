@@ -196,6 +196,20 @@ class ChannelTable:
         sq = self.sq_state[c]
         return 0 if sq[core.CORRUPT_FLAG] else int(sq[core.PEER_SEEN]) - int(sq[core.OWN])
 
+    def check_tampered(self, c: int) -> str:
+        """What a holder overwrote of channel ``c``'s words that only this side writes ('' if nothing).
+
+        A finding marks the channel corrupt, like an invalid peer index: it is
+        served no more and its owner re-creates it once the holder lets go.
+        """
+        if self.sq_state[c, core.CORRUPT_FLAG]:
+            return ""
+        own_sq, own_cq = int(self.sq_state[c, core.OWN]), int(self.cq_state[c, core.OWN])
+        what = self.channels[c].tampered(sq_head=own_sq, cq_tail=own_cq)
+        if what:
+            self.sq_state[c, core.CORRUPT_FLAG] = 1
+        return what
+
     def corrupt(self) -> np.ndarray:
         """Rows whose client broke the ring protocol (either ring)."""
         return np.flatnonzero(self.sq_state[:, core.CORRUPT_FLAG] | self.cq_state[:, core.CORRUPT_FLAG])

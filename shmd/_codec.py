@@ -26,11 +26,12 @@ from kernel_abi import (
     ModelId,
     RecommendedAction,
     Severity,
+    Status,
     ThreatType,
     hash_str,
 )
 
-from ._errors import InvalidFields
+from ._errors import InternalError, InvalidFields
 
 MAX_ID_LEN = 128
 MAX_ANOMALIES = 64
@@ -263,8 +264,8 @@ def encode_payload(model: ModelId, fields: Any) -> np.ndarray:
 def encode_payloads(model: ModelId, items: Sequence[Any]) -> np.ndarray:
     """Many API field sets as an array of payload records, built by numpy in one go.
 
-    An invalid item raises InvalidFields whose message starts ``item i: ``
-    when there is more than one item.
+    An invalid item raises InvalidFields whose ``item`` is its index when
+    there is more than one item.
     """
     rows = []
     for i, fields in enumerate(items):
@@ -272,7 +273,7 @@ def encode_payloads(model: ModelId, items: Sequence[Any]) -> np.ndarray:
             rows.append(values(model, fields))
         except InvalidFields as err:
             if len(items) > 1:
-                err.args = (f"item {i}: {err.args[0]}",)
+                err.item = i
             raise
     return np.array(rows, PAYLOADS[model])
 
@@ -299,15 +300,27 @@ def decode_outputs(model: ModelId, outputs: Sequence[float]) -> dict[str, Any]:
 
     Enum outputs come as integers with their names beside them
     (``threatType`` and ``threatTypeName``).
+    The outputs come from another process: a value no model can produce
+    (not finite, an enum out of range) raises InternalError naming it.
     """
     result: dict[str, Any] = {}
     enums = _ENUM_OUTPUTS.get(model, {})
     for name, value in zip(OUTPUT_NAMES[model], outputs, strict=True):
+        value = float(value)
+        if not math.isfinite(value):
+            raise _bad_output(model, name, value)
         if name in enums:
+            try:
+                result[name + "Name"] = enums[name](int(value)).name.lower()
+            except ValueError:
+                raise _bad_output(model, name, value) from None
             result[name] = int(value)
-            result[name + "Name"] = enums[name](int(value)).name.lower()
         elif name in ("predictedMemory",):
             result[name] = int(value)
         else:
-            result[name] = float(value)
+            result[name] = value
     return result
+
+
+def _bad_output(model: ModelId, name: str, value: float) -> InternalError:
+    return InternalError(Status.INTERNAL, model, "", f"the daemon answered an impossible {name}={value!r}")

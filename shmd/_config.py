@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import grp
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -19,6 +21,10 @@ from typing import Any
 from kernel_abi import MAX_CHANNELS, RESERVED_NAMES
 
 from ._errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the segment name rule (ringbuf)
+MIN_RING_CAPACITY, MAX_RING_CAPACITY = 2, 1 << 24  # what ringbuf accepts
+MIN_CACHE_CAPACITY, MAX_CACHE_CAPACITY = 4, 1 << 20  # a probe window; 64 MiB per model
 
 DEFAULT_CHANNELS = ("scheduler", "memory", "security", "healing")
 HTTP_CHANNEL = "http"
@@ -87,6 +93,15 @@ class Config:
         return self.http_workers or default_http_workers()
 
     def validate(self) -> Config:
+        """This config, or ConfigError naming the first invalid setting ("what: name=value")."""
+        for what, name in [("prefix", self.prefix), *(("channel", ch) for ch in self.channels)]:
+            if not _NAME.match(name):
+                raise ConfigError(f"{what} must be 1-64 of [A-Za-z0-9_-]: {what}={name!r}")
+        for key in ("sq_capacity", "cq_capacity"):
+            _power_of_two(key, getattr(self, key), MIN_RING_CAPACITY, MAX_RING_CAPACITY)
+        _power_of_two("cache_capacity", self.cache_capacity, MIN_CACHE_CAPACITY, MAX_CACHE_CAPACITY)
+        if not 0 <= self.max_queue_ms <= 3_600_000:
+            raise ConfigError(f"max_queue_ms must be in [0, 3600000]: max_queue_ms={self.max_queue_ms}")
         if not 0 <= self.spin_us <= 100_000:
             raise ConfigError(f"spin_us must be in [0, 100000]: spin_us={self.spin_us}")
         if not 1 <= self.sleep_timeout_ms <= 60_000:
@@ -126,9 +141,15 @@ class Config:
         if unknown:
             raise ConfigError(f"cache has unknown models: {', '.join(sorted(unknown))}")
         for name, cc in self.cache.items():
-            if cc.ttl_ms < 0 or cc.quantum < 0:
-                raise ConfigError(f"cache.{name}: ttl_ms and quantum must be >= 0: {cc}")
+            numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (cc.ttl_ms, cc.quantum))
+            if not (numbers and 0 <= cc.ttl_ms < math.inf and 0 <= cc.quantum < math.inf):
+                raise ConfigError(f"cache.{name}: ttl_ms and quantum must be finite numbers >= 0: {cc}")
         return self
+
+
+def _power_of_two(key: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi or value & (value - 1):
+        raise ConfigError(f"{key} must be a power of two in [{lo}, {hi}]: {key}={value}")
 
 
 _SCALARS = {f.name: f for f in fields(Config) if f.name != "cache"}

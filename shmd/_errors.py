@@ -1,12 +1,22 @@
-"""The exceptions of shmd, and the one place daemon statuses become them."""
+"""The exceptions of shmd, and the one place daemon statuses and ring errors become them.
+
+Two translations happen here and nowhere else: a response's status becomes a
+``DaemonError`` (``error_for``) and an error of the ring layer becomes a
+``ChannelError`` (``from_ring_error``). Each class's ``status`` is the
+kernel_abi Status it stands for, so the next boundary (HTTP) maps statuses,
+not exception names.
+"""
 
 from __future__ import annotations
 
+import ringbuf
 from kernel_abi import ModelId, Status, payload_field_name
 
 
 class ShmdError(Exception):
     """Base of every error raised by shmd."""
+
+    status: Status = Status.INTERNAL
 
 
 class ConfigError(ShmdError):
@@ -31,22 +41,74 @@ class ChannelBusy(ShmdError):
 class NotReady(ShmdError):
     """Raised when no answer came within the client's timeout.
 
-    The daemon may be stopped or overloaded; the request may still be answered
-    later (its response is then dropped as unknown).
+    The daemon may be stopped or overloaded. The client forgets the request:
+    an answer arriving later is dropped as unknown (and counted in ``dropped``).
     """
+
+    status = Status.OVERLOADED
+
+
+class ChannelError(ShmdError):
+    """A channel cannot be used (raised by clients, translated from ringbuf's errors).
+
+    Nothing was answered on it; retry once the daemon is back or has re-created
+    the channel (a corrupt channel is re-created when its holder detaches).
+    """
+
+    status = Status.OVERLOADED
+
+
+class DaemonUnavailable(ChannelError, ringbuf.SegmentNotFound):
+    """No segment for the channel: the daemon is not running (or uses another prefix)."""
+
+
+class ChannelMismatch(ChannelError, ringbuf.LayoutMismatch):
+    """The segment is not a channel of this ABI version (or was overwritten); the message says which word."""
+
+
+class ChannelCorrupt(ChannelError, ringbuf.RingCorrupt):
+    """The peer broke the ring protocol (invalid index); the channel is unusable until re-created.
+
+    Detach: the daemon re-creates a corrupt channel once nobody holds it.
+    """
+
+
+_BY_RING_ERROR: tuple[tuple[type[ringbuf.RingError], type[ChannelError]], ...] = (
+    (ringbuf.SegmentNotFound, DaemonUnavailable),
+    (ringbuf.LayoutMismatch, ChannelMismatch),
+    (ringbuf.RingCorrupt, ChannelCorrupt),
+)
+
+
+def from_ring_error(err: ringbuf.RingError) -> ShmdError:
+    """The shmd exception for an error of the ring layer (translation happens only here)."""
+    if isinstance(err, ShmdError):
+        return err
+    for ring_cls, cls in _BY_RING_ERROR:
+        if isinstance(err, ring_cls):
+            return cls(str(err))
+    return ChannelError(str(err))
 
 
 class InvalidFields(ShmdError, ValueError):
     """Raised before submitting when a request's fields are malformed.
 
-    ``field`` names the API field (camelCase, dotted for nested) and ``rule``
-    what it must satisfy.
+    ``field`` names the API field (camelCase, dotted for nested), ``rule``
+    what it must satisfy, and ``item`` the index of the offending item in a
+    batch (None for a single request).
     """
 
-    def __init__(self, field: str, rule: str) -> None:
+    status = Status.INVALID_INPUT
+
+    def __init__(self, field: str, rule: str, item: int | None = None) -> None:
         super().__init__(f"{field}: {rule}")
         self.field = field
         self.rule = rule
+        self.item = item
+
+    def __str__(self) -> str:
+        text = f"{self.field}: {self.rule}"
+        return text if self.item is None else f"item {self.item}: {text}"
 
 
 class DaemonError(ShmdError):
@@ -56,14 +118,20 @@ class DaemonError(ShmdError):
     (or '').
     """
 
-    def __init__(self, status: Status, model: ModelId | int, field: str = "", detail: str = "") -> None:
+    def __init__(
+        self, status: Status, model: ModelId | int, field: str = "", detail: str = "", item: int | None = None
+    ) -> None:
         self.status = status
         self.model = model
         self.field = field
-        what = f"{status.name}"
-        if field:
-            what += f" in field {field}"
-        super().__init__(f"{what}{': ' + detail if detail else ''}")
+        self.detail = detail
+        self.item = item  # index in a batch, None for a single request
+        super().__init__()
+
+    def __str__(self) -> str:
+        what = self.status.name + (f" in field {self.field}" if self.field else "")
+        what += f": {self.detail}" if self.detail else ""
+        return what if self.item is None else f"item {self.item}: {what}"
 
 
 class InvalidInput(DaemonError):

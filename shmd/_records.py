@@ -57,8 +57,7 @@ def read_response(
         if status == Status.INVALID_INPUT:
             sent = _codec.encode_payload(mid, fields) if payload is None else payload
             detail = _codec.describe_invalid(mid, sent, err.field)
-            err.field = detail.field
-            err.args = (f"INVALID_INPUT in field {detail.field}: {detail.rule}",)
+            err.field, err.detail = detail.field, detail.rule
         raise err
     return prediction(mid, resp["outputs"], int(resp["flags"]))
 

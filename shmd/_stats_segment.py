@@ -25,7 +25,7 @@ import numpy as np
 import posix_ipc
 
 from kernel_abi import STATS_NAME
-from ringbuf import PRIVATE, Access, SegmentNotFound, Trust, open_own_segment, open_peer_segment, segment_name
+from ringbuf import PRIVATE, Access, SegmentNotFound, Trust, open_own_segment, open_peer_segment, reserve, segment_name
 
 from ._errors import DaemonRunning
 from ._lock import holder, try_lock
@@ -91,6 +91,7 @@ class StatsSegment:
             raise already_running(prefix, pid)
         os.ftruncate(shm.fd, 0)  # drop any predecessor's content
         os.ftruncate(shm.fd, offset)
+        reserve(shm, name, offset)
         buf = mmap.mmap(shm.fd, offset)
         buf[_HEAD.size : _HEAD.size + len(blob)] = blob
         buf[: _HEAD.size] = _HEAD.pack(MAGIC, len(blob))

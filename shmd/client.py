@@ -34,7 +34,7 @@ import ringbuf
 from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUEST, RESPONSE, ModelId
 
 from . import _codec, _exchange, _lock, _records
-from ._errors import ChannelBusy, DaemonError, NotReady
+from ._errors import ChannelBusy, DaemonError, NotReady, ShmdError, from_ring_error
 from ._records import requests_for
 
 DEFAULT_PREFIX = "shmd"
@@ -63,7 +63,10 @@ class Client:
         self.timeout = timeout
         self.spin_us = spin_us
         # The segment must be the daemon's: daemon_uid, else $SHMD_DAEMON_UID, else root/us/shmd (UntrustedObject).
-        self.channel = ringbuf.Channel.attach(prefix, channel, trust=ringbuf.Trust.daemon(daemon_uid))
+        try:
+            self.channel = ringbuf.Channel.attach(prefix, channel, trust=ringbuf.Trust.daemon(daemon_uid))
+        except ringbuf.RingError as err:
+            raise from_ring_error(err) from None
         try:
             self._hold()
         except BaseException:
@@ -120,13 +123,19 @@ class Client:
         Fewer than ``len(records)`` (maybe 0) are taken when the ring is full:
         back-pressure, resubmit the rest after reaping.
         """
-        accepted = self._sq.produce(records.view(REQUEST))
+        try:
+            accepted = self._sq.produce(records.view(REQUEST))
+        except ringbuf.RingError as err:
+            raise from_ring_error(err) from None
         self._outstanding.update(int(i) for i in records["request_id"][:accepted])
         return accepted
 
     def reap(self, max_n: int | None = None) -> np.ndarray:
         """Completions ready now (RESPONSE records) for ids this client has outstanding."""
-        got = self._cq.consume(max_n or self.channel.cq.capacity)
+        try:
+            got = self._cq.consume(max_n or self.channel.cq.capacity)
+        except ringbuf.RingError as err:
+            raise from_ring_error(err) from None
         if not len(got):
             return got
         self._sq.nudge()  # the daemon may have stopped draining our SQ for want of CQ room
@@ -154,8 +163,11 @@ class Client:
             if rc == _exchange.DONE:
                 break
             if rc == _exchange.CORRUPT:
-                self._cq.ready()  # raises RingCorrupt naming the ring and indices
-                self._sq.space()
+                try:
+                    self._cq.ready()  # raises RingCorrupt naming the ring and indices
+                    self._sq.space()
+                except ringbuf.RingError as err:
+                    raise from_ring_error(err) from None
             if now_ns() >= deadline:
                 self.dropped += int(progress[_exchange.DROPPED])
                 raise NotReady(
@@ -166,7 +178,16 @@ class Client:
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until completions are ready (spin, then sleep); the ready count."""
-        return self._cq.wait(self.timeout if timeout is None else timeout, self.spin_us)
+        try:
+            return self._cq.wait(self.timeout if timeout is None else timeout, self.spin_us)
+        except ringbuf.RingError as err:
+            raise from_ring_error(err) from None
+
+    def forget(self, ids: Sequence[int]) -> None:
+        """Stop waiting for these ids: a late answer is then dropped as unknown, not kept."""
+        self._outstanding.difference_update(ids)
+        for i in ids:
+            self._results.pop(i, None)
 
     @property
     def outstanding(self) -> int:
@@ -235,7 +256,7 @@ class Client:
     ) -> list[Any]:
         """Many predictions, published together (one index store per ring-full).
 
-        Raises the first item's error (its message names the item index),
+        Raises the first item's error (its ``item`` is the index in a batch),
         unless ``return_exceptions`` puts exceptions in the result list.
         """
         mid = _codec.model_id(model)
@@ -253,7 +274,7 @@ class Client:
             except DaemonError as err:
                 if not return_exceptions:
                     if len(items) > 1:
-                        err.args = (f"item {i}: {err.args[0]}",)
+                        err.item = i
                     raise
                 results.append(err)
         return results
@@ -270,6 +291,13 @@ class Client:
     def _roundtrip(self, records: np.ndarray) -> list[np.ndarray]:
         """Submit all records (as space allows) and collect their responses in order."""
         ids = [int(i) for i in records["request_id"]]
+        try:
+            return self._collect(records, ids)
+        except BaseException:  # timed out, corrupt channel, interrupted: nothing of this call stays behind
+            self.forget(ids)
+            raise
+
+    def _collect(self, records: np.ndarray, ids: list[int]) -> list[np.ndarray]:
         sent = 0
         deadline = time.monotonic() + self.timeout
         while True:
@@ -386,11 +414,16 @@ class AsyncClient:
 
     def _poll(self) -> None:
         """One look at the completion ring; reschedules itself while answers are due."""
-        if self._client._cq.ready():  # while polling, only this thread reads the ring
-            with self._lock:
-                got = self._client.reap()
-            self._progress_ns = time.monotonic_ns()
-            self._resolve(got)
+        try:
+            if self._client._cq.ready():  # while polling, only this thread reads the ring
+                with self._lock:
+                    got = self._client.reap()
+                self._progress_ns = time.monotonic_ns()
+                self._resolve(got)
+        except (ShmdError, ringbuf.RingError) as err:
+            self._polling = False
+            self._fail_all(from_ring_error(err))
+            return
         if not self._futures:
             self._polling = False
         elif time.monotonic_ns() - self._progress_ns < self.poll_ns:
@@ -421,15 +454,30 @@ class AsyncClient:
         while not self._stop.is_set():
             if not self._sleeper.wait(0.1):
                 continue
-            self._client.wait(0.05)
-            with self._lock:
-                got = self._client.reap()
-                if len(got) or not self._futures:  # an answer (or nothing left): back to the loop
+            try:
+                self._client.wait(0.05)
+                with self._lock:
+                    got = self._client.reap()
+                    if len(got) or not self._futures:  # an answer (or nothing left): back to the loop
+                        self._reaper_active = False
+                        self._sleeper.clear()
+            except ShmdError as err:  # the ring is unusable: fail what waits, hand back to the loop
+                with self._lock:
                     self._reaper_active = False
                     self._sleeper.clear()
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._fail_all, err)
+                continue
             if len(got):
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._handed_back, got)
+
+    def _fail_all(self, err: Exception) -> None:
+        """Every waiting submission raises ``err`` (the channel cannot answer them)."""
+        for slot in list(self._futures.values()):
+            if not slot.batch.future.done():
+                slot.batch.future.set_exception(err)
+        self._futures.clear()
 
     def _resolve(self, got: np.ndarray) -> None:
         for resp in got:
@@ -466,6 +514,9 @@ class AsyncClient:
         finally:
             for rid in ids:
                 self._futures.pop(rid, None)
+            if batch.remaining:  # not all answered: a late answer must not be kept for these ids
+                with self._lock:
+                    self._client.forget(ids)
 
     async def predict_many(
         self, model: str, items: Sequence[Mapping[str, Any]], *, return_exceptions: bool = False

@@ -67,6 +67,7 @@ class Daemon:
     def __init__(self, cfg: _config.Config) -> None:
         self.cfg = cfg
         self.stopping = False
+        self.pid = os.getpid()
         self.http: HttpChild | None = None  # set by main() when the shim runs
         self.notifier = _notify.Notifier()  # systemd's $NOTIFY_SOCKET, if any
         self.channels: list[ringbuf.Channel] = []
@@ -77,16 +78,18 @@ class Daemon:
         if pid:
             raise already_running(cfg.prefix, pid)
         self._load_models()
-        self._make_stats()
-        try:
+        try:  # from the first segment on, a failure leaves nothing behind
+            self._make_stats()
             self._make_channels()
-        except BaseException:
+            self._make_buffers()
+            # Load (or compile) the loop's code now, not on the first request; a
+            # restarted daemon may find requests already waiting: keep their count.
+            self.pending = self.step(0, tuple(self.no_rows), 0, 0)
+        except BaseException as err:
             self.close()
+            if isinstance(err, ringbuf.SegmentNoSpace | OSError):
+                raise ShmdError(f"cannot create the shared memory of prefix {cfg.prefix!r}: {err}") from err
             raise
-        self._make_buffers()
-        # Load (or compile) the loop's code now, not on the first request; a
-        # restarted daemon may find requests already waiting: keep their count.
-        self.pending = self.step(0, tuple(self.no_rows), 0, 0)
         self.startup_s = time.monotonic() - t0
 
     # --- start-up ----------------------------------------------------------------
@@ -97,9 +100,16 @@ class Daemon:
         self.runners: dict[int, Any] = {}
         self.versions = np.zeros(_loop.N_MODELS, np.uint16)
         for mid in ModelId:
-            runner = models.load_runner(mid, backend=self.cfg.backend, models_dir=self.cfg.models_dir)
-            for size in (1, 16, 256):  # warm the batch buckets the loop will use
-                runner.predict(np.zeros((size, models.N_FEATURES[mid]), np.float32))
+            try:
+                runner = models.load_runner(mid, backend=self.cfg.backend, models_dir=self.cfg.models_dir)
+                for size in (1, 16, 256):  # warm the batch buckets the loop will use
+                    runner.predict(np.zeros((size, models.N_FEATURES[mid]), np.float32))
+            except models.ArtifactError:
+                raise
+            except Exception as err:  # a file that passes its checksum and still does not load or run
+                raise models.ArtifactError(
+                    f"model {mid.name.lower()} does not load or run on backend {self.cfg.backend}: {err!r}"
+                ) from err
             self.runners[int(mid)] = runner
             self.versions[mid] = int(runner.version)
         self.n_features = {int(m): models.N_FEATURES[m] for m in ModelId}
@@ -151,7 +161,7 @@ class Daemon:
             ch = ringbuf.Channel.create(
                 prefix, name, sq_capacity=self.cfg.sq_capacity, cq_capacity=self.cfg.cq_capacity, reuse=True, **own
             )
-            ch.header["daemon_pid"] = os.getpid()
+            ch.header["daemon_pid"] = self.pid
             self.channels.append(ch)
         self.rings = ringbuf.ChannelTable(self.channels)
         for c, ch in enumerate(self.channels):
@@ -170,11 +180,15 @@ class Daemon:
             if _lock.holder(old.fd):
                 continue
             old.unlink()
-            fresh = ringbuf.Channel.create(
-                self.cfg.prefix, old.name, sq_capacity=self.cfg.sq_capacity, cq_capacity=self.cfg.cq_capacity,
-                access=self.access,
-            )  # fmt: skip
-            fresh.header["daemon_pid"] = os.getpid()
+            try:
+                fresh = ringbuf.Channel.create(
+                    self.cfg.prefix, old.name, sq_capacity=self.cfg.sq_capacity, cq_capacity=self.cfg.cq_capacity,
+                    access=self.access,
+                )  # fmt: skip
+            except (ringbuf.RingError, OSError) as err:  # e.g. someone took the name meanwhile: next round
+                log("channel_reset_failed", self.cfg.log_format, channel=old.name, error=str(err))
+                continue
+            fresh.header["daemon_pid"] = self.pid
             self.channels[c] = fresh
             self.rings.bind(c, fresh)
             old.close()
@@ -256,6 +270,7 @@ class Daemon:
         except Exception as err:  # a failing model must not take the daemon or other models down
             rows = self.rows[mid, : len(batch)]
             self.responses["status"][rows] = Status.INTERNAL
+            self.metrics.model[mid, met.ERRORS] += len(batch)
             np.add.at(self.metrics.channel[:, met.REJECTED + Status.INTERNAL], self._channel_of(rows), 1)
             self.counts[mid] = 0
             log("model_error", self.cfg.log_format, model=ModelId(mid).name.lower(), error=repr(err))
@@ -275,7 +290,11 @@ class Daemon:
         corrupt = set(self.rings.corrupt().tolist())
         for c, ch in enumerate(self.channels):
             ch.header["daemon_heartbeat_ns"] = now
-            a["gauges"][c] = (self.rings.queued(c), c in corrupt)
+            ch.header["daemon_pid"] = self.pid  # ours to write; a holder may have scribbled on it
+            tampered = self.rings.check_tampered(c)
+            if tampered:  # served no more; re-created once its holder lets go
+                log("channel_tampered", self.cfg.log_format, channel=ch.name, what=tampered)
+            a["gauges"][c] = (self.rings.queued(c), c in corrupt or bool(tampered))
         self._reset_corrupt_channels()
         if self.http is not None:
             self.http.check()
@@ -341,8 +360,12 @@ def main(argv: list[str]) -> int:
     try:
         cfg = _config.load(argv)
         daemon = Daemon(cfg)
-    except (ShmdError, ArtifactError, ringbuf.RingError) as err:
+    except (ShmdError, ringbuf.RingError) as err:
         print(f"shmd serve: {err}", file=sys.stderr)
+        return 2
+    except ArtifactError as err:
+        print(f"shmd serve: {err}; rebuild the artifacts with `shmd train --out DIR` and pass --models-dir DIR, "
+              "or reinstall shmd", file=sys.stderr)  # fmt: skip
         return 2
 
     def stop(signum: int, _frame: Any) -> None:

@@ -107,7 +107,7 @@ def test_create_refuses_an_existing_segment_and_reuse_reattaches(prefix: str) ->
     rec["request_id"] = [7, 8, 9]
     assert prod.produce(rec) == 3
     del prod
-    again = Channel.create(prefix, "c", sq_capacity=8, reuse=True)
+    again = Channel.create(prefix, "c", sq_capacity=8, cq_capacity=4, reuse=True)
     assert not again.created and first.created
     # It is the same segment: what was submitted before is still there to answer.
     cons = Consumer(again.sq)
@@ -119,6 +119,16 @@ def test_create_refuses_an_existing_segment_and_reuse_reattaches(prefix: str) ->
         Channel.create(prefix, "c", sq_capacity=8)
     first.close()
     first.unlink()
+
+
+def test_reuse_replaces_a_segment_of_other_capacities(prefix: str) -> None:
+    """A daemon restarted with other capacities must not serve rings of the old ones."""
+    first = Channel.create(prefix, "c", sq_capacity=8, cq_capacity=4)
+    again = Channel.create(prefix, "c", sq_capacity=8, cq_capacity=8, reuse=True)
+    assert again.created and (again.sq.capacity, again.cq.capacity) == (8, 8)
+    for ch in (first, again):
+        ch.close()
+    again.unlink()
 
 
 def test_reuse_replaces_an_invalid_segment(prefix: str) -> None:

@@ -176,35 +176,48 @@ static int valid_name(const char *s)
 /* --------------------------------------------- holds within this process */
 
 /* POSIX record locks never conflict within one process, so (like the Python
- * client's _held set) segments held here are also remembered here. */
+ * client's _held set) segments held here are also remembered here, in an
+ * array that grows as needed (a process may hold any number of channels). */
+#define HELD_NAME_LEN 136
 static pthread_mutex_t held_lock = PTHREAD_MUTEX_INITIALIZER;
-static char held[32][136];
+static char (*held)[HELD_NAME_LEN];
+static size_t held_cap;
 
+/* 1 if added, 0 if already held here, -1 out of memory. */
 static int held_add(const char *segment)
 {
-    int ok = 0;
+    int rc = 1;
     pthread_mutex_lock(&held_lock);
-    int free_slot = -1;
-    for (int i = 0; i < 32; i++) {
+    size_t free_slot = held_cap;
+    for (size_t i = 0; i < held_cap; i++) {
         if (held[i][0] && strcmp(held[i], segment) == 0) {
-            free_slot = -2;
-            break;
+            rc = 0;
+            goto out;
         }
-        if (!held[i][0] && free_slot == -1)
+        if (!held[i][0] && free_slot == held_cap)
             free_slot = i;
     }
-    if (free_slot >= 0) {
-        snprintf(held[free_slot], sizeof held[free_slot], "%s", segment);
-        ok = 1;
+    if (free_slot == held_cap) {
+        size_t cap = held_cap ? 2 * held_cap : 16;
+        char (*p)[HELD_NAME_LEN] = realloc(held, cap * sizeof *held);
+        if (!p) {
+            rc = -1;
+            goto out;
+        }
+        memset(p + held_cap, 0, (cap - held_cap) * sizeof *p);
+        held = p;
+        held_cap = cap;
     }
+    snprintf(held[free_slot], sizeof held[free_slot], "%s", segment);
+out:
     pthread_mutex_unlock(&held_lock);
-    return ok;
+    return rc;
 }
 
 static void held_remove(const char *segment)
 {
     pthread_mutex_lock(&held_lock);
-    for (int i = 0; i < 32; i++)
+    for (size_t i = 0; i < held_cap; i++)
         if (held[i][0] && strcmp(held[i], segment) == 0)
             held[i][0] = '\0';
     pthread_mutex_unlock(&held_lock);
@@ -296,7 +309,10 @@ int shmd_channel_attach(struct shmd_channel *ch, const char *prefix, const char 
     /* Exclusive hold within this process first, before opening any fd: POSIX
      * drops all of a process's record locks on a file when *any* of its fds
      * for that file is closed, so a refused second attach must never open one. */
-    if (!held_add(ch->segment))
+    int added = held_add(ch->segment);
+    if (added < 0)
+        return fail(ch, SHMD_ESYS, "out of memory recording the hold of %s", ch->segment);
+    if (!added)
         return fail(ch, SHMD_EBUSY, "channel '%s' (prefix '%s') is held by this process; detach there first or "
                     "pick another channel", name, prefix);
     ch->fd = shm_open(ch->segment, O_RDWR, 0);
