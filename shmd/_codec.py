@@ -278,14 +278,18 @@ def encode_payloads(model: ModelId, items: Sequence[Any]) -> np.ndarray:
     return np.array(rows, PAYLOADS[model])
 
 
-def describe_invalid(model: ModelId, payload: np.ndarray, payload_field: str) -> InvalidFields:
-    """The API-named error for a payload the encoder rejected at ``payload_field``."""
+def describe_invalid(model: ModelId, payload: np.ndarray, payload_field: str) -> InvalidFields | None:
+    """The API-named error for a payload the encoder rejected at ``payload_field``.
+
+    None when the encoders find nothing wrong with it there: then the rejection
+    did not come from these encoders (a daemon of other code, or a lying one).
+    """
     from models import validate  # deferred: the client needs it only on this error path
 
     for field, reason in validate(model, payload):
         if field == payload_field or not payload_field:
             return InvalidFields(api_field(model, field), reason)
-    return InvalidFields(api_field(model, payload_field) if payload_field else "body", "rejected by the daemon")
+    return None
 
 
 _ENUM_OUTPUTS: dict[ModelId, dict[str, type]] = {
@@ -316,6 +320,8 @@ def decode_outputs(model: ModelId, outputs: Sequence[float]) -> dict[str, Any]:
                 raise _bad_output(model, name, value) from None
             result[name] = int(value)
         elif name in ("predictedMemory",):
+            if not 0 <= value < 2**63:  # bytes; JSON encoders refuse wider integers
+                raise _bad_output(model, name, value)
             result[name] = int(value)
         else:
             result[name] = value

@@ -14,7 +14,7 @@ import numpy as np
 from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUESTS, RESP_CACHE_HIT, ModelId, Status
 
 from . import _codec
-from ._errors import error_for
+from ._errors import InternalError, error_for
 
 
 def build_requests(
@@ -57,6 +57,11 @@ def read_response(
         if status == Status.INVALID_INPUT:
             sent = _codec.encode_payload(mid, fields) if payload is None else payload
             detail = _codec.describe_invalid(mid, sent, err.field)
+            if detail is None:  # valid by the encoders' own rules: the daemon is at fault, not the caller
+                raise InternalError(
+                    Status.INTERNAL, mid, err.field,
+                    f"the daemon rejected input its encoders accept (error_field={int(resp['error_field'])})",
+                )  # fmt: skip
             err.field, err.detail = detail.field, detail.rule
         raise err
     return prediction(mid, resp["outputs"], int(resp["flags"]))
