@@ -10,12 +10,14 @@
  *       Predicts the one request every 2 ms (deadline 100 ms) for SECONDS and
  *       prints a line whenever the answer's source changes:
  *         source=daemon|fallback state=N code=C error=...
- *       then a final "stats ..." line. Used by the circuit-breaker tests.
+ *       then a final "stats ..." line (also on SIGTERM, which ends it early).
+ *       Used by the circuit-breaker and fault tests.
  *
  *   shmd_roundtrip hash STRING...
  *       Prints shmd_hash_str of each argument in hex, one per line.
  */
 #define _GNU_SOURCE
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,8 +97,17 @@ static int cmd_rt(const char *prefix, const char *channel, int batch)
     return fallbacks ? 3 : 0;
 }
 
+static volatile sig_atomic_t watch_stop;
+
+static void on_term(int sig)
+{
+    (void)sig;
+    watch_stop = 1;
+}
+
 static int cmd_watch(const char *prefix, const char *channel, double seconds)
 {
+    signal(SIGTERM, on_term); /* stop early, still printing the stats line (fault tests) */
     struct shmd_request tmpl;
     if (read_requests(&tmpl, 1) != 1) {
         fprintf(stderr, "watch: expected one request record on stdin\n");
@@ -108,7 +119,7 @@ static int cmd_watch(const char *prefix, const char *channel, double seconds)
     uint64_t end = shmd_now_ns() + (uint64_t)(seconds * 1e9);
     int last = -1;
     unsigned long calls = 0;
-    while (shmd_now_ns() < end) {
+    while (!watch_stop && shmd_now_ns() < end) {
         struct shmd_request req = tmpl;
         struct shmd_response resp;
         req.flags |= SHMD_REQ_NO_CACHE;

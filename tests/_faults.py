@@ -1,0 +1,375 @@
+"""Fault harness: a real ``shmd serve`` with its HTTP shim, C, Python and HTTP callers at once, faults on demand.
+
+    with Cluster(prefix) as cluster:                 # daemon + shim on a free loopback port
+        callers = cluster.start_callers(seconds=10)  # one process per caller kind
+        cluster.kill9_and_restart()                  # or .stop_for(2.0), ...
+        results = callers.finish()                   # {"py": {...}, "c": {...}, "http": {...}}
+
+Every caller counts each call's outcome exactly once: ``ok`` (answered by the
+daemon), ``fallback`` (the C client's rules), ``errors`` by kind (a status, an
+HTTP status, a refused connection: the caller was told), ``lost`` (no answer
+at all within the call's timeout) and ``duplicated`` (an answer delivered for a
+request that already had one). ``dropped`` is what the client itself discarded
+(answers for requests it no longer waits for, e.g. re-sent after a restart).
+
+Caller processes: ``python -m tests._faults py PREFIX CHANNEL SECONDS TIMEOUT``
+and ``python -m tests._faults http PORT SECONDS TIMEOUT``; the C caller is
+``shmd_roundtrip watch``. Each runs until SECONDS pass or SIGTERM, then prints
+one JSON summary line.
+Used by tests/test_faults*.py and by ``python -m bench faults`` / ``soak``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+C_TOOLS = ROOT / "kernel_abi" / "c" / "build"
+BATCH = 4  # records per Python call
+CHANNELS = ("py", "c", "spare")
+
+
+# --------------------------------------------------------------- the daemon side
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+class Cluster:
+    """``shmd serve`` (HTTP on a free port) under ``prefix``, restartable on the same prefix."""
+
+    def __init__(self, prefix: str, *, channels: tuple[str, ...] = CHANNELS, extra: tuple[str, ...] = ()) -> None:
+        from ._http_daemon import Daemon
+
+        self.prefix = prefix
+        self.port = free_port()
+        self.channels = channels
+        self.extra = extra
+        self.restarts = 0
+        self._daemon_cls = Daemon
+        self.daemon = Daemon(prefix, port=self.port, channels=",".join(channels), env=self._env())
+
+    def _env(self) -> dict[str, str]:
+        return {"PYTHONPATH": str(ROOT), **dict(a.split("=", 1) for a in self.extra)}
+
+    @property
+    def pid(self) -> int:
+        return self.daemon.proc.pid
+
+    def rss_kib(self) -> int:
+        """Resident set of the daemon process (KiB)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def kill9_and_restart(self) -> float:
+        """SIGKILL the daemon (no cleanup runs), start a new one on the prefix; seconds it was down."""
+        t0 = time.monotonic()
+        self.daemon.proc.kill()
+        self.daemon.proc.wait(10)
+        self.daemon._log.close()
+        deadline = time.monotonic() + 15
+        while not port_free(self.port):  # its shim dies with it (PDEATHSIG)
+            assert time.monotonic() < deadline, "the killed daemon's HTTP shim still holds the port"
+            time.sleep(0.05)
+        self.daemon = self._daemon_cls(self.prefix, port=self.port, channels=",".join(self.channels), env=self._env())
+        self.restarts += 1
+        return time.monotonic() - t0
+
+    def stop_for(self, seconds: float) -> None:
+        """SIGSTOP the daemon for ``seconds``, then SIGCONT."""
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
+
+    def alive(self) -> bool:
+        return self.daemon.alive()
+
+    def log(self) -> str:
+        return self.daemon.log()
+
+    def close(self) -> list[str]:
+        """Stop the daemon; what it left in /dev/shm (cleaned up either way)."""
+        return self.daemon.stop()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start_callers(self, seconds: float, *, timeout: float = 20.0, kinds: tuple[str, ...] = ("py", "c", "http"),
+                      channel: str = "py") -> Callers:  # fmt: skip
+        return Callers(self, seconds, timeout, kinds, channel)
+
+
+class Callers:
+    """One process per caller kind, running for ``seconds``."""
+
+    def __init__(self, cluster: Cluster, seconds: float, timeout: float, kinds: tuple[str, ...], channel: str) -> None:
+        self.procs: dict[str, subprocess.Popen] = {}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        me = [sys.executable, "-m", "tests._faults"]
+        for kind in kinds:
+            if kind == "py":
+                cmd = [*me, "py", cluster.prefix, channel, str(seconds), str(timeout)]
+            elif kind == "http":
+                cmd = [*me, "http", str(cluster.port), str(seconds), str(timeout)]
+            else:
+                cmd = [str(C_TOOLS / "shmd_roundtrip"), "watch", cluster.prefix, "c", str(seconds)]
+            self.procs[kind] = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env
+            )
+            assert self.procs[kind].stdin is not None
+            if kind == "c":
+                self.procs[kind].stdin.write(_c_request())
+            self.procs[kind].stdin.close()
+            self.procs[kind].stdin = None  # communicate() must not flush it
+        self.seconds = seconds
+        self.timeout = timeout
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        """Stop every caller (SIGTERM: it ends its call in hand), wait (bounded), return their summaries."""
+        out: dict[str, dict[str, Any]] = {}
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for kind, proc in self.procs.items():
+            try:
+                stdout, stderr = proc.communicate(timeout=self.seconds + self.timeout + 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+                out[kind] = {"hung": True, "stderr": stderr.decode()[-2000:]}
+                continue
+            out[kind] = _c_summary(stdout.decode()) if kind == "c" else json.loads(stdout.decode().splitlines()[-1])
+            out[kind]["exit"] = proc.returncode
+            out[kind]["stderr"] = stderr.decode()[-2000:]
+        return out
+
+    def kill(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+def _c_request() -> bytes:
+    from kernel_abi import ABI_VERSION, PAYLOADS, REQUESTS
+    from shmd._codec import encode_payloads, model_id
+    from shmd.samples import SAMPLES
+
+    mid = model_id("workload")
+    rec = np.zeros(1, REQUESTS[mid])
+    rec["payload"] = encode_payloads(mid, [SAMPLES["workload"]])
+    rec["model_id"], rec["abi_version"], rec["payload_len"] = mid, ABI_VERSION, PAYLOADS[mid].itemsize
+    return rec.tobytes()
+
+
+def _c_summary(stdout: str) -> dict[str, Any]:
+    """``shmd_roundtrip watch``'s stats line as a summary like the other callers'."""
+    line = next(ln for ln in reversed(stdout.splitlines()) if ln.startswith("stats "))
+    n = {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+    return {
+        "kind": "c", "calls": n["calls"], "ok": n["daemon"], "fallback": n["fallback"],
+        "errors": {"fallback": n["fallback"]} if n["fallback"] else {},
+        "lost": n["calls"] - n["daemon"] - n["fallback"], "duplicated": 0, "dropped": n["dropped"],
+        "trips": n["trips"], "recoveries": n["recoveries"],
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------- caller processes
+
+
+class _Tally:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.calls = self.ok = self.lost = self.duplicated = self.dropped = 0
+        self.errors: dict[str, int] = {}
+        self.t0 = time.monotonic()
+        self.latency_ms: dict[int, list[float]] = {}  # by minute
+
+    def error(self, what: str, n: int = 1) -> None:
+        self.errors[what] = self.errors.get(what, 0) + n
+
+    def latency(self, seconds: float) -> None:
+        self.latency_ms.setdefault(int((time.monotonic() - self.t0) // 60), []).append(seconds * 1e3)
+
+    def dump(self) -> None:
+        everything = [v for mins in self.latency_ms.values() for v in mins]
+        print(json.dumps({
+            "kind": self.kind, "calls": self.calls, "ok": self.ok, "errors": self.errors, "lost": self.lost,
+            "duplicated": self.duplicated, "dropped": self.dropped,
+            "p99_ms_by_minute": [float(np.percentile(self.latency_ms[m], 99)) for m in sorted(self.latency_ms)],
+            "p50_ms": float(np.percentile(everything, 50)) if everything else None,
+            "p99_ms": float(np.percentile(everything, 99)) if everything else None,
+            "max_ms": max(everything) if everything else None,
+        }), flush=True)  # fmt: skip
+
+
+def _py_caller(prefix: str, channel: str, seconds: float, timeout: float) -> None:
+    """Record-level calls of BATCH workload records; every id is accounted for exactly once."""
+    from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUEST, REQUESTS, ModelId, Status
+    from shmd import ShmdError
+    from shmd._codec import encode_payload
+    from shmd.client import Client, now_ns
+    from shmd.samples import SAMPLES
+
+    tally = _Tally("py")
+    recs = np.zeros(BATCH, REQUESTS[ModelId.WORKLOAD])
+    recs["payload"] = encode_payload(ModelId.WORKLOAD, SAMPLES["workload"])
+    recs["model_id"], recs["abi_version"] = ModelId.WORKLOAD, ABI_VERSION
+    recs["payload_len"], recs["flags"] = PAYLOADS[ModelId.WORKLOAD].itemsize, REQ_NO_CACHE
+    answered: set[int] = set()
+    client: Client | None = None
+    end = time.monotonic() + seconds
+    while _running(end):
+        if client is None:
+            try:
+                client = Client(channel, prefix=prefix, timeout=timeout)
+            except ShmdError as err:
+                tally.error(type(err).__name__)
+                time.sleep(0.05)
+                continue
+        recs["request_id"] = client.new_ids(BATCH)
+        recs["payload"]["current_cpu"] = np.random.default_rng().random(BATCH)
+        recs["submit_ns"] = now_ns()
+        ids = [int(i) for i in recs["request_id"]]
+        waiting = set(ids)
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        sent = 0
+        tally.calls += 1
+        try:
+            while waiting and time.monotonic() < deadline:
+                if sent < BATCH:
+                    sent += client.submit(recs[sent:].view(REQUEST))
+                client.wait(0.02)
+                for r in client.reap():
+                    rid = int(r["request_id"])
+                    if rid in answered:
+                        tally.duplicated += 1
+                        continue
+                    answered.add(rid)
+                    waiting.discard(rid)
+                    if int(r["status"]) == Status.OK:
+                        tally.ok += 1
+                    else:
+                        tally.error(Status(int(r["status"])).name)
+        except ShmdError as err:  # the channel went bad: what is unanswered was refused, not lost
+            tally.error(type(err).__name__, len(waiting))
+            waiting.clear()
+            client.close()
+            client = None
+        if waiting:
+            tally.lost += len(waiting)
+            if client is not None:
+                client.forget(list(waiting))
+        else:
+            tally.latency(time.monotonic() - t0)
+    if client is not None:
+        tally.dropped = client.dropped
+        client.close()
+    tally.dump()
+
+
+def _http_caller(port: int, seconds: float, timeout: float) -> None:
+    """One keep-alive connection, sequential POSTs; a refused or reset connection is retried."""
+    from tests._http_daemon import valid
+
+    tally = _Tally("http")
+    conn: http.client.HTTPConnection | None = None
+    end = time.monotonic() + seconds
+    i = 0
+    while _running(end):
+        body = json.dumps(valid("workload", i)).encode()
+        i += 1
+        if conn is None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        t0 = time.monotonic()
+        tally.calls += 1
+        try:
+            conn.request("POST", "/api/ml/predict/workload", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            payload = json.loads(resp.read())
+        except TimeoutError:
+            tally.lost += 1
+            conn.close()
+            conn = None
+            continue
+        except (ConnectionError, http.client.HTTPException, OSError) as err:
+            tally.error(type(err).__name__)
+            conn.close()
+            conn = None
+            time.sleep(0.02)
+            continue
+        if resp.status == 200 and payload.get("success"):
+            tally.ok += 1
+            tally.latency(time.monotonic() - t0)
+        else:
+            tally.error(f"http{resp.status}")
+    tally.dump()
+
+
+@contextmanager
+def python_holder(prefix: str, channel: str) -> Iterator[subprocess.Popen]:
+    """A process that holds ``channel`` and prints ``held``; killed (-9) on exit."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; from shmd.client import Client; "
+         f"c = Client({channel!r}, prefix={prefix!r}); print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+_stopping = False
+
+
+def _on_term(_sig: int, _frame: Any) -> None:
+    global _stopping
+    _stopping = True
+
+
+def _running(end: float) -> bool:
+    return not _stopping and time.monotonic() < end
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_term)  # finish the call in hand, then print the summary
+    mode = sys.argv[1]
+    if mode == "py":
+        _py_caller(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
+    elif mode == "http":
+        _http_caller(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
+    else:
+        usage = "python -m tests._faults py PREFIX CHANNEL SECONDS TIMEOUT | http PORT SECONDS TIMEOUT"
+        sys.exit(f"usage: {usage} (not {mode!r})")
