@@ -12,7 +12,7 @@ at all within the call's timeout) and ``duplicated`` (an answer delivered for a
 request that already had one). ``dropped`` is what the client itself discarded
 (answers for requests it no longer waits for, e.g. re-sent after a restart).
 
-Caller processes: ``python -m tests._faults py PREFIX CHANNEL SECONDS TIMEOUT``
+Caller processes: ``python -m tests._faults py PREFIX CHANNEL SECONDS TIMEOUT [DEADLINE_MS]``
 and ``python -m tests._faults http PORT SECONDS TIMEOUT``; the C caller is
 ``shmd_roundtrip watch``. Each runs until SECONDS pass or SIGTERM, then prints
 one JSON summary line.
@@ -123,20 +123,22 @@ class Cluster:
         self.close()
 
     def start_callers(self, seconds: float, *, timeout: float = 20.0, kinds: tuple[str, ...] = ("py", "c", "http"),
-                      channel: str = "py") -> Callers:  # fmt: skip
-        return Callers(self, seconds, timeout, kinds, channel)
+                      channel: str = "py", deadline_ms: float = 0.0) -> Callers:  # fmt: skip
+        return Callers(self, seconds, timeout, kinds, channel, deadline_ms)
 
 
 class Callers:
     """One process per caller kind, running for ``seconds``."""
 
-    def __init__(self, cluster: Cluster, seconds: float, timeout: float, kinds: tuple[str, ...], channel: str) -> None:
+    def __init__(
+        self, cluster: Cluster, seconds: float, timeout: float, kinds: tuple[str, ...], channel: str, deadline_ms: float
+    ) -> None:
         self.procs: dict[str, subprocess.Popen] = {}
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         me = [sys.executable, "-m", "tests._faults"]
         for kind in kinds:
             if kind == "py":
-                cmd = [*me, "py", cluster.prefix, channel, str(seconds), str(timeout)]
+                cmd = [*me, "py", cluster.prefix, channel, str(seconds), str(timeout), str(deadline_ms)]
             elif kind == "http":
                 cmd = [*me, "http", str(cluster.port), str(seconds), str(timeout)]
             else:
@@ -210,6 +212,7 @@ class _Tally:
         self.kind = kind
         self.calls = self.ok = self.lost = self.duplicated = self.dropped = 0
         self.errors: dict[str, int] = {}
+        self.worst_miss_ms = 0.0  # how long after its deadline a caller learnt it was missed
         self.t0 = time.monotonic()
         self.latency_ms: dict[int, list[float]] = {}  # by minute
 
@@ -223,7 +226,7 @@ class _Tally:
         everything = [v for mins in self.latency_ms.values() for v in mins]
         print(json.dumps({
             "kind": self.kind, "calls": self.calls, "ok": self.ok, "errors": self.errors, "lost": self.lost,
-            "duplicated": self.duplicated, "dropped": self.dropped,
+            "duplicated": self.duplicated, "dropped": self.dropped, "worst_miss_ms": self.worst_miss_ms,
             "p99_ms_by_minute": [float(np.percentile(self.latency_ms[m], 99)) for m in sorted(self.latency_ms)],
             "p50_ms": float(np.percentile(everything, 50)) if everything else None,
             "p99_ms": float(np.percentile(everything, 99)) if everything else None,
@@ -231,8 +234,12 @@ class _Tally:
         }), flush=True)  # fmt: skip
 
 
-def _py_caller(prefix: str, channel: str, seconds: float, timeout: float) -> None:
-    """Record-level calls of BATCH workload records; every id is accounted for exactly once."""
+def _py_caller(prefix: str, channel: str, seconds: float, timeout: float, deadline_ms: float = 0.0) -> None:
+    """Record-level calls of BATCH workload records; every id is accounted for exactly once.
+
+    With ``deadline_ms`` each record carries that deadline and the caller gives up
+    on it then (counted as ``DeadlineMissed``: the caller knows, as with a fallback).
+    """
     from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUEST, REQUESTS, ModelId, Status
     from shmd import ShmdError
     from shmd._codec import encode_payload
@@ -258,10 +265,11 @@ def _py_caller(prefix: str, channel: str, seconds: float, timeout: float) -> Non
         recs["request_id"] = client.new_ids(BATCH)
         recs["payload"]["current_cpu"] = np.random.default_rng().random(BATCH)
         recs["submit_ns"] = now_ns()
+        recs["deadline_ns"] = recs["submit_ns"] + int(deadline_ms * 1e6) if deadline_ms else 0
         ids = [int(i) for i in recs["request_id"]]
         waiting = set(ids)
         t0 = time.monotonic()
-        deadline = t0 + timeout
+        deadline = t0 + (deadline_ms / 1e3 if deadline_ms else timeout)
         sent = 0
         tally.calls += 1
         try:
@@ -286,7 +294,11 @@ def _py_caller(prefix: str, channel: str, seconds: float, timeout: float) -> Non
             client.close()
             client = None
         if waiting:
-            tally.lost += len(waiting)
+            if deadline_ms:
+                tally.error("DeadlineMissed", len(waiting))
+                tally.worst_miss_ms = max(tally.worst_miss_ms, (time.monotonic() - t0) * 1e3 - deadline_ms)
+            else:
+                tally.lost += len(waiting)
             if client is not None:
                 client.forget(list(waiting))
         else:
@@ -367,7 +379,8 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _on_term)  # finish the call in hand, then print the summary
     mode = sys.argv[1]
     if mode == "py":
-        _py_caller(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
+        prefix, channel, seconds, timeout, *deadline = sys.argv[2:]
+        _py_caller(prefix, channel, float(seconds), float(timeout), float(deadline[0]) if deadline else 0.0)
     elif mode == "http":
         _http_caller(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
     else:
