@@ -44,6 +44,12 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
         ([], {"SHMD_SLEEP_TIMEOUT_MS": "0"}, r"^sleep_timeout_ms must be in \[1, 60000\]: sleep_timeout_ms=0.0$"),
         (["--channels", "a,stats"], {}, r"^channel name 'stats' is reserved for the daemon's own segment$"),
         (["--channels", ",".join(f"c{i}" for i in range(128))], {}, r"^at most 128 channels"),
+        ([], {"SHMD_SQ_CAPACITY": "1000"}, r"^sq_capacity must be a power of two in \[2, 16777216\]: sq_capacity=1000"),
+        ([], {"SHMD_CQ_CAPACITY": "0"}, r"^cq_capacity must be a power of two in \[2, 16777216\]: cq_capacity=0$"),
+        ([], {"SHMD_CACHE_CAPACITY": "3"}, r"^cache_capacity must be a power of two in \[4, 1048576\]: cache_capa"),
+        ([], {"SHMD_MAX_QUEUE_MS": "nan"}, r"^max_queue_ms must be in \[0, 3600000\]: max_queue_ms=nan$"),
+        (["--channels", "ok,no/slash"], {}, r"^channel must be 1-64 of \[A-Za-z0-9_-\]: channel='no/slash'$"),
+        (["--prefix", "a.b"], {}, r"^prefix must be 1-64 of \[A-Za-z0-9_-\]: prefix='a\.b'$"),
     ],
 )
 def test_bad_values_name_the_setting(argv: list[str], environ: dict[str, str], message: str) -> None:
@@ -55,6 +61,9 @@ def test_unknown_settings_in_the_file_are_refused(tmp_path: Path) -> None:
     toml = tmp_path / "bad.toml"
     toml.write_text("spin_ms = 3\n")
     with pytest.raises(ConfigError, match=r"bad\.toml: unknown setting 'spin_ms'$"):
+        load(["--config", str(toml)], environ={})
+    toml.write_text("[cache.workload]\nttl_ms = nan\n")
+    with pytest.raises(ConfigError, match=r"^cache\.workload: ttl_ms and quantum must be finite numbers >= 0: "):
         load(["--config", str(toml)], environ={})
     toml.write_text("[cache.weather]\nttl_ms = 3\n")
     with pytest.raises(ConfigError, match=r"^cache has unknown models: weather$"):
