@@ -24,13 +24,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +153,16 @@ class Callers:
         self.seconds = seconds
         self.timeout = timeout
 
+    def wait_started(self, timeout: float = 90.0) -> None:
+        """Until every caller has had its first answer (its first line: C prints its first source)."""
+        deadline = time.monotonic() + timeout
+        for kind, proc in self.procs.items():
+            assert proc.stdout is not None
+            while not select.select([proc.stdout], [], [], 0.1)[0]:
+                assert proc.poll() is None, f"{kind} caller exited with {proc.returncode}"
+                assert time.monotonic() < deadline, f"{kind} caller had no answer within {timeout}s"
+            proc.stdout.readline()
+
     def finish(self) -> dict[str, dict[str, Any]]:
         """Stop every caller (SIGTERM: it ends its call in hand), wait (bounded), return their summaries."""
         out: dict[str, dict[str, Any]] = {}
@@ -212,9 +221,16 @@ class _Tally:
         self.kind = kind
         self.calls = self.ok = self.lost = self.duplicated = self.dropped = 0
         self.errors: dict[str, int] = {}
+        self._started = False
         self.worst_miss_ms = 0.0  # how long after its deadline a caller learnt it was missed
         self.t0 = time.monotonic()
         self.latency_ms: dict[int, list[float]] = {}  # by minute
+
+    def started(self) -> None:
+        """The first answer: one line on stdout (Callers.wait_started reads it)."""
+        if not self._started:
+            self._started = True
+            print("started", flush=True)
 
     def error(self, what: str, n: int = 1) -> None:
         self.errors[what] = self.errors.get(what, 0) + n
@@ -303,6 +319,7 @@ def _py_caller(prefix: str, channel: str, seconds: float, timeout: float, deadli
                 client.forget(list(waiting))
         else:
             tally.latency(time.monotonic() - t0)
+            tally.started()
     if client is not None:
         tally.dropped = client.dropped
         client.close()
@@ -342,25 +359,121 @@ def _http_caller(port: int, seconds: float, timeout: float) -> None:
         if resp.status == 200 and payload.get("success"):
             tally.ok += 1
             tally.latency(time.monotonic() - t0)
+            tally.started()
         else:
             tally.error(f"http{resp.status}")
     tally.dump()
 
 
-@contextmanager
-def python_holder(prefix: str, channel: str) -> Iterator[subprocess.Popen]:
-    """A process that holds ``channel`` and prints ``held``; killed (-9) on exit."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; from shmd.client import Client; "
-         f"c = Client({channel!r}, prefix={prefix!r}); print('held', flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+# --------------------------------------------------------------- fault actions on the spare channel
+
+
+def _spare_records(client: Any, model: str, n: int) -> np.ndarray:
+    from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUESTS
+    from shmd._codec import encode_payload, model_id
+    from shmd.client import now_ns
+    from shmd.samples import SAMPLES
+
+    mid = model_id(model)
+    recs = np.zeros(n, REQUESTS[mid])
+    recs["payload"] = encode_payload(mid, SAMPLES[model])
+    recs["request_id"] = client.new_ids(n)
+    recs["model_id"], recs["abi_version"], recs["payload_len"] = mid, ABI_VERSION, PAYLOADS[mid].itemsize
+    recs["flags"], recs["submit_ns"] = REQ_NO_CACHE, now_ns()
+    return recs
+
+
+def stall_reaping(prefix: str, seconds: float, channel: str = "spare") -> dict[str, Any]:
+    """A client fills its CQ (two ring-fulls submitted), reaps nothing for ``seconds``, then everything.
+
+    Returns what it got back: every id once and in order is ``in_order``.
+    """
+    from kernel_abi import REQUEST
+    from shmd.client import Client
+
+    with Client(channel, prefix=prefix) as stalled:
+        cap = stalled.channel.cq.capacity
+        batches = [_spare_records(stalled, "memory", cap) for _ in range(2)]
+        deadline = time.monotonic() + seconds + 30
+        for recs in batches:  # one ring-full fills the CQ, the next waits in the SQ
+            sent = 0
+            while sent < cap and time.monotonic() < deadline:
+                sent += stalled.submit(recs[sent:].view(REQUEST))
+                time.sleep(0.005)
+            while stalled._cq.ready() < cap and time.monotonic() < deadline:
+                time.sleep(0.01)
+        time.sleep(seconds)
+        answered: list[int] = []
+        while len(answered) < 2 * cap and time.monotonic() < deadline:
+            stalled.wait(0.05)
+            answered += [int(i) for i in stalled.reap()["request_id"]]
+    expected = [int(i) for recs in batches for i in recs["request_id"]]
+    return {"submitted": 2 * cap, "answered": len(answered), "in_order": answered == expected,
+            "lost": len(set(expected) - set(answered)), "duplicated": len(answered) - len(set(answered))}  # fmt: skip
+
+
+def kill_caller_mid_batch(prefix: str, channel: str = "spare", n: int = 512) -> dict[str, Any]:
+    """A caller submits ``n`` requests and is killed (-9); the next holder must get none of their answers."""
+    from kernel_abi import REQUEST
+    from shmd.client import Client
+
+    code = (
+        "import time; from kernel_abi import REQUEST; from shmd.client import Client; "
+        "from tests._faults import _spare_records; "
+        f"c = Client({channel!r}, prefix={prefix!r}); r = _spare_records(c, 'threat', {n}); "
+        "print(c.submit(r.view(REQUEST)), flush=True); time.sleep(60)"
+    )
+    victim = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-        yield proc
+        assert victim.stdout is not None
+        submitted = int(victim.stdout.readline() or 0)
+        victim.kill()  # mid-batch: its requests are queued or being answered
+        victim.wait(10)
     finally:
-        proc.kill()
-        proc.wait(10)
+        victim.kill()
+    deadline = time.monotonic() + 15
+    with Client(channel, prefix=prefix) as heir:  # reclaimed: the kernel dropped the dead holder's lock
+        start = int(heir.channel.cq.header["produced"])  # answers published on this channel so far
+        while heir.channel.sq.header["head"] < heir.channel.sq.header["tail"] and time.monotonic() < deadline:
+            time.sleep(0.01)  # the daemon answers the dead caller's batch...
+        mine = _spare_records(heir, "workload", 8)
+        assert heir.submit(mine.view(REQUEST)) == 8
+        got: list[int] = []
+        while len(got) < 8 and time.monotonic() < deadline:
+            heir.wait(0.05)
+            got += [int(i) for i in heir.reap()["request_id"]]
+        return {"submitted_by_victim": submitted, "answered_before_heir": start, "heir_answers": len(got),
+                "heir_got_only_its_own": sorted(got) == sorted(int(i) for i in mine["request_id"]),
+                "dropped_by_heir": heir.dropped}  # fmt: skip
+
+
+def scribble_header(prefix: str, rng: np.random.Generator, channel: str = "spare") -> dict[str, Any]:
+    """A holder writes a random hostile value into a random header word, detaches; seconds until usable again."""
+    from kernel_abi import CHANNEL_HEADER, RING_HEADER
+    from shmd import ShmdError
+    from shmd.client import Client
+    from shmd.samples import SAMPLES
+
+    region = str(rng.choice(["channel", "sq", "cq"]))
+    dtype = CHANNEL_HEADER if region == "channel" else RING_HEADER
+    word = int(rng.choice(sorted({dtype.fields[f][1] // 8 for f in dtype.names})))
+    value = int(rng.choice([0, 1, 2**63, 2**64 - 1, int(rng.integers(0, 2**63))]))
+    with Client(channel, prefix=prefix, timeout=0.2) as hostile:
+        ch = hostile.channel
+        ring = ch.sq if region == "sq" else ch.cq
+        words = ch.header.reshape(1).view(np.uint64) if region == "channel" else ring.hdr64
+        words[word] = value
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10:
+        try:
+            with Client(channel, prefix=prefix, timeout=1.0) as fresh:
+                fresh.predict("memory", SAMPLES["memory"])
+            return {"region": region, "word": word, "value": value, "recovered_s": time.monotonic() - t0}
+        except ShmdError:
+            time.sleep(0.02)
+    return {"region": region, "word": word, "value": value, "recovered_s": None}
 
 
 _stopping = False

@@ -13,23 +13,16 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 
-from kernel_abi import REQUEST, ModelId
-from shmd.client import Client
-from shmd.samples import SAMPLES
-
-from ._faults import ROOT, Cluster
-from .test_daemon import _records
+from ._faults import ROOT, Cluster, kill_caller_mid_batch, stall_reaping
 
 pytestmark = pytest.mark.timeout(240)
 
-WARM_S = 3.0  # callers import, attach and answer for a while before the fault
+WARM_S = 1.0  # callers answered for a while before the fault
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +56,7 @@ def _accounted(results: dict[str, dict]) -> None:
 def test_kill9_and_restart_loses_nothing_for_any_caller(cluster: Cluster) -> None:
     callers = cluster.start_callers(120, timeout=30)
     try:
+        callers.wait_started()
         time.sleep(WARM_S)
         down_s = cluster.kill9_and_restart()
         time.sleep(2.0)
@@ -80,6 +74,7 @@ def test_sigstop_callers_learn_at_their_deadline_and_recover(cluster: Cluster) -
     deadline_ms = 50.0
     callers = cluster.start_callers(120, timeout=30, deadline_ms=deadline_ms)
     try:
+        callers.wait_started()
         time.sleep(WARM_S)
         cluster.stop_for(2.0)
         time.sleep(2.0)
@@ -95,61 +90,20 @@ def test_sigstop_callers_learn_at_their_deadline_and_recover(cluster: Cluster) -
 
 
 def test_caller_killed_mid_batch_leaves_nothing_to_the_next_holder(cluster: Cluster) -> None:
-    code = (
-        "import numpy as np; from kernel_abi import REQUEST, ModelId; from shmd.client import Client; "
-        "from shmd.samples import SAMPLES; from tests.test_daemon import _records; "
-        f"c = Client('spare', prefix={cluster.prefix!r}); "
-        "r = _records(ModelId.THREAT, 512, c, SAMPLES['threat']); r['flags'] = 1; "
-        "print(c.submit(r.view(REQUEST)), flush=True); import time; time.sleep(60)"
-    )
-    victim = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
-    try:
-        assert victim.stdout is not None and int(victim.stdout.readline()) == 512
-        victim.kill()  # mid-batch: its requests are queued or being answered
-        victim.wait(10)
-    finally:
-        victim.kill()
-    deadline = time.monotonic() + 10
-    with Client("spare", prefix=cluster.prefix) as heir:  # reclaimed: the kernel dropped the dead holder's lock
-        while heir.channel.cq.header["produced"] < 512:  # the daemon answers the dead caller's batch...
-            assert time.monotonic() < deadline, "the dead caller's batch was never answered"
-            time.sleep(0.01)
-        mine = _records(ModelId.WORKLOAD, 8, heir, SAMPLES["workload"])
-        assert heir.submit(mine.view(REQUEST)) == 8
-        got: list[int] = []
-        while len(got) < 8:
-            assert time.monotonic() < deadline, f"{len(got)} of 8 answered"
-            heir.wait(0.05)
-            got += [int(i) for i in heir.reap()["request_id"]]
-        assert sorted(got) == sorted(int(i) for i in mine["request_id"])  # none of the dead caller's
-        assert heir.dropped >= 512  # ...which the heir read and dropped
+    r = kill_caller_mid_batch(cluster.prefix, n=512)
+    assert r["submitted_by_victim"] == 512, r
+    assert r["heir_answers"] == 8 and r["heir_got_only_its_own"], r  # none of the dead caller's
+    assert r["dropped_by_heir"] + r["answered_before_heir"] >= 512, r  # ...which were answered, then dropped
 
 
 def test_client_that_stops_reaping_loses_nothing_and_others_go_on(cluster: Cluster) -> None:
     callers = cluster.start_callers(120, timeout=30, kinds=("py", "http"))
     try:
+        callers.wait_started()
         time.sleep(WARM_S)
-        with Client("spare", prefix=cluster.prefix) as stalled:
-            cap = stalled.channel.cq.capacity
-            batches = [_records(ModelId.MEMORY, cap, stalled, SAMPLES["memory"]) for _ in range(2)]
-            deadline = time.monotonic() + 15
-            for recs in batches:  # two ring-fulls: one fills the CQ, one waits in the SQ
-                recs["flags"] = 1
-                assert stalled.submit(recs.view(REQUEST)) == cap
-                while stalled._cq.ready() < cap:  # the daemon answered the first ring-full
-                    assert time.monotonic() < deadline, "the daemon did not fill the CQ"
-                    time.sleep(0.01)
-            time.sleep(1.5)  # not reaping while the others are served
-            answered: list[int] = []
-            while len(answered) < 2 * cap:
-                assert time.monotonic() < deadline, f"{len(answered)} of {2 * cap} answered"
-                stalled.wait(0.05)
-                answered += [int(i) for i in stalled.reap()["request_id"]]
+        stalled = stall_reaping(cluster.prefix, 1.5)
         results = callers.finish()
     finally:
         callers.kill()
-    expected = [int(i) for recs in batches for i in recs["request_id"]]
-    assert answered == expected  # every one, once, in order
+    assert stalled["in_order"] and stalled["answered"] == stalled["submitted"], stalled  # every one, once, in order
     _accounted(results)
-    assert np.isfinite(results["py"]["p99_ms"]), results["py"]
