@@ -84,7 +84,9 @@ def test_sigstop_callers_learn_at_their_deadline_and_recover(cluster: Cluster) -
     assert cluster.alive(), cluster.log()
     _accounted(results)
     py, c = results["py"], results["c"]
-    assert py["errors"].get("DeadlineMissed", 0) > 0, py  # the stop was noticed at the deadline...
+    # The stop was noticed at the deadline (DeadlineMissed: the caller's own verdict) or by the
+    # daemon once it ran again (DEADLINE_EXCEEDED)...
+    assert py["errors"].get("DeadlineMissed", 0) + py["errors"].get("DEADLINE_EXCEEDED", 0) > 0, py
     assert py["worst_miss_ms"] < 1000, py  # ...not long after it (generous: a loaded 2-core machine)
     assert c["fallback"] > 0 and c["trips"] >= 1 and c["recoveries"] >= 1, c
 
