@@ -73,10 +73,20 @@ class ChannelCorrupt(ChannelError, ringbuf.RingCorrupt):
     """
 
 
+class UntrustedObject(ChannelError, ringbuf.UntrustedObject):
+    """The segment is not the daemon's (another owner, mode or group); the message says whose it is."""
+
+
+class AccessDenied(ChannelError, ringbuf.AccessDenied):
+    """This user may not open the segment; the message says which user or group may."""
+
+
 _BY_RING_ERROR: tuple[tuple[type[ringbuf.RingError], type[ChannelError]], ...] = (
     (ringbuf.SegmentNotFound, DaemonUnavailable),
     (ringbuf.LayoutMismatch, ChannelMismatch),
     (ringbuf.RingCorrupt, ChannelCorrupt),
+    (ringbuf.UntrustedObject, UntrustedObject),
+    (ringbuf.AccessDenied, AccessDenied),
 )
 
 

@@ -13,6 +13,10 @@
  *       then a final "stats ..." line (also on SIGTERM, which ends it early).
  *       Used by the circuit-breaker and fault tests.
  *
+ *   shmd_roundtrip hold PREFIX CHANNEL...
+ *       Attaches every CHANNEL at once (one process holding many), prints
+ *       "held N" and detaches; exit 3 if an attach failed (its message on stderr).
+ *
  *   shmd_roundtrip hash STRING...
  *       Prints shmd_hash_str of each argument in hex, one per line.
  */
@@ -151,6 +155,26 @@ static int cmd_watch(const char *prefix, const char *channel, double seconds)
     return 0;
 }
 
+static int cmd_hold(const char *prefix, char **channels, int n)
+{
+    struct shmd_channel *chs = calloc((size_t)n, sizeof *chs);
+    if (!chs)
+        return 2;
+    int held = 0, rc = 0;
+    for (; held < n; held++) {
+        if (shmd_channel_attach(&chs[held], prefix, channels[held]) != SHMD_OK) {
+            fprintf(stderr, "attach %s: %s\n", channels[held], chs[held].msg);
+            rc = 3;
+            break;
+        }
+    }
+    printf("held %d\n", held);
+    while (held > 0)
+        shmd_channel_detach(&chs[--held]);
+    free(chs);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 4 && strcmp(argv[1], "rt") == 0)
@@ -160,9 +184,12 @@ int main(int argc, char **argv)
             printf("%016llx\n", (unsigned long long)shmd_hash_str(argv[i]));
         return 0;
     }
+    if (argc >= 4 && strcmp(argv[1], "hold") == 0)
+        return cmd_hold(argv[2], argv + 3, argc - 3);
     if (argc >= 5 && strcmp(argv[1], "watch") == 0)
         return cmd_watch(argv[2], argv[3], atof(argv[4]));
     fprintf(stderr, "usage: shmd_roundtrip rt PREFIX CHANNEL [batch] < requests.bin\n"
-                    "       shmd_roundtrip watch PREFIX CHANNEL SECONDS < request.bin\n");
+                    "       shmd_roundtrip watch PREFIX CHANNEL SECONDS < request.bin\n"
+                    "       shmd_roundtrip hold PREFIX CHANNEL...\n");
     return 2;
 }
