@@ -25,6 +25,7 @@ import time
 
 from kernel_abi import REQUEST, RESPONSE
 from shmd import NotReady, ShmdError
+from shmd._errors import from_c_client
 
 from . import _native
 
@@ -93,7 +94,7 @@ class ShimChannel:
         failure: Exception | None = None
         if got < 0:
             reason = self._lib.shim_message(self._handle).decode(errors="replace")
-            failure = NotReady(f"channel {self.name!r}: {reason}")
+            failure = from_c_client(got, f"channel {self.name!r}: {reason}")
         start = 0
         for records, future in pending:
             end = start + len(records) // _REQ

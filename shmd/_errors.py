@@ -90,6 +90,22 @@ _BY_RING_ERROR: tuple[tuple[type[ringbuf.RingError], type[ChannelError]], ...] =
 )
 
 
+# The C client's error codes (kernel_abi/c/shmd_client.h, enum shmd_error) that name a channel
+# failure; any other code from a call that should have answered means no answer in time.
+_BY_C_CODE: dict[int, type[ShmdError]] = {
+    -1: DaemonUnavailable,  # SHMD_ENOTFOUND
+    -3: ChannelMismatch,  # SHMD_ELAYOUT
+    -4: ChannelCorrupt,  # SHMD_ECORRUPT
+    -5: DaemonUnavailable,  # SHMD_EDEAD
+    -10: UntrustedObject,  # SHMD_EUNTRUSTED
+}
+
+
+def from_c_client(code: int, message: str) -> ShmdError:
+    """The shmd exception for a negative return of the C client library (for callers that use it)."""
+    return _BY_C_CODE.get(code, NotReady)(message)
+
+
 def from_ring_error(err: ringbuf.RingError) -> ShmdError:
     """The shmd exception for an error of the ring layer (translation happens only here)."""
     if isinstance(err, ShmdError):
