@@ -96,7 +96,7 @@ _BY_C_CODE: dict[int, type[ShmdError]] = {
     -1: DaemonUnavailable,  # SHMD_ENOTFOUND
     -3: ChannelMismatch,  # SHMD_ELAYOUT
     -4: ChannelCorrupt,  # SHMD_ECORRUPT
-    -5: DaemonUnavailable,  # SHMD_EDEAD
+    -5: NotReady,  # SHMD_EDEAD: it stopped or hangs; the message says which
     -10: UntrustedObject,  # SHMD_EUNTRUSTED
 }
 
