@@ -1,7 +1,7 @@
 """A hostile daemon: scribbled CQ words and garbage response slots never crash a caller.
 
-The "daemon" here is a thread of the test that creates a real channel and its
-semaphores, consumes the real SQ and answers through the real CQ, but lies: it
+The "daemon" here is a thread of the test that creates a real channel,
+consumes the real SQ and answers through the real CQ, but lies: it
 writes garbage into the CQ header words it owns or into the response slots.
 Against it run the Python client, the C client (ASan/UBSan build) and the HTTP
 shim (the real aiohttp application). Each must answer with a result, an error
@@ -106,8 +106,6 @@ class HostileDaemon:
         self.prefix = prefix
         self.channel = ringbuf.Channel.create(prefix, CHANNEL, sq_capacity=16, cq_capacity=16)
         self.channel.header["daemon_pid"] = os.getpid()
-        self.doorbell = ringbuf.open_semaphore(ringbuf.doorbell_name(prefix))
-        self.cq_sem = ringbuf.open_semaphore(ringbuf.completion_semaphore_name(prefix, CHANNEL))
         self.stats = StatsSegment.create(prefix, {}, {"pid": os.getpid(), "prefix": prefix, "channels": [CHANNEL]})
         self.scenario = "nan_outputs"
         self._stop = threading.Event()
@@ -127,8 +125,8 @@ class HostileDaemon:
         self._thread.start()
 
     def _serve(self) -> None:
-        sq = ringbuf.Consumer(self.channel.sq, None)
-        cq = ringbuf.Producer(self.channel.cq, None)
+        sq = ringbuf.Consumer(self.channel.sq)
+        cq = ringbuf.Producer(self.channel.cq)  # wakes a sleeping client itself (the ring's futex word)
         hdr = self.channel.cq.header
         while not self._stop.is_set():
             self.channel.header["daemon_heartbeat_ns"] = time.monotonic_ns()
@@ -145,7 +143,6 @@ class HostileDaemon:
             if self.scenario in CQ_WORDS:
                 word, value = CQ_WORDS[self.scenario]
                 hdr[word] = value(int(hdr[word]))
-            self.cq_sem.release()
 
     def pause(self) -> None:
         self._stop.set()
@@ -157,8 +154,6 @@ class HostileDaemon:
         self.channel.close()
         self.stats.unlink()
         self.stats.close()
-        for name in (ringbuf.doorbell_name(self.prefix), ringbuf.completion_semaphore_name(self.prefix, CHANNEL)):
-            ringbuf.open_semaphore(name).unlink()
 
 
 @pytest.fixture(scope="module")
