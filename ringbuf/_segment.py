@@ -154,7 +154,7 @@ class Channel:
     cq: RingView
     _shm: posix_ipc.SharedMemory = field(repr=False)
     _map: mmap.mmap = field(repr=False)
-    _layout: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.uint64))
+    _layout: bytes = field(repr=False, default=b"")
 
     @property
     def fd(self) -> int:
@@ -249,13 +249,16 @@ class Channel:
             shm.close_fd()
             raise
         channel = cls(prefix, name, seg, created, header, sq, cq, shm, buf)
-        channel._layout = channel._layout_words()
+        channel._layout = channel._layout_bytes()
         return channel
 
-    def _layout_words(self) -> np.ndarray:
-        """Block 0 of the channel header and of both ring headers: written once, at creation."""
-        words = np.frombuffer(self._map, np.uint64, _LAYOUT_WORDS, 0)
-        return np.concatenate([words, self.sq.hdr64[:_LAYOUT_WORDS], self.cq.hdr64[:_LAYOUT_WORDS]])
+    def _layout_bytes(self) -> bytes:
+        """Block 0 of the channel header and of both ring headers: written once, at creation.
+
+        Plain bytes: the daemon compares them every housekeeping round (~1 µs).
+        """
+        n = _LAYOUT_WORDS * 8
+        return self._map[:n] + self.sq.hdr64[:_LAYOUT_WORDS].tobytes() + self.cq.hdr64[:_LAYOUT_WORDS].tobytes()
 
     def tampered(self, *, sq_head: int, cq_tail: int) -> str:
         """What in the segment a holder overwrote, for its other side ('' if nothing).
@@ -265,13 +268,14 @@ class Channel:
         nobody else writes them, and a holder that does leaves a channel the
         next holder cannot use.
         """
-        now = self._layout_words()
-        if not np.array_equal(now, self._layout):
-            i = int(np.flatnonzero(now != self._layout)[0])
+        found = self._layout_bytes()
+        if found != self._layout:
+            now, was = np.frombuffer(found, np.uint64), np.frombuffer(self._layout, np.uint64)
+            i = int(np.flatnonzero(now != was)[0])
             where = ("channel header", "submission ring header", "completion ring header")[i // _LAYOUT_WORDS]
             return (
                 f"{where} layout word {i % _LAYOUT_WORDS} overwritten: "
-                f"value={int(now[i]):#x} found, {int(self._layout[i]):#x} expected"
+                f"value={int(now[i]):#x} found, {int(was[i]):#x} expected"
             )
         owned = ((self.sq, _HEAD_WORD, "head", sq_head), (self.cq, _TAIL_WORD, "tail", cq_tail))
         for ring, word, name, expected in owned:
