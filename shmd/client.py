@@ -78,7 +78,11 @@ class Client:
         self._outstanding: set[int] = set()
         self._results: dict[int, np.ndarray] = {}
         self.dropped = 0
-        self._prepare_exchange()
+        try:
+            self._prepare_exchange()
+        except BaseException:  # e.g. a corrupt ring: let go of the hold, or this process could never attach again
+            self.close()
+            raise
 
     def _prepare_exchange(self) -> None:
         """Buffers of the compiled round trip, made once; its code loaded now, not on the first call."""
