@@ -99,7 +99,8 @@ def _summary(seconds: float, seed: int, results: dict[str, dict[str, Any]], faul
     rss_start, rss_end = settled[0][1], mine[-1][1]
     expected = {"fallback"}  # the C client's rules answer while the daemon is stopped
     if any(f["fault"] == "kill9" for f in faults):
-        expected |= {"ConnectionRefusedError", "RemoteDisconnected", "ConnectionResetError", "http503"}
+        expected |= {"ConnectionRefusedError", "RemoteDisconnected", "ConnectionResetError", "BrokenPipeError",
+                     "http503"}  # fmt: skip
     errors = [(f"{k}:{e}", e, n) for k, r in results.items() for e, n in r.get("errors", {}).items()]
     unexpected = {what: n for what, e, n in errors if e not in expected}
     return {

@@ -14,17 +14,15 @@ With SO_REUSEPORT (N > 1) another process of the same user that also sets it cou
 bind the same port and receive a share of the connections; with N = 1 the port is
 bound exclusively, as before.
 
-Every worker is told to die with serve (PR_SET_PDEATHSIG), so a daemon
-killed with SIGKILL leaves no shim behind.
+Every worker asks to die with serve (PR_SET_PDEATHSIG, in ``http_shim``), so a
+daemon killed with SIGKILL leaves no shim behind.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import selectors
-import signal
 import subprocess
 import sys
 import time
@@ -36,20 +34,6 @@ from ._errors import ShmdError
 
 START_TIMEOUT_S = 30.0
 RESTART_INTERVAL_S = 5.0
-
-
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when serve dies, however serve died.
-
-    An orphaned shim would keep the port and the http channel, and a daemon
-    restarted on the prefix could then start no shim of its own. Not SIGTERM:
-    a graceful shutdown waits for requests in flight, which no daemon will
-    answer, and holds the channel meanwhile.
-    """
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class _Worker:
@@ -74,7 +58,7 @@ class HttpChild:
         if self.cfg.admin_token:
             env["SHMD_ADMIN_TOKEN"] = self.cfg.admin_token
         worker.started_at = time.monotonic()
-        worker.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
+        worker.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE)
 
     def start(self) -> None:
         """Start every worker and wait until each listens and the port answers for this daemon."""
