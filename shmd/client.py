@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import ringbuf
-from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUEST, RESPONSE, ModelId
+from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUEST, REQUESTS, RESPONSE, ModelId
 
 from . import _codec, _exchange, _lock, _records
 from ._errors import ChannelBusy, DaemonError, NotReady, ShmdError, from_ring_error
@@ -133,6 +133,32 @@ class Client:
             raise from_ring_error(err) from None
         self._outstanding.update(int(i) for i in records["request_id"][:accepted])
         return accepted
+
+    def reserve(self, n: int, model: str) -> list[np.ndarray]:
+        """Up to ``n`` free submission slots, as ``REQUESTS[model]`` records to fill in place.
+
+        At most two views (the run may wrap around the ring's end), their header
+        filled (fresh ids, model, version, length; flags and deadline 0): write
+        the payloads, then ``commit`` the views. Fewer than ``n`` when the ring
+        is fuller. Nothing is copied: the records are written in shared memory.
+        """
+        mid = _codec.model_id(model)
+        views = self._sq.reserve(n, REQUESTS[mid])
+        for v in views:
+            v["request_id"] = self.new_ids(len(v))
+            v["model_id"], v["abi_version"], v["payload_len"] = mid, ABI_VERSION, PAYLOADS[mid].itemsize
+            v["flags"] = v["deadline_ns"] = 0
+        return views
+
+    def commit(self, views: list[np.ndarray]) -> int:
+        """Publish records written through ``reserve`` (stamped now); answers come via ``wait``/``reap``."""
+        submit, n = now_ns(), 0
+        for v in views:
+            v["submit_ns"] = submit
+            self._outstanding.update(v["request_id"].tolist())
+            n += len(v)
+        self._sq.commit(n)
+        return n
 
     def reap(self, max_n: int | None = None) -> np.ndarray:
         """Completions ready now (RESPONSE records) for ids this client has outstanding."""

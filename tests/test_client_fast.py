@@ -53,3 +53,23 @@ def test_predict_records_answers_in_order_with_per_record_status(daemon: DaemonP
         assert np.array_equal(again["outputs"][[0, 1, 3, 4]], out["outputs"][[0, 1, 3, 4]])
         with pytest.raises(ValueError, match=r"^records must be a 1-d array of REQUEST records: itemsize=8"):
             c.predict_records("workload", np.zeros(3, np.uint64))
+
+
+def test_reserve_and_commit_write_records_in_place(daemon: DaemonProcess) -> None:
+    """The README's zero-copy example: records filled in the ring itself, answered through reap."""
+    payload = _codec.encode_payloads(ModelId.WORKLOAD, [SAMPLES["workload"]] * 3)
+    with Client("a", daemon.prefix) as c:
+        views = c.reserve(3, "workload")
+        assert sum(len(v) for v in views) == 3
+        start = 0
+        for v in views:
+            v["payload"] = payload[start : start + len(v)]
+            start += len(v)
+        ids = [int(i) for v in views for i in v["request_id"]]
+        assert c.commit(views) == 3
+        got = []
+        while len(got) < 3:
+            assert c.wait(5.0) > 0, "no answer"
+            got.extend(c.reap())
+        assert sorted(int(r["request_id"]) for r in got) == sorted(ids)
+        assert all(int(r["status"]) == Status.OK for r in got)
