@@ -341,10 +341,12 @@ def _adapt_spin(pass_state, reqs, n, idle_from, spin_max_ns, m_loop):
     for j in range(n):
         latest = max(latest, np.int64(reqs[j].submit_ns))
     sample = drain_ns - latest
+    arrived = drain_ns
     if 0 < sample < 1_000_000:  # a clock of another machine, or a stamp long before the submit: ignore
         pass_state[PASS_WAKE_NS] += (sample - pass_state[PASS_WAKE_NS]) // 8
+        arrived = max(latest, idle_from)  # when it was published, not when the wake-up got us here
     cap = min(spin_max_ns, 2 * pass_state[PASS_WAKE_NS])
-    waited = drain_ns - idle_from
+    waited = arrived - idle_from
     window = pass_state[PASS_SPIN_NS]
     if waited <= cap:
         window = min(cap, max(2 * window, MIN_SPIN_NS))
@@ -383,14 +385,18 @@ def step(
     spin = min(pass_state[PASS_SPIN_NS], spin_ns) if sleep_ns > 0 else spin_ns
     idle_from = np.int64(0)
     for _ in range(MAX_INNER_PASSES):
+        woke = 0
         if n > 0:
-            m_loop[LOOP_WAKES] += finish(
+            woke = finish(
                 table, sq_state, cq_state, alloc, offsets, pass_state, n,
                 reqs, raw_workload, raw_threat, raw_failure, raw_memory, post,
                 counts, rows, keys, responses, resp_bytes,
                 c_entries, c_ttl, c_stats,
                 m_model, m_hist, m_summary, m_batch, m_channel, wake,
             )  # fmt: skip
+            m_loop[LOOP_WAKES] += woke
+        if woke > 0:  # the woken clients need a CPU, perhaps this one: do not spin against them
+            spin = 0
         started = monotonic_ns()
         n = drain(
             table, sq_state, cq_state, ready, alloc, offsets, pass_state, room,

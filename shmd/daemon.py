@@ -219,6 +219,7 @@ class Daemon:
         fault = os.environ.get("SHMD_TEST_FAULT", "")  # test-only: see _loop.fault_state
         self.pass_state[_loop.PASS_FAULT : _loop.PASS_FAULT_COUNTDOWN + 1] = _loop.fault_state(fault)
         self.pass_state[_loop.PASS_WAKE_NS] = _loop.INITIAL_WAKE_NS
+        self.pass_state[_loop.PASS_SPIN_NS] = min(self.spin_ns, _loop.INITIAL_WAKE_NS)  # then learnt
         self.passes = 0
         self.last_housekeeping = 0
         self.last_cache_count = 0

@@ -661,12 +661,13 @@ struct shmd_client {
 
 /* How long to spin for an answer before sleeping: spinning pays only when the
  * answer comes sooner than a wake-up of ours would cost, so spin for twice the
- * answer time learnt, and not at all once answers take longer than the bound
- * (the daemon wakes us then). The learning goes on either way: a slow answer
- * measured after a sleep lengthens the next window until the bound. */
+ * answer time learnt (at most the bound), and not at all once answers take
+ * more than twice the bound (the daemon wakes us then). The learning goes on
+ * either way; an answer measured after a sleep includes our own wake-up, hence
+ * the slack of 2 before giving up on spinning. */
 static uint64_t spin_window(const struct shmd_client *c)
 {
-    if (c->answer_ns > c->spin_max_ns)
+    if (c->answer_ns > 2 * c->spin_max_ns)
         return 0;
     return 2 * c->answer_ns < c->spin_max_ns ? 2 * c->answer_ns : c->spin_max_ns;
 }
@@ -842,10 +843,15 @@ static int exchange(struct shmd_client *c, struct shmd_request *reqs, struct shm
     uint64_t submitted = now;
     for (;;) {
         if (sent < n) {
+            uint64_t woken = ch->wakeups_posted;
             int k = shmd_sq_submit(ch, reqs + sent, n - sent);
             if (k < 0)
                 return k;
             sent += (unsigned)k;
+            /* We woke the daemon: it needs a CPU, perhaps this one (the scheduler
+             * often places the woken on the waker's CPU). Never spin then. */
+            if (ch->wakeups_posted != woken)
+                spin_ns = 0;
         }
         int r = shmd_cq_reap(ch, c->reaped, c->reaped_cap);
         if (r < 0)
