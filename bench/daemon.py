@@ -368,6 +368,36 @@ def _cache_figures(pool: ProcessPoolExecutor, prefix: str, seconds: float) -> di
     return out
 
 
+def _backend_figures(pool: ProcessPoolExecutor, prefix: str, seconds: float, n_rtt: int) -> dict[str, Any]:
+    """Per model backend, cache off: round trip of a miss and batch-256 throughput, 1 and 4 clients.
+
+    Each backend gets a daemon of its own (``--backend``), measured one after the other.
+    """
+    config = f"/tmp/{prefix}b.toml"
+    with open(config, "w") as f:
+        f.write("".join(f"[cache.{m.name.lower()}]\nenabled = false\n" for m in ModelId))
+    out: dict[str, Any] = {}
+    try:
+        for backend in ("litert", "compiled"):
+            pfx = f"{prefix}{backend[0]}"
+            proc, _ = _start_daemon(pfx, "c0,c1,c2,c3", "--config", config, "--backend", backend)
+            try:
+                rtt = pool.submit(_rtt_child, pfx, "c0", n_rtt, True).result()
+                fig: dict[str, Any] = {"rtt_miss_us": summarize(rtt)}
+                total, _, secs = pool.submit(_stream_child, pfx, "c0", seconds, 256).result()
+                fig["throughput_1_client_per_s"] = total / secs
+                parts = [f.result() for f in [pool.submit(_stream_child, pfx, f"c{i}", seconds, 256) for i in range(4)]]
+                fig["throughput_4_clients_per_s"] = sum(p[0] for p in parts) / max(p[2] for p in parts)
+                out[backend] = fig
+            finally:
+                proc.terminate()
+                proc.wait(30)
+                ringbuf.remove_leftovers(pfx)
+    finally:
+        os.unlink(config)
+    return out
+
+
 def run(quick: bool) -> dict[str, Any]:
     from bench.ring import _floor
 
@@ -394,6 +424,7 @@ def run(quick: bool) -> dict[str, Any]:
             parts = [f.result() for f in futs]
             fig["throughput_4_clients_per_s"] = sum(p[0] for p in parts) / max(p[2] for p in parts)
             fig["cache"] = _cache_figures(pool, prefix, seconds)
+            fig["backends"] = _backend_figures(pool, prefix, seconds, n_rtt)
             for rate in rates:
                 n = int(min(rate * (0.5 if quick else 1.0), 400_000))
                 lat = pool.submit(_open_loop_child, prefix, "c1", float(rate), n).result()
@@ -448,6 +479,13 @@ def report(r: dict[str, Any]) -> str:
         ["typical: pred/s cache off", cache["typical_per_s_cache_off"], "", ""],
         ["typical: speed-up from the cache", cache["typical_speedup"], "", ""],
     ]
+    for backend, bf in f.get("backends", {}).items():
+        rows += [
+            [f"{backend}, cache off: miss round trip (µs)", bf["rtt_miss_us"]["median"], bf["rtt_miss_us"]["p99"],
+             "p50<=4, p99<=20"],
+            [f"{backend}, cache off: pred/s 1 client", bf["throughput_1_client_per_s"], "", ">= 2M"],
+            [f"{backend}, cache off: pred/s 4 clients", bf["throughput_4_clients_per_s"], "", ">= 1.5M"],
+        ]  # fmt: skip
     ratios = "\n".join(f"{k}: {v:.2f}" for k, v in q.items())
     rows = [row + [""] * (4 - len(row)) for row in rows]
     return table(["figure", "median", "p99", "target"], rows) + "\n\nratios\n" + ratios

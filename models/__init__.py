@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ._artifacts import ArtifactError, default_models_dir
 from ._program import Bank, Program, make_bank, scratch_for
 from ._runner import BACKENDS, CompiledRunner, LiteRTRunner, Runner, TFRunner, load_runner
-from ._spec import ENCODER_VERSION, MODEL_IDS, MODEL_NAMES, N_FEATURES, N_RAW_OUTPUTS
+from ._spec import ENCODER_VERSION, MODEL_IDS, MODEL_NAMES, N_FEATURES, N_MODEL_SLOTS, N_RAW_OUTPUTS
 from ._validate import encode_batch, validate
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ __all__ = [
     "MODEL_IDS",
     "MODEL_NAMES",
     "N_FEATURES",
+    "N_MODEL_SLOTS",
     "N_RAW_OUTPUTS",
     "ArtifactError",
     "Bank",

@@ -1,8 +1,10 @@
 """``shmd serve``: channels, models, the poll loop, and a clean stop.
 
 The loop in Python is only orchestration; see ``_loop`` for what the
-compiled code does. Per pass: one model call per model with rows, then one
-``step`` (finish this pass and wake the clients that sleep, drain the next).
+compiled code does. With ``--backend compiled`` the models run inside
+``step`` and a pass never returns to Python; otherwise, per pass: one model
+call per model with rows, then one ``step`` (finish this pass and wake the
+clients that sleep, drain the next).
 With nothing to do the drain spins for ``spin_us`` and ``step`` then sleeps
 on every SQ's wake-up word (at most ``sleep_timeout_ms``) inside compiled
 code.
@@ -25,13 +27,14 @@ from typing import Any
 import numpy as np
 
 import ringbuf
-from kernel_abi import REQUEST, REQUEST_SLOT_SIZE, REQUESTS, RESPONSE, ModelId, Status
+from kernel_abi import ModelId, Status
 
-from . import _config, _lock, _loop, _notify, _readiness
+from . import _config, _lock, _loop, _notify, _pass, _readiness
 from . import _metrics as met
 from ._cache import N_STATS, CacheArrays
 from ._errors import ShmdError
 from ._http_child import HttpChild
+from ._pass_layout import PASS_SPIN_NS
 from ._stats_segment import (
     ARGUMENT,
     CMD_CLEAR_CACHE,
@@ -84,7 +87,7 @@ class Daemon:
             self._make_buffers()
             # Load (or compile) the loop's code now, not on the first request; a
             # restarted daemon may find requests already waiting: keep their count.
-            self.pending = self.step(0, tuple(self.no_rows), 0, 0)
+            self.pending = self.step(0, 0, 0)
         except BaseException as err:
             self.close()
             if isinstance(err, ringbuf.SegmentNoSpace | OSError):
@@ -114,6 +117,8 @@ class Daemon:
             self.versions[mid] = int(runner.version)
         self.n_features = {int(m): models.N_FEATURES[m] for m in ModelId}
         self.n_raw = {int(m): models.N_RAW_OUTPUTS[m] for m in ModelId}
+        # Runners the pass cannot call itself (litert, tf): Python runs them between passes.
+        self.python_runners = {m: r for m, r in self.runners.items() if not isinstance(r, models.CompiledRunner)}
 
     def _make_stats(self) -> None:
         n_ch = len(self.names)
@@ -129,7 +134,7 @@ class Daemon:
             "cache_entries": ((np.int64), (_loop.N_MODELS,)),
             "control": ((np.int64), (4,)),
             "heartbeat": ((np.int64), (2,)),  # last housekeeping ns, passes
-            "loop": ((np.int64), (_loop.N_LOOP_COUNTERS,)),  # sleeps, timeout rescues, wakes (_loop.LOOP_*)
+            "loop": ((np.int64), (_pass.N_LOOP_COUNTERS,)),  # _pass_layout.LOOP_*
         }
         meta = {
             "pid": os.getpid(),
@@ -195,90 +200,63 @@ class Daemon:
             log("channel_reset", self.cfg.log_format, channel=old.name, reason="corrupt")
 
     def _make_buffers(self) -> None:
-        room, n_ch = self.cfg.max_batch, len(self.channels)
-        self.staging = np.zeros((room, REQUEST_SLOT_SIZE), np.uint8)
-        self.reqs = self.staging.view(REQUEST).reshape(room)
-        self.payloads = [self.staging.view(REQUESTS[m]).reshape(room)["payload"] for m in ModelId]
-        self.features = [np.zeros((room, self.n_features[int(m)]), np.float32) for m in ModelId]
-        self.no_rows = [np.zeros((0, self.n_raw[int(m)]), np.float32) for m in ModelId]
-        self.post = np.zeros((room, 4), np.float64)
-        self.counts = np.zeros(_loop.N_MODELS, np.int64)
-        self.rows = np.zeros((_loop.N_MODELS, room), np.int64)
-        self.keys = np.zeros(room, np.uint64)
-        self.responses = np.zeros(room, RESPONSE)
-        self.resp_bytes = self.responses.view(np.uint8).reshape(room, -1)
-        self.alloc = np.zeros(n_ch, np.int64)
-        self.offsets = np.zeros(n_ch + 1, np.int64)
-        self.wake = np.zeros(n_ch, np.bool_)
-        self.max_queue_ns = int(self.cfg.max_queue_ms * 1e6)
+        fault = os.environ.get("SHMD_TEST_FAULT", "")  # test-only: see _loop.fault_state
+        self.batch = _pass.new_batch(
+            self.cfg.max_batch, len(self.channels), max_queue_ns=int(self.cfg.max_queue_ms * 1e6),
+            fault=_loop.fault_state(fault),
+        )  # fmt: skip
         # The idle spin's upper bound; the loop learns the window below it. With one CPU
         # to run on, a spinning loop would only keep the client it waits for off that CPU.
         self.spin_ns = int(self.cfg.spin_us * 1000) if len(os.sched_getaffinity(0)) > 1 else 0
+        self.batch.state[PASS_SPIN_NS] = min(self.spin_ns, _loop.INITIAL_WAKE_NS)  # then learnt
         self.sleep_ns = int(self.cfg.sleep_timeout_ms * 1e6)
-        self.pass_state = np.zeros(_loop.PASS_STATE_WORDS, np.int64)
-        fault = os.environ.get("SHMD_TEST_FAULT", "")  # test-only: see _loop.fault_state
-        self.pass_state[_loop.PASS_FAULT : _loop.PASS_FAULT_COUNTDOWN + 1] = _loop.fault_state(fault)
-        self.pass_state[_loop.PASS_WAKE_NS] = _loop.INITIAL_WAKE_NS
-        self.pass_state[_loop.PASS_SPIN_NS] = min(self.spin_ns, _loop.INITIAL_WAKE_NS)  # then learnt
+        # The five descriptors of every step (see _pass_layout). Serving another model
+        # version is replacing self.models between two steps.
+        self.models = _pass.new_models(self.batch, self.runners)
+        self._rings = _pass.rings_of(self.rings)
+        self._cache = _pass.cache_of(self.cache)
+        self._counters = _pass.counters_of(self.metrics, self.stats.arrays["loop"])
         self.passes = 0
         self.last_housekeeping = 0
         self.last_cache_count = 0
-        self._bind_pass_arguments()
 
     # --- the loop -------------------------------------------------------------------
 
-    def _bind_pass_arguments(self) -> None:
-        """``step``'s arguments, built once: a pass only supplies its count and model outputs."""
-        m, c = self.metrics, self.cache
-        self._step_head = (
-            self.rings.table, self.rings.sq_state, self.rings.cq_state, self.rings.ready, self.alloc,
-            self.offsets, self.pass_state, self.cfg.max_batch,
-        )  # fmt: skip
-        self._step_middle = (self.staging, self.reqs, *self.payloads, *self.features)
-        self._step_tail = (
-            self.post, self.counts, self.rows, self.keys, self.responses, self.resp_bytes, self.versions,
-            c.entries, c.ttl_ns, c.quantum, c.stats,
-            m.model, m.hist, m.summary, m.batch_hist, m.channel, self.wake, self.max_queue_ns,
-        )  # fmt: skip
-        self._step_sleep = (self.rings.waiters, self.stats.arrays["loop"])
-        self._model_slots = [(int(mid), i) for i, mid in enumerate(ModelId)]
+    def step(self, n_prev: int, spin_ns: int, sleep_ns: int = 0) -> int:
+        """Publish the previous pass (``n_prev`` records), drain and run the next ones.
 
-    def step(self, n_prev: int, raws: tuple[np.ndarray, ...], spin_ns: int, sleep_ns: int = 0) -> int:
-        """Publish the previous pass (``n_prev`` records, ``raws`` model outputs), drain the next.
-
-        Returns the number of records the new pass drained: 0 when none came
-        within ``spin_ns`` and a sleep of at most ``sleep_ns`` (0: no sleep).
+        Returns the number of records drained that wait for ``infer`` (a Python
+        runner) and the next ``step``: 0 when none came within ``spin_ns`` and a
+        sleep of at most ``sleep_ns`` (0: no sleep).
         """
-        n = _loop.step(
-            *self._step_head, n_prev, *self._step_middle, *raws, *self._step_tail, spin_ns,
-            *self._step_sleep, sleep_ns,
-        )  # fmt: skip
+        _pass.set_wait(self.batch, spin_ns, sleep_ns)
+        n = _loop.step(self._rings, self.batch, self.models, self._cache, self._counters, n_prev)
         if n_prev:
             self.passes += 1
         return n
 
-    def infer(self) -> tuple[np.ndarray, ...]:
-        """Run each model once on the rows the last drain queued for it."""
-        counts = self.counts.tolist()
-        return tuple(
-            self._infer(mid, self.features[i][: counts[mid]]) if counts[mid] else self.no_rows[i]
-            for mid, i in self._model_slots
-        )
+    def infer(self) -> None:
+        """Run each Python-called model once on the rows the last drain queued for it.
 
-    def _infer(self, mid: int, batch: np.ndarray) -> np.ndarray:
-        try:
-            return self.runners[mid].predict(batch)
-        except Exception as err:  # a failing model must not take the daemon or other models down
-            rows = self.rows[mid, : len(batch)]
-            self.responses["status"][rows] = Status.INTERNAL
-            self.metrics.model[mid, met.ERRORS] += len(batch)
-            np.add.at(self.metrics.channel[:, met.REJECTED + Status.INTERNAL], self._channel_of(rows), 1)
-            self.counts[mid] = 0
-            log("model_error", self.cfg.log_format, model=ModelId(mid).name.lower(), error=repr(err))
-            return self.no_rows[int(mid) - 1]
+        The outputs go to ``batch.raw``; models of the compiled bank already ran in ``step``.
+        """
+        b = self.batch
+        for mid, runner in self.python_runners.items():
+            cnt = int(b.counts[mid])
+            if not cnt:
+                continue
+            try:
+                b.raw[mid, :cnt, : self.n_raw[mid]] = runner.predict(b.features[mid, :cnt, : self.n_features[mid]])
+            except Exception as err:  # a failing model must not take the daemon or other models down
+                rows = b.rows[mid, :cnt]
+                b.responses["status"][rows] = Status.INTERNAL
+                self.metrics.model[mid, met.ERRORS] += cnt
+                np.add.at(self.metrics.channel[:, met.REJECTED + Status.INTERNAL], self._channel_of(rows), 1)
+                b.counts[mid] = 0
+                log("model_error", self.cfg.log_format, model=ModelId(mid).name.lower(), error=repr(err))
 
     def _channel_of(self, rows: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.offsets[1:], rows, side="right")
+        return np.searchsorted(self.batch.offsets[1:], rows, side="right")
 
     def housekeeping(self) -> None:
         now = time.monotonic_ns()
@@ -325,18 +303,18 @@ class Daemon:
 
     def serve_forever(self) -> None:
         n = self.pending
-        raws = self.infer() if n else tuple(self.no_rows)
+        if n:
+            self.infer()
         while not self.stopping:
-            n = self.step(n, raws, self.spin_ns, self.sleep_ns)
+            n = self.step(n, self.spin_ns, self.sleep_ns)
             if n:
-                raws = self.infer()
+                self.infer()
                 if time.monotonic_ns() - self.last_housekeeping >= HOUSEKEEPING_NS:
                     self.housekeeping()
             else:
-                raws = tuple(self.no_rows)
                 self.housekeeping()
         if n:  # publish what the last pass drained (what this drains again stays in the SQ)
-            self.step(n, raws, 0, 0)
+            self.step(n, 0, 0)
 
     # --- stop -----------------------------------------------------------------------------
 

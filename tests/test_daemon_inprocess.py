@@ -36,15 +36,16 @@ def _request(model: ModelId, request_id: int) -> np.ndarray:
 def test_failing_model_answers_internal_and_the_pass_goes_on(prefix: str, capfd: pytest.CaptureFixture) -> None:
     daemon = Daemon(_config.load(["--prefix", prefix, "--no-http", "--channels", "a,b"], environ={}))
     try:
-        daemon.runners[int(ModelId.THREAT)] = _BrokenModel()
+        daemon.python_runners[int(ModelId.THREAT)] = _BrokenModel()
         a, b = daemon.channels
         sq_a, sq_b = ringbuf.Producer(a.sq), ringbuf.Producer(b.sq)
         cq_a, cq_b = ringbuf.Consumer(a.cq), ringbuf.Consumer(b.cq)
         sq_a.produce(np.concatenate([_request(ModelId.WORKLOAD, 1), _request(ModelId.THREAT, 2)]))
         sq_b.produce(_request(ModelId.THREAT, 3))
-        n = daemon.step(0, tuple(daemon.no_rows), 0)
+        n = daemon.step(0, 0)
         assert n == 3
-        daemon.step(n, daemon.infer(), 0)  # publishes this pass
+        daemon.infer()
+        daemon.step(n, 0)  # publishes this pass
         got_a, got_b = cq_a.consume(8), cq_b.consume(8)
         assert [(int(r["request_id"]), int(r["status"])) for r in got_a] == [(1, Status.OK), (2, Status.INTERNAL)]
         assert [(int(r["request_id"]), int(r["status"])) for r in got_b] == [(3, Status.INTERNAL)]

@@ -1,0 +1,105 @@
+"""Building the compiled pass's five descriptors (``_pass_layout``) from the daemon's parts.
+
+Kept apart from ``Daemon`` so tests can build a pass around rings of their own and drive
+``drain`` and ``finish`` without a daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+import models
+import ringbuf
+from kernel_abi import REQUEST, REQUEST_SLOT_SIZE, RESPONSE, ModelId
+from models._serve import MAX_FEATURES, MAX_OUTPUTS, payload_views
+
+from ._cache import CacheArrays
+from ._loop import INITIAL_WAKE_NS
+from ._metrics import MetricsArrays
+from ._pass_layout import (
+    N_LOOP_COUNTERS,
+    PASS_FAULT,
+    PASS_FAULT_COUNTDOWN,
+    PASS_MAX_QUEUE_NS,
+    PASS_ROOM,
+    PASS_SLEEP_NS,
+    PASS_SPIN_MAX_NS,
+    PASS_STATE_WORDS,
+    PASS_WAKE_NS,
+    Batch,
+    Cache,
+    Counters,
+    Models,
+    Rings,
+)
+
+N_MODELS = models.N_MODEL_SLOTS
+
+
+def new_batch(room: int, n_channels: int, *, max_queue_ns: int = 0, fault: tuple[int, int] = (0, 0)) -> Batch:
+    """The pass's private buffers for ``room`` records a pass from ``n_channels`` channels."""
+    state = np.zeros(PASS_STATE_WORDS, np.int64)
+    state[PASS_ROOM] = room
+    state[PASS_MAX_QUEUE_NS] = max_queue_ns
+    state[PASS_FAULT], state[PASS_FAULT_COUNTDOWN] = fault
+    state[PASS_WAKE_NS] = INITIAL_WAKE_NS
+    staging = np.zeros((room, REQUEST_SLOT_SIZE), np.uint8)
+    responses = np.zeros(room, RESPONSE)
+    return Batch(
+        state=state,
+        staging=staging,
+        reqs=staging.view(REQUEST).reshape(room),
+        responses=responses,
+        resp_bytes=responses.view(np.uint8).reshape(room, -1),
+        keys=np.zeros(room, np.uint64),
+        features=np.zeros((N_MODELS, room, MAX_FEATURES), np.float32),
+        raw=np.zeros((N_MODELS, room, MAX_OUTPUTS), np.float32),
+        post=np.zeros((room, 4), np.float64),
+        counts=np.zeros(N_MODELS, np.int64),
+        rows=np.zeros((N_MODELS, room), np.int64),
+        alloc=np.zeros(n_channels, np.int64),
+        offsets=np.zeros(n_channels + 1, np.int64),
+        wake=np.zeros(n_channels, np.bool_),
+    )
+
+
+def set_wait(batch: Batch, spin_ns: int, sleep_ns: int) -> None:
+    """How long the next ``step`` may spin (the window it learns stays below), then sleep, when idle."""
+    batch.state[PASS_SPIN_MAX_NS] = spin_ns
+    batch.state[PASS_SLEEP_NS] = sleep_ns
+
+
+def new_models(batch: Batch, runners: Mapping[int, models.Runner]) -> Models:
+    """What the pass needs of ``runners``; those of the compiled backend go into its bank.
+
+    A new version is served by building a new ``Models`` and passing it to the next
+    ``step`` (nothing else holds the bank).
+    """
+    versions = np.zeros(N_MODELS, np.uint16)
+    n_features = np.zeros(N_MODELS, np.int64)
+    programs = {}
+    for mid, runner in runners.items():
+        versions[mid] = runner.version
+        if isinstance(runner, models.CompiledRunner):
+            programs[int(mid)] = (runner.program, runner.version)
+    for mid in ModelId:
+        n_features[mid] = models.N_FEATURES[mid]
+    bank = models.make_bank(programs, N_MODELS)
+    return Models(payload_views(batch.staging), versions, n_features, bank, models.scratch_for(bank))
+
+
+def rings_of(table: ringbuf.ChannelTable) -> Rings:
+    """The channel table's arrays (updated in place when a channel is re-bound)."""
+    return Rings(table.table, table.sq_state, table.cq_state, table.ready, table.waiters)
+
+
+def cache_of(c: CacheArrays) -> Cache:
+    return Cache(c.entries, c.ttl_ns, c.quantum, c.stats)
+
+
+def counters_of(m: MetricsArrays, loop: np.ndarray | None = None) -> Counters:
+    if loop is None:
+        loop = np.zeros(N_LOOP_COUNTERS, np.int64)
+    return Counters(m.model, m.hist, m.summary, m.batch_hist, m.channel, loop)

@@ -1,0 +1,154 @@
+"""``drain``, ``infer_compiled`` and ``finish`` driven on rings of the test's own, without a daemon."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ringbuf
+from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, ModelId, Status
+from models import N_RAW_OUTPUTS, load_runner, postprocess
+from models._data import GENERATORS
+from shmd import _loop, _pass
+from shmd import _metrics as met
+from shmd._cache import CacheArrays
+from shmd._metrics import MetricsArrays
+from shmd._pass_layout import LOOP_COMPILED_PASSES, PASS_START
+
+N = _loop.N_MODELS
+
+
+def _requests(mid: ModelId, ids: list[int], seed: int = 0) -> np.ndarray:
+    rec = np.zeros(len(ids), REQUESTS[mid])
+    rec["payload"] = GENERATORS[mid](len(ids), seed)[0]
+    rec["request_id"] = ids
+    rec["model_id"] = mid
+    rec["abi_version"] = ABI_VERSION
+    rec["payload_len"] = PAYLOADS[mid].itemsize
+    return rec.view(REQUEST)
+
+
+class _Pass:
+    """Two real channels and the five descriptors of a pass over them."""
+
+    def __init__(self, prefix: str, backend: str, room: int = 16) -> None:
+        self.channels = [ringbuf.Channel.create(prefix, name, sq_capacity=16) for name in ("a", "b")]
+        self.table = ringbuf.ChannelTable(self.channels)
+        self.rings = _pass.rings_of(self.table)
+        self.batch = _pass.new_batch(room, 2)
+        self.runners = {int(m): load_runner(m, backend=backend) for m in ModelId}
+        self.models = _pass.new_models(self.batch, self.runners)
+        self.cache = _pass.cache_of(CacheArrays.new(N, 64))  # ttl 0: no model caches
+        self.counters = _pass.counters_of(MetricsArrays.new(N, 2))
+        self.sq = [ringbuf.Producer(ch.sq) for ch in self.channels]
+        self.cq = [ringbuf.Consumer(ch.cq) for ch in self.channels]
+
+    def drain(self) -> int:
+        return _loop.drain(self.rings, self.batch, self.models, self.cache, self.counters, 0)
+
+    def finish(self, n: int) -> int:
+        return _loop.finish(self.rings, self.batch, self.models, self.cache, self.counters, n)
+
+    def close(self) -> None:
+        for ch in self.channels:
+            ch.unlink()
+            ch.close()
+
+
+@pytest.fixture
+def compiled(prefix):
+    p = _Pass(prefix, "compiled")
+    yield p
+    p.close()
+
+
+def _expected(mid: ModelId, requests: np.ndarray) -> np.ndarray:
+    """API outputs for ``requests`` through LiteRT: what the compiled pass must answer."""
+    from models import encode_batch
+
+    x, err = encode_batch(mid, requests.view(REQUESTS[mid])["payload"])
+    assert not err.any()
+    out = np.zeros((len(x), 4))
+    postprocess(int(mid), load_runner(mid).predict(x), out)
+    return out
+
+
+def test_drain_answers_bad_records_and_queues_the_rest_per_model(compiled):
+    good_w, good_t = _requests(ModelId.WORKLOAD, [1, 2]), _requests(ModelId.THREAT, [3])
+    bad_version = _requests(ModelId.THREAT, [4])
+    bad_version["abi_version"] = ABI_VERSION + 1
+    unknown = _requests(ModelId.THREAT, [5])
+    unknown["model_id"] = 9
+    bad_field = _requests(ModelId.FAILURE, [6]).copy()
+    bad_field.view(REQUESTS[ModelId.FAILURE])["payload"]["health_score"] = np.nan
+    compiled.sq[0].produce(np.concatenate([good_w, bad_version, good_t]))
+    compiled.sq[1].produce(np.concatenate([unknown, bad_field]))
+    n = compiled.drain()
+    b = compiled.batch
+    assert n == 6 and list(b.alloc) == [4, 2] and list(b.offsets) == [0, 4, 6]
+    assert list(b.counts[1:]) == [2, 1, 0, 0]  # workload 2, threat 1, in staging order
+    assert list(b.rows[ModelId.WORKLOAD, :2]) == [0, 1] and b.rows[ModelId.THREAT, 0] == 3
+    status = [(int(r["request_id"]), int(r["status"])) for r in b.responses[:n]]
+    assert status == [(1, Status.OK), (2, Status.OK), (4, Status.BAD_VERSION), (3, Status.OK),
+                      (5, Status.UNKNOWN_MODEL), (6, Status.INVALID_INPUT)]  # fmt: skip
+    assert b.responses[5]["error_field"] == 2  # health_score: the failure payload's 2nd field
+    assert list(compiled.counters.channel[:, met.REJECTED + Status.INVALID_INPUT]) == [0, 1]
+    # Nothing is published or released by a drain.
+    assert compiled.cq[0].ready() == 0 and compiled.sq[0].space() == 16 - 4
+    assert b.state[PASS_START] == 1  # the next pass starts with the other channel
+
+
+def test_compiled_pass_answers_like_litert_and_releases_after_publishing(compiled):
+    w, t = _requests(ModelId.WORKLOAD, [1, 2, 3], seed=1), _requests(ModelId.THREAT, [4, 5], seed=2)
+    m = _requests(ModelId.MEMORY, [6], seed=3)
+    compiled.sq[0].produce(np.concatenate([w, t]))
+    compiled.sq[1].produce(m)
+    n = compiled.drain()
+    assert n == 6
+    assert _loop.infer_compiled(compiled.batch, compiled.models)  # every model is in the bank
+    compiled.finish(n)
+    got_a, got_b = compiled.cq[0].consume(8), compiled.cq[1].consume(8)
+    assert [int(r["request_id"]) for r in got_a] == [1, 2, 3, 4, 5] and int(got_b[0]["request_id"]) == 6
+    assert all(r["status"] == Status.OK for r in (*got_a, *got_b))
+    np.testing.assert_allclose(np.stack([r["outputs"] for r in got_a[:3]]), _expected(ModelId.WORKLOAD, w),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(np.stack([r["outputs"] for r in got_a[3:]]), _expected(ModelId.THREAT, t),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(got_b[0]["outputs"], _expected(ModelId.MEMORY, m)[0], rtol=1e-5, atol=1e-5)
+    assert compiled.sq[0].space() == 16 and compiled.sq[1].space() == 16  # released
+    model = compiled.counters.model
+    assert model[ModelId.WORKLOAD, met.INFERENCES] == 3 and model[ModelId.THREAT, met.BATCHES] == 1
+    assert list(compiled.counters.channel[:, met.COMPLETED]) == [5, 1]
+
+
+def test_drain_shares_the_room_between_channels(prefix):
+    p = _Pass(prefix, "compiled", room=8)
+    try:
+        p.sq[0].produce(_requests(ModelId.WORKLOAD, list(range(1, 11))))
+        p.sq[1].produce(_requests(ModelId.WORKLOAD, list(range(11, 14))))
+        n = p.drain()
+        assert n == 8 and list(p.batch.alloc) == [5, 3]  # b's 3 fit; a gets the rest of the room
+        p.finish(n)
+        assert p.cq[0].ready() == 5 and p.cq[1].ready() == 3 and p.sq[0].space() == 16 - 5
+    finally:
+        p.close()
+
+
+def test_step_runs_the_bank_inside_and_leaves_other_backends_to_python(prefix):
+    for backend, inside in (("compiled", True), ("litert", False)):
+        p = _Pass(f"{prefix}{backend[0]}", backend)
+        try:
+            p.sq[0].produce(_requests(ModelId.FAILURE, [1, 2]))
+            _pass.set_wait(p.batch, 0, 0)
+            n = _loop.step(p.rings, p.batch, p.models, p.cache, p.counters, 0)
+            if inside:  # drained, run and published in one call: nothing left for Python
+                assert n == 0 and p.cq[0].ready() == 2 and p.counters.loop[LOOP_COMPILED_PASSES] == 1
+            else:
+                assert n == 2 and p.cq[0].ready() == 0  # waits for Python's model call
+                cnt = p.batch.counts[ModelId.FAILURE]
+                raw = p.runners[ModelId.FAILURE].predict(p.batch.features[ModelId.FAILURE, :cnt, :39])
+                p.batch.raw[ModelId.FAILURE, :cnt, : N_RAW_OUTPUTS[ModelId.FAILURE]] = raw
+                assert _loop.step(p.rings, p.batch, p.models, p.cache, p.counters, n) == 0
+                assert p.cq[0].ready() == 2
+        finally:
+            p.close()
