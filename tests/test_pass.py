@@ -152,3 +152,30 @@ def test_step_runs_the_bank_inside_and_leaves_other_backends_to_python(prefix):
                 assert p.cq[0].ready() == 2
         finally:
             p.close()
+
+
+def test_daemon_with_the_compiled_backend_answers_like_litert(prefix):
+    """Real ``shmd serve --backend compiled`` and ``--backend litert``: the same answers, within rounding."""
+    from shmd.client import Client
+    from shmd.samples import SAMPLES
+    from tests._daemon import DaemonProcess
+
+    answers = {}
+    for backend in ("litert", "compiled"):
+        with (
+            DaemonProcess(prefix, "--channels", "a", "--backend", backend) as proc,
+            Client("a", prefix=prefix, timeout=30) as client,
+        ):
+            answers[backend] = {
+                m.name: client.predict_many(m.name.lower(), [SAMPLES[m.name.lower()]] * 2, no_cache=True)
+                for m in ModelId
+            }
+        assert proc.proc.returncode == 0 and f"backend={backend}" in proc.log()
+    for name, want in answers["litert"].items():
+        for got, ref in zip(answers["compiled"][name], want, strict=True):
+            assert got.keys() == ref.keys()
+            for key, value in ref.items():
+                if isinstance(value, str | bool):  # enums and flags: identical
+                    assert got[key] == value, (name, key)
+                else:
+                    assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-5), (name, key)
