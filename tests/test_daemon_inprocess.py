@@ -34,7 +34,9 @@ def _request(model: ModelId, request_id: int) -> np.ndarray:
 
 
 def test_failing_model_answers_internal_and_the_pass_goes_on(prefix: str, capfd: pytest.CaptureFixture) -> None:
-    daemon = Daemon(_config.load(["--prefix", prefix, "--no-http", "--channels", "a,b"], environ={}))
+    # litert: a model called from Python (the compiled backend's run inside the pass).
+    argv = ["--prefix", prefix, "--no-http", "--channels", "a,b", "--backend", "litert"]
+    daemon = Daemon(_config.load(argv, environ={}))
     try:
         daemon.python_runners[int(ModelId.THREAT)] = _BrokenModel()
         a, b = daemon.channels
