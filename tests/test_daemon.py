@@ -162,24 +162,28 @@ def _control(seg: StatsSegment, command: int, model: int = 0) -> None:
 def test_metrics_record_injected_latency(daemon: DaemonProcess) -> None:
     seg = _stats(daemon.prefix)
     try:
-        _control(seg, CMD_RESET_METRICS, int(ModelId.FAILURE))
-        _control(seg, CMD_CLEAR_CACHE)
-        metrics = met.MetricsArrays(*(seg.arrays[k] for k in ("model", "hist", "summary", "batch_hist", "channel")))
-        assert metrics.model[ModelId.FAILURE, met.REQUESTS] == 0
-        injected_ms = 40.0
         with Client("c", prefix=daemon.prefix) as c:
+            c.predict("memory", SAMPLES["memory"])  # the client's first call loads its compiled ring code
+            _control(seg, CMD_RESET_METRICS, int(ModelId.FAILURE))
+            _control(seg, CMD_CLEAR_CACHE)
+            metrics = met.MetricsArrays(*(seg.arrays[k] for k in ("model", "hist", "summary", "batch_hist",
+                                                                   "channel")))  # fmt: skip
+            assert metrics.model[ModelId.FAILURE, met.REQUESTS] == 0
+            injected_ms = 40.0
             for i in range(20):
                 recs = _records(ModelId.FAILURE, 1, c, dict(SAMPLES["failure"], healthScore=0.01 * i))
                 recs["submit_ns"] = now_ns() - int(injected_ms * 1e6)
                 assert _roundtrip(c, recs)["status"][0] == Status.OK
         lat = metrics.latency(int(ModelId.FAILURE), met.E2E)
         assert metrics.model[ModelId.FAILURE, met.INFERENCES] == 20
-        # Each answer took the injected 40 ms plus a small real service time (bounds
-        # generous: a shared machine may stall a process for a while).
-        assert injected_ms <= lat["min"] <= lat["p50"] <= lat["max"] < injected_ms + 500
-        assert lat["p50"] == pytest.approx(injected_ms, abs=10.0)
+        # Each answer took the injected 40 ms plus a real service time of well under a
+        # millisecond. The median must show no more than that (a lost wake-up, rescued by
+        # the daemon's sleep timeout, would add ~100 ms); the max allows one stall of a
+        # shared machine.
+        assert injected_ms <= lat["min"] <= lat["p50"] <= lat["max"] < injected_ms + 250
+        assert lat["p50"] == pytest.approx(injected_ms, abs=5.0)
         service = metrics.latency(int(ModelId.FAILURE), met.SERVICE)
-        assert 0 < service["p50"] < 20
+        assert 0 < service["p50"] < 5, service  # drain to publish: one model call, ~0.1 ms
     finally:
         seg.close()
 

@@ -82,7 +82,9 @@ def test_heldout_quality_matches_manifest(mid):
                 assert vals["model"] < v, (metric, vals)
             else:
                 assert vals["model"] > v, (metric, vals)
-        assert vals["model"] == pytest.approx(ref, rel=0.15), (metric, vals["model"], ref)
+        # The sample is fixed (seeded split), so this is deterministic for the shipped model:
+        # measured within 5.5% of the manifest's (larger) held-out figures; 8% allows a retrain.
+        assert vals["model"] == pytest.approx(ref, rel=0.08), (metric, vals["model"], ref)
 
 
 def test_litert_buckets_pad_and_cache_interpreters():
