@@ -1,17 +1,24 @@
-"""Shared helpers for benchmarks: percentiles, ratios, a text table, one JSON file.
+"""Shared helpers for benchmarks: percentiles, ratios, targets, a text table, one JSON file.
 
-    summary = summarize(samples)   # {"median", "p99", "p999", "max", "p1", "n"}
+    summary = summarize(samples)                 # {"median", "p99", "p999", "max", "p1", "n"}
     print(table(["what", "median"], rows))       # aligned text table
-    write_json(path, {"figures": ..., "baselines": ..., "ratios": ...})   # stamped host, time, commit
+    targets = {"rtt_p50": target(12.3, "<=", 5)} # {"value", "target": "<= 5", "met": False}
+    write_json(path, {"figures": ..., "baselines": ..., "ratios": ..., "targets": targets})
 
 Samples are plain numbers in whatever unit the caller chose; name the unit in the key.
+Every results file carries ``stamp()``: host, CPU count, UTC time and the git
+commit it was measured on ("+dirty" when the tree had uncommitted changes), and
+the names of the targets it met and missed.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
+import operator
+import os
 import platform
 import subprocess
 import time
@@ -35,6 +42,20 @@ def summarize(samples: Iterable[float]) -> dict[str, float]:
         "p1": float(np.percentile(arr, 1)),
         "n": int(arr.size),
     }
+
+
+_OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
+
+
+def target(value: float, op: str, bound: float) -> dict[str, Any]:
+    """A target as the results file records it: the value, the rule, and whether it was met (NaN: missed)."""
+    met = not math.isnan(value) and bool(_OPS[op](value, bound))
+    return {"value": value, "target": f"{op} {bound:g}", "met": met}
+
+
+def verdict(t: dict[str, Any]) -> str:
+    """``met`` or ``MISSED`` with the rule, for a report line."""
+    return f"{'met' if t['met'] else 'MISSED'} ({t['target']})"
 
 
 def ratio(value: float, reference: float) -> float:
@@ -76,10 +97,25 @@ def _commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
+def stamp() -> dict[str, Any]:
+    """Where and when a result was measured: host, CPUs, Python, UTC time, git commit."""
+    return {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "unix_time": time.time(),
+        "commit": _commit(),
+    }
+
+
 def write_json(path: str | Path, result: dict[str, Any]) -> None:
-    """Write one benchmark's JSON object, stamped with the host, time and commit of the run."""
-    doc = {"host": platform.node(), "python": platform.python_version(), "unix_time": time.time(),
-           "commit": _commit(), **result}  # fmt: skip
+    """Write one benchmark's JSON object, stamped (``stamp()``), with its targets' verdicts listed."""
+    doc = {**stamp(), **result}
+    targets = result.get("targets", {})
+    if all(isinstance(t, dict) and "met" in t for t in targets.values()):
+        doc["targets_met"] = sorted(k for k, t in targets.items() if t["met"])
+        doc["targets_missed"] = sorted(k for k, t in targets.items() if not t["met"])
     Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True, default=float) + "\n")
 
 

@@ -38,7 +38,7 @@ from ringbuf import (
 from ringbuf import _core as core
 from ringbuf._atomics import cpu_relax, load_acquire, monotonic_ns, store_release
 
-from ._stats import cli, ratio, summarize, table
+from ._stats import cli, ratio, summarize, table, target, verdict
 
 SPAWN = mp.get_context("spawn")
 CHUNK = 64  # round trips per latency sample
@@ -396,8 +396,8 @@ def run(quick: bool) -> dict[str, Any]:
         "pipe_over_rtt_busy": ratio(baselines["pipe_rtt_ns"]["median"], figures["rtt_busy_ns"]["median"]),
     }
     targets = {
-        "rtt_busy_within_3x_floor": ratios["rtt_busy_over_floor"] <= 3.0,
-        "oneway_batch256_at_least_10M_rps": figures["oneway_batch256_rps"]["median"] >= 10e6,
+        "rtt_busy_within_3x_floor": target(ratios["rtt_busy_over_floor"], "<=", 3.0),
+        "oneway_batch256_at_least_10M_rps": target(figures["oneway_batch256_rps"]["median"], ">=", 10e6),
     }
     return {"benchmark": "ring", "quick": quick, "figures": figures, "baselines": baselines,
             "ratios": ratios, "targets": targets}
@@ -431,9 +431,9 @@ def report(result: dict[str, Any]) -> str:
         thr,
         "",
         f"target busy-poll RTT <= 3x floor ({floor:.0f} ns): {r['rtt_busy_over_floor']:.2f}x "
-        f"{'met' if t['rtt_busy_within_3x_floor'] else 'MISSED'}",
+        f"{verdict(t['rtt_busy_within_3x_floor'])}",
         f"target >= 10M rec/s at batch 256: {f['oneway_batch256_rps']['median'] / 1e6:.1f}M "
-        f"{'met' if t['oneway_batch256_at_least_10M_rps'] else 'MISSED'}",
+        f"{verdict(t['oneway_batch256_at_least_10M_rps'])}",
         f"server slept {f['rtt_wake_ns']['server_sleeps']} times in {f['rtt_wake_ns']['n']} wake-up round trips",
     ]
     return "\n".join(lines)
