@@ -272,12 +272,20 @@ def _clip01(x: float) -> float:
 
 
 def _unlog(x: float, scale: float, cap: float) -> float:
-    v = math.expm1(min(x, 1e3) * scale)
+    try:
+        v = math.expm1(min(x, 1e3) * scale)
+    except OverflowError:
+        v = math.inf  # capped below
     return 0.0 if not v >= 0.0 else min(v, cap)
 
 
 def _argmax(values: np.ndarray) -> int:
-    return int(np.argmax(values))  # first maximum, like any argmax
+    """The first largest value, scanning left to right (a comparison with NaN is false)."""
+    best = 0
+    for j in range(1, len(values)):
+        if values[j] > values[best]:
+            best = j
+    return best
 
 
 def expected_outputs(model: str, raw: np.ndarray) -> np.ndarray:

@@ -26,12 +26,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import models
 from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUEST, REQUESTS, Status
 from shmd._codec import encode_payload, model_id
 from shmd.client import Client, now_ns
 
 from ._http_daemon import Daemon, free_port, unique_prefix
-from ._oracle import MODELS, REL, Reference, api_fields, close, mixed_items, payloads
+from ._oracle import MODELS, REL, Reference, api_fields, close, expected_outputs, mixed_items, payloads
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -193,3 +194,21 @@ def test_permuting_a_batch_permutes_its_answers(clients: tuple[Client, Client], 
     again = raw_roundtrip(a, recs[list(perm)])["outputs"]
     np.testing.assert_allclose(again, first[list(perm)], rtol=REL, atol=REL)
 
+
+
+raw_values = st.floats(-2.0, 2.0, width=32) | st.sampled_from([np.nan, np.inf, -np.inf, 0.5, 1e3, 1e9, -1e9])
+
+
+@settings(max_examples=300, deadline=None)
+@given(model=st.sampled_from(MODELS), data=st.data())
+def test_postprocess_is_the_documented_mapping(model: str, data: st.DataObject) -> None:
+    """The compiled post-processing equals docs/MODELS.md's table for any raw outputs, NaN and overflow included."""
+    mid = model_id(model)
+    n = data.draw(st.integers(1, 6))
+    raw = np.array(data.draw(st.lists(st.lists(raw_values, min_size=models.N_RAW_OUTPUTS[mid],
+                                               max_size=models.N_RAW_OUTPUTS[mid]), min_size=n, max_size=n)),
+                   np.float32)  # fmt: skip
+    out = np.full((n, 4), -7.0)
+    models.postprocess(int(mid), raw, out)
+    for i in range(n):
+        assert close(out[i], expected_outputs(model, raw[i])), (model, raw[i], out[i])
