@@ -17,11 +17,14 @@ out).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -64,6 +67,26 @@ def log(event: str, fmt: str = "kv", **fields: Any) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _native_output_as_events(fmt: str) -> Iterator[None]:
+    """Catch what native libraries print on fd 2 meanwhile (LiteRT's "INFO: Created ... delegate")
+    and log each line as an ``event=native_log``, so stderr stays one event per line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    log("native_log", fmt, line=line)
+
+
 class Daemon:
     """Everything ``shmd serve`` owns, from start-up to a clean stop."""
 
@@ -80,7 +103,8 @@ class Daemon:
         pid = StatsSegment.serving_pid(cfg.prefix)  # refuse before the slow part; create() re-checks
         if pid:
             raise already_running(cfg.prefix, pid)
-        self._load_models()
+        with _native_output_as_events(cfg.log_format):
+            self._load_models()
         try:  # from the first segment on, a failure leaves nothing behind
             self._make_stats()
             self._make_channels()
