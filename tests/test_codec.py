@@ -20,7 +20,7 @@ def test_samples_encode(model: str) -> None:
     assert payload.dtype == PAYLOADS[model_id(model)]
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.sampled_from(list(SAMPLES)), st.data())
 def test_codec_accepts_exactly_the_valid_bodies(model: str, data: st.DataObject) -> None:
     """Acceptance <=> validity, both ways: garbage accepted fails as surely as a valid body refused."""

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.timeout(240)
 
 ROOT = Path(__file__).resolve().parent.parent
 C_DIR = ROOT / "kernel_abi" / "c"
-ORACLE = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+ORACLE = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                            HealthCheck.data_too_large])  # fmt: skip
 Items = list[tuple[str, dict[str, Any]]]
 

@@ -152,7 +152,9 @@ def test_corrupt_cq_head_gets_the_channel_recreated_once_released(served: tuple[
         time.sleep(0.02)
     with Client("b", prefix=daemon.prefix) as fresh:
         assert fresh.predict("memory", SAMPLES["memory"])["accessType"] in (0, 1, 2)
-    assert shim.json("GET", "/ready")[0] == 200
+    while shim.json("GET", "/ready")[0] != 200:  # the gauges follow at the next housekeeping
+        assert time.monotonic() < deadline + 2, shim.json("GET", "/ready")[1]
+        time.sleep(0.02)
 
 
 def _serve(prefix: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
