@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, ModelId, Status
+from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, RING_NEED_WAKEUP, ModelId, Status
 from ringbuf import _core as core
 from ringbuf import leftovers
 from shmd._codec import encode_payload
@@ -69,6 +69,10 @@ def test_keep_segments_sigterm_then_restart_answers_what_was_queued(prefix: str)
     try:
         with Client("a", prefix=prefix) as c:
             recs = _failure_records(c, 200)
+            deadline = time.monotonic() + 5
+            while not c.channel.sq.hdr32[core.FLAGS] & RING_NEED_WAKEUP:  # asleep, not mid-drain
+                assert time.monotonic() < deadline, "the idle daemon never went to sleep"
+                time.sleep(0.001)
             os.kill(first.pid, signal.SIGSTOP)  # nothing is taken while we queue
             assert c.submit(recs) == len(recs)
             os.kill(first.pid, signal.SIGTERM)
