@@ -15,6 +15,8 @@ import pytest
 
 from kernel_abi import RING_NEED_WAKEUP
 from ringbuf import _core as core
+from shmd._loop import LOOP_SLEEPS, LOOP_TIMEOUT_RESCUES
+from shmd._stats_segment import StatsSegment
 from shmd.client import Client
 from shmd.samples import SAMPLES
 
@@ -51,3 +53,23 @@ def test_requests_to_a_sleeping_daemon_wake_it(prefix: str) -> None:
             slowest = max(slowest, time.monotonic() - t0)
         # A generous bound: a woken daemon answers in well under a millisecond; a lost wake-up takes 10 s.
         assert slowest < 2.0, f"a round trip to a sleeping daemon took {slowest:.3f} s: a lost wake-up"
+
+
+def test_no_sleep_ends_by_timeout_with_work_waiting(prefix: str) -> None:
+    """The daemon counts sleeps its safety net ended with requests waiting: lost wake-ups. Expected: none."""
+    env = {"SHMD_SLEEP_TIMEOUT_MS": "50"}  # short, so a lost wake-up would be rescued (and counted) quickly
+    with DaemonProcess(prefix, "--channels", "a,b", env=env), Client("a", prefix=prefix) as a, \
+            Client("b", prefix=prefix) as b:  # fmt: skip
+        seg = StatsSegment.attach(prefix)
+        try:
+            loop = seg.arrays["loop"]
+            for i in range(TRIPS):
+                c = (a, b)[i % 2]
+                while not c.channel.sq.hdr32[core.FLAGS] & RING_NEED_WAKEUP:
+                    time.sleep(0.001)
+                c.predict("workload", SAMPLES["workload"], no_cache=True)
+            time.sleep(0.2)  # the daemon sleeps (and times out) a few more times, idle
+            assert loop[LOOP_SLEEPS] >= TRIPS, f"the daemon slept {loop[LOOP_SLEEPS]} times in {TRIPS} idle trips"
+            assert loop[LOOP_TIMEOUT_RESCUES] == 0, f"{loop[LOOP_TIMEOUT_RESCUES]} wake-ups rescued by the timeout"
+        finally:
+            seg.close()
