@@ -64,10 +64,8 @@ def test_no_sleep_ends_by_timeout_with_work_waiting(prefix: str) -> None:
         try:
             loop = seg.arrays["loop"]
             for i in range(TRIPS):
-                c = (a, b)[i % 2]
-                while not c.channel.sq.hdr32[core.FLAGS] & RING_NEED_WAKEUP:
-                    time.sleep(0.001)
-                c.predict("workload", SAMPLES["workload"], no_cache=True)
+                time.sleep(0.01)  # the daemon's spin (100 µs) is over: it sleeps
+                (a, b)[i % 2].predict("workload", SAMPLES["workload"], no_cache=True)
             time.sleep(0.2)  # the daemon sleeps (and times out) a few more times, idle
             assert loop[LOOP_SLEEPS] >= TRIPS, f"the daemon slept {loop[LOOP_SLEEPS]} times in {TRIPS} idle trips"
             assert loop[LOOP_TIMEOUT_RESCUES] == 0, f"{loop[LOOP_TIMEOUT_RESCUES]} wake-ups rescued by the timeout"
