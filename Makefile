@@ -39,6 +39,11 @@ test: $(STAMP) native rust
 	$(BIN)/python -m kernel_abi.gen --check
 	$(BIN)/python -m pytest -q -ra
 
+# Mutation testing (not part of `test`: about an hour). Report: docs/MUTATION.md.
+mutate: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[mutate]"
+	$(BIN)/python tools/mutate.py --json bench/results/mutation.json
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

@@ -11,7 +11,7 @@ from shmd import InvalidFields
 from shmd._codec import decode_outputs, encode_payload, model_id
 from shmd.samples import SAMPLES
 
-from ._oracle import codec_problems, mutated
+from ._oracle import SCHEMA, codec_problems, mutated
 
 
 @pytest.mark.parametrize("model", list(SAMPLES))
@@ -33,6 +33,30 @@ def test_codec_accepts_exactly_the_valid_bodies(model: str, data: st.DataObject)
         assert err.field in want, f"refused {err.field!r} but the problem is {want}: {err}"
     else:
         assert not want, f"accepted an invalid {model} body: {want}"
+
+
+@pytest.mark.parametrize("model", list(SAMPLES))
+def test_every_required_field_missing_or_null_is_named(model: str) -> None:
+    for key, _, _, required in SCHEMA[model]:
+        for body in ({k: v for k, v in SAMPLES[model].items() if k != key}, {**SAMPLES[model], key: None}):
+            if required:
+                with pytest.raises(InvalidFields, match=rf"^{key}: is required$"):
+                    encode_payload(model_id(model), body)
+            else:
+                encode_payload(model_id(model), body)
+
+
+@pytest.mark.parametrize("model", list(SAMPLES))
+def test_integer_fields_at_their_limits_and_one_past(model: str) -> None:
+    for key, kind, args, _ in SCHEMA[model]:
+        if kind != "integer":
+            continue
+        lo, hi = args
+        for ok in (lo, hi, float(lo), lo + 1.0):
+            encode_payload(model_id(model), {**SAMPLES[model], key: ok})
+        for bad in (lo - 1, hi + 1, lo + 0.5, True):
+            with pytest.raises(InvalidFields, match=rf"^{key}: must be an integer"):
+                encode_payload(model_id(model), {**SAMPLES[model], key: bad})
 
 
 def test_specific_refusals_name_field_and_rule() -> None:
