@@ -458,7 +458,8 @@ def scribble_header(prefix: str, rng: np.random.Generator, channel: str = "spare
     region = str(rng.choice(["channel", "sq", "cq"]))
     dtype = CHANNEL_HEADER if region == "channel" else RING_HEADER
     word = int(rng.choice(sorted({dtype.fields[f][1] // 8 for f in dtype.names})))
-    value = int(rng.choice([0, 1, 2**63, 2**64 - 1, int(rng.integers(0, 2**63))]))
+    values = [0, 1, 2**63, 2**64 - 1, int(rng.integers(0, 2**63))]
+    value = values[int(rng.integers(len(values)))]  # not rng.choice: it goes through float64 (2**64 - 1 -> 2**64)
     with Client(channel, prefix=prefix, timeout=0.2) as hostile:
         ch = hostile.channel
         ring = ch.sq if region == "sq" else ch.cq
