@@ -153,5 +153,6 @@ def main(argv: list[str]) -> int:
     print(report(result))
     if args.json:
         write_json(Path(args.json), result)
-    ok = result["lost"] == 0 and result["duplicated"] == 0 and not result["fault_failures"] and result["daemon_alive"]
+    ok = (result["lost"], result["duplicated"]) == (0, 0) and result["daemon_alive"]
+    ok = ok and not result["fault_failures"] and not result["unexpected_errors"]
     return 0 if ok else 1

@@ -177,7 +177,10 @@ class Callers:
                 stdout, stderr = proc.communicate()
                 out[kind] = {"hung": True, "stderr": stderr.decode()[-2000:]}
                 continue
-            out[kind] = _c_summary(stdout.decode()) if kind == "c" else json.loads(stdout.decode().splitlines()[-1])
+            try:
+                out[kind] = _summary(kind, stdout.decode(), proc.returncode)
+            except RuntimeError as err:  # its death is the finding: keep the other callers' figures
+                out[kind] = {"kind": kind, "died": str(err), "errors": {"died": 1}}
             out[kind]["exit"] = proc.returncode
             out[kind]["stderr"] = stderr.decode()[-2000:]
         return out
@@ -201,9 +204,21 @@ def _c_request() -> bytes:
     return rec.tobytes()
 
 
-def _c_summary(stdout: str) -> dict[str, Any]:
+def _summary(kind: str, stdout: str, returncode: int) -> dict[str, Any]:
+    """A caller's last line as its summary; a caller that ended without one is named with its exit status."""
+    lines = stdout.splitlines()
+    mine = [ln for ln in lines if ln.startswith("stats ")] if kind == "c" else lines
+    if not mine:
+        raise RuntimeError(
+            f"{kind} caller printed no summary: exit={returncode} (negative: killed by that signal); "
+            f"its last lines: {lines[-3:]!r}"
+        )
+    last = mine[-1]
+    return _c_summary(last) if kind == "c" else json.loads(last)
+
+
+def _c_summary(line: str) -> dict[str, Any]:
     """``shmd_roundtrip watch``'s stats line as a summary like the other callers'."""
-    line = next(ln for ln in reversed(stdout.splitlines()) if ln.startswith("stats "))
     n = {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
     return {
         "kind": "c", "calls": n["calls"], "ok": n["daemon"], "fallback": n["fallback"],
