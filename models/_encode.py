@@ -70,6 +70,7 @@ M_CAND_START, M_N_CAND = 66, 4
 
 _LOG65 = math.log1p(64.0)
 _LOG_LINES = math.log1p(1.0 / ADDR_LINE)
+_TS_BIG, _TS_SCALE = 2.0**500, 2.0**-520  # see the timing features of encode_memory
 
 # Per-row transcendentals of small integer fields, tabulated (values exactly as computed
 # per row before): sin/cos of the hour (0..23) and weekday (0..6); log1p of counts 0..64.
@@ -331,15 +332,22 @@ def encode_memory(payloads, i, out):
     out[62] = cur
     out[63] = p.locality_score
     # Timing is in the caller's unit, so only ratios of inter-arrival times are used.
+    # Any finite timestamp is valid: above 2**500, scale by 2**-520 (exact, ratios kept)
+    # so that neither the sum of 19 gaps nor a squared gap overflows to inf (inf / inf
+    # made these features NaN).
+    scale = 1.0
+    for j in range(20):
+        if ts[j] > _TS_BIG:
+            scale = _TS_SCALE
     mean = 0.0
     for j in range(19):
-        mean += abs(ts[j + 1] - ts[j])
+        mean += abs(ts[j + 1] * scale - ts[j] * scale)
     mean /= 19.0
     var = 0.0
     for j in range(19):
-        d = abs(ts[j + 1] - ts[j]) - mean
+        d = abs(ts[j + 1] * scale - ts[j] * scale) - mean
         var += d * d
-    last = abs(ts[19] - ts[18])
+    last = abs(ts[19] * scale - ts[18] * scale)
     eps = mean * 1e-3 + 1e-30  # keeps a constant clock (mean 0) at ratio 1
     r = math.log((last + eps) / (mean + eps)) / 5.0
     out[64] = min(max(r, -1.0), 1.0)

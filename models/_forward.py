@@ -5,6 +5,12 @@ daemon's pass calls it on a miss, with no return to Python) and from Python
 (``CompiledRunner``). The batch runs through the model's program ``TILE_ROWS`` rows at a
 time; dense layers use the register-blocked kernel of ``_simd``, everything else is a
 short row loop. Arithmetic is float32 throughout, as in LiteRT.
+
+Every function here uses numba's ``numpy`` error model: a division by zero gives inf or
+NaN as IEEE (and LiteRT) do, never an exception. Under the default ``python`` model a
+NaN row reaching a ``DIV`` op (the memory model's candidate pick divides by the number
+of tied best scores, 0 when they are NaN) raised ZeroDivisionError out of the daemon's
+pass and stopped its poll loop.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from ._simd import LANES, float32_from_bits, tile_1x1, tile_1x2, tile_1x4, tile_
 _F = 4  # bytes per float32
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _dense(s, ops, i, consts, rows):
     """Dense layer of op ``i`` over scratch rows [0, rows)."""
     n_in = ops[i, o.OP_A_WIDTH]
@@ -63,7 +69,7 @@ _LN2_HI = np.float32(0.693359375)
 _LN2_LO = np.float32(-2.12194440e-4)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _exp(x):
     """float32 exp (Cephes expf: 2**n times a degree-6 polynomial), no libm call.
 
@@ -83,7 +89,7 @@ def _exp(x):
     return p * float32_from_bits((np.int64(n) + 127) << 23)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _copy(s, ops, i, consts, rows):
     dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
     for r in range(rows):
@@ -91,7 +97,7 @@ def _copy(s, ops, i, consts, rows):
             s[r, dst + j] = s[r, a + j]
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _gather(s, ops, i, consts, rows):
     dst, a, width, at = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH], ops[i, o.OP_W]
     for j in range(width):
@@ -100,7 +106,7 @@ def _gather(s, ops, i, consts, rows):
             s[r, dst + j] = s[r, src]
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _logistic(s, ops, i, consts, rows):
     dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
     one = np.float32(1.0)
@@ -109,7 +115,7 @@ def _logistic(s, ops, i, consts, rows):
             s[r, dst + j] = one / (one + _exp(-s[r, a + j]))
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _softmax(s, ops, i, consts, rows):
     dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
     beta = consts[ops[i, o.OP_PARAM]]
@@ -126,7 +132,7 @@ def _softmax(s, ops, i, consts, rows):
             s[r, dst + j] /= total
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _reduce(s, ops, i, consts, rows):
     dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_A_WIDTH]
     is_max = ops[i, o.OP_KIND] == o.K_REDUCE_MAX
@@ -137,7 +143,7 @@ def _reduce(s, ops, i, consts, rows):
         s[r, dst] = acc
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _binary(s, ops, i, consts, rows):
     """a (op) b with a width-1 operand broadcast; b may be a constant row."""
     kind = ops[i, o.OP_KIND]
@@ -160,7 +166,7 @@ def _binary(s, ops, i, consts, rows):
             s[r, dst + j] = v
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def forward(bank, mid, x, n, out, scratch):
     """Raw outputs ``out[:n, :k]`` of model ``mid`` for features ``x[:n, :f]`` (float32, may be wider).
 

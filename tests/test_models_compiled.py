@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -91,10 +92,10 @@ def _edges(lo: float, hi: float, dtype: np.dtype) -> st.SearchStrategy:
     if dtype.kind != "f":
         top = np.iinfo(dtype).max if hi == float("inf") else int(hi)
         return st.one_of(st.sampled_from([int(lo), top]), st.integers(int(lo), top))
-    top = min(hi, float(np.finfo(np.float32).max))
-    bottom = max(lo, -float(np.finfo(np.float32).max))
-    special = [v for v in (bottom, top, 0.0, 1.0, 1e-30, 1e-7, 0.5, 1e6, 1e30) if bottom <= v <= top]
-    return st.one_of(st.sampled_from(special), st.floats(bottom, top, allow_nan=False, width=32))
+    big = float(np.finfo(dtype).max)  # float64 fields (memory timestamps) reach 1.8e308, not 3.4e38
+    top, bottom = min(hi, big), max(lo, -big)
+    special = [v for v in (bottom, top, 0.0, 1.0, 1e-30, 1e-7, 0.5, 1e6, 1e30, 1e300) if bottom <= v <= top]
+    return st.one_of(st.sampled_from(special), st.floats(bottom, top, allow_nan=False, width=dtype.itemsize * 8))
 
 
 @st.composite
@@ -123,7 +124,38 @@ def test_compiled_matches_litert_on_edge_inputs(mid, data):
     rec = data.draw(_valid_records(mid))
     x, err = encode_batch(mid, rec)
     assert not err.any(), err  # the strategy only makes valid records
+    assert np.isfinite(x).all(), np.argwhere(~np.isfinite(x))  # a valid record has finite features
     _assert_same_answers(mid, x)
+
+
+#: Features no valid record encodes to. The compiled pass must answer them as LiteRT does
+#: (IEEE inf/NaN), never raise: NaN made the memory model's candidate pick divide 0 by 0,
+#: and numba's default error model raised ZeroDivisionError out of the daemon's pass.
+_NONFINITE = (math.nan, math.inf, -math.inf, 3.4e38, -3.4e38)
+_FINITE_ODD = (1e-45, -1e-45, 0.0, 1e6, -1e6)
+
+
+@pytest.mark.parametrize("mid", MIDS)
+def test_compiled_forward_answers_nonfinite_features_without_raising(mid):
+    """Odd rows get inf, NaN or overflowing features, even rows odd finite ones. Where an
+    overflow turns into inf or NaN depends on the order of the sums (LiteRT's and ours
+    differ), so outputs are compared where both are finite; an all-NaN row is NaN in
+    both, and post-processing keeps every answer in its API range."""
+    rng = np.random.default_rng(int(mid))
+    x = split(mid, 4, "test", 64)[1].copy()
+    for r in range(len(x)):
+        cols = rng.choice(x.shape[1], size=1 + r % 4, replace=False)
+        x[r, cols] = rng.choice(_NONFINITE if r % 2 else _FINITE_ODD, size=len(cols))
+    x[0, :] = math.nan
+    lite = _runner(mid, "litert").predict(x)
+    comp = _runner(mid, "compiled").predict(x)  # raised ZeroDivisionError (memory) before
+    assert np.isnan(lite[0]).all() and np.isnan(comp[0]).all()
+    assert np.isfinite(lite[2::2]).all() and np.isfinite(comp[2::2]).all()
+    both = np.isfinite(lite) & np.isfinite(comp)
+    np.testing.assert_allclose(comp[both], lite[both], rtol=1e-4, atol=TOL)
+    post = np.zeros((len(x), 4))
+    postprocess(int(mid), comp, post)
+    assert np.isfinite(post).all()
 
 
 @pytest.mark.parametrize("mid", MIDS)

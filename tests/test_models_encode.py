@@ -41,6 +41,24 @@ def test_encoder_reads_non_contiguous_staging_view(mid):
     assert np.array_equal(out, f_rec[3])
 
 
+def test_memory_timing_features_are_finite_and_scale_free_for_any_valid_timestamps():
+    """Timestamps are any finite value >= 0: gaps of 1.7e308 overflowed the sum to inf and
+    made two features NaN (the HTTP fuzz's record; the compiled pass then raised, see
+    test_models_compiled). Ratios of gaps are what is encoded, so scaling the clock by a
+    power of two changes nothing."""
+    rec = _valid(ModelId.MEMORY, 4, 1).copy()
+    rec["access_timestamps"][0] = [0.0 if k % 2 == 0 else 1.7e308 for k in range(20)]
+    rec["access_timestamps"][1] = np.finfo(np.float64).max
+    rec["access_timestamps"][2] = np.linspace(0.0, np.finfo(np.float64).max, 20)
+    rec[3] = rec[2]
+    rec["access_timestamps"][3] *= 2.0**-600  # the same clock, in a unit 2**600 times longer
+    x, err = encode_batch(ModelId.MEMORY, rec)
+    assert not err.any() and np.isfinite(x).all(), np.argwhere(~np.isfinite(x))
+    assert x[1, 64] == 0.0 and x[1, 65] == 0.0  # a constant clock: ratio 1, no spread
+    np.testing.assert_array_equal(x[2], x[3])
+    assert -1.0 <= x[0, 64] <= 1.0 and 0.0 <= x[0, 65] <= 1.0
+
+
 @pytest.mark.parametrize("mid", MIDS)
 def test_generator_is_reproducible_from_seed(mid):
     a, b, c = _valid(mid, 50, 1), _valid(mid, 50, 1), _valid(mid, 50, 2)

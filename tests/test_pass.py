@@ -160,6 +160,9 @@ def test_daemon_with_the_compiled_backend_answers_like_litert(prefix):
     from shmd.samples import SAMPLES
     from tests._daemon import DaemonProcess
 
+    # The HTTP fuzz's record: valid, gaps of 1.7e308 between timestamps. Its features were NaN
+    # and the compiled pass raised ZeroDivisionError: the daemon's loop stopped.
+    huge_gaps = {**SAMPLES["memory"], "accessTimestamps": [0.0, 1.7e308] * 10}
     answers = {}
     for backend in ("litert", "compiled"):
         with (
@@ -170,6 +173,8 @@ def test_daemon_with_the_compiled_backend_answers_like_litert(prefix):
                 m.name: client.predict_many(m.name.lower(), [SAMPLES[m.name.lower()]] * 2, no_cache=True)
                 for m in ModelId
             }
+            answers[backend]["huge_gaps"] = client.predict_many("memory", [huge_gaps], no_cache=True)
+            assert client.predict("threat", SAMPLES["threat"])  # still serving
         assert proc.proc.returncode == 0 and f"backend={backend}" in proc.log()
     for name, want in answers["litert"].items():
         for got, ref in zip(answers["compiled"][name], want, strict=True):
