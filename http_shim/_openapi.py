@@ -269,8 +269,12 @@ COMPONENTS: dict[str, Any] = {
             "capacity": _COUNT,
             "ttlMs": _num(0),
             "enabled": {"type": "boolean"},
+            "adaptive": {"type": "boolean"},
+            "refreshesStable": _COUNT,
+            "refreshesDrifting": _COUNT,
         },
-        ["hits", "misses", "hitRate", "inserts", "evictions", "entries", "capacity", "ttlMs", "enabled"],
+        ["hits", "misses", "hitRate", "inserts", "evictions", "entries", "capacity", "ttlMs", "enabled", "adaptive",
+         "refreshesStable", "refreshesDrifting"],
     ),
     "Daemon": _obj(
         {

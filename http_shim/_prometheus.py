@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from kernel_abi import Status
 from shmd import _metrics as met
 from shmd import _snapshot
-from shmd._metrics import EVICTIONS, HITS, INSERTS, MISSES
+from shmd._metrics import EVICTIONS, HITS, INSERTS, MISSES, REFRESH_DRIFT, REFRESH_STABLE
 from shmd._stats_segment import StatsSegment
 
 LATENCY_BOUNDS_S: tuple[float, ...] = (
@@ -103,9 +103,12 @@ class StatsCollector(Collector):
             ("shmd_result_cache_misses", MISSES),
             ("shmd_result_cache_inserts", INSERTS),
             ("shmd_result_cache_evictions", EVICTIONS),
+            ("shmd_result_cache_refreshes_stable", REFRESH_STABLE),
+            ("shmd_result_cache_refreshes_drifting", REFRESH_DRIFT),
         )
         for name, col in cache_counters:
-            fam = CounterMetricFamily(name, f"Result cache {name.rsplit('_', 1)[1]}.", labels=["model"])
+            what = name.removeprefix("shmd_result_cache_").replace("_", " ")
+            fam = CounterMetricFamily(name, f"Result cache {what}.", labels=["model"])
             for mid, model in enumerate(names, start=1):
                 fam.add_metric([model], float(a["cache_stats"][mid, col]))
             yield fam
@@ -113,6 +116,10 @@ class StatsCollector(Collector):
         for mid, model in enumerate(names, start=1):
             entries.add_metric([model], float(a["cache_entries"][mid]))
         yield entries
+        ttl = GaugeMetricFamily("shmd_result_cache_ttl_seconds", "Cache TTL now (adaptive: tuned).", labels=["model"])
+        for mid, model in enumerate(names, start=1):
+            ttl.add_metric([model], float(a["cache_ttl_ns"][mid]) / 1e9)
+        yield ttl
 
         channels = self.seg.meta.get("channels", [])
         submitted = CounterMetricFamily("shmd_channel_submitted", "Records taken from the SQ.", labels=["channel"])

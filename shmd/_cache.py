@@ -7,6 +7,15 @@ an insert into a full probe window evicts the entry that expires first.
 Keys are a 64-bit hash of the encoded feature vector, each feature optionally
 quantised to ``quantum`` first (so features equal to that precision share an
 entry). Key 0 marks an empty entry.
+
+Adaptive TTL (``adapt_ttl``, per model, off unless configured): when a request
+misses on an entry that has expired, its fresh answer is compared with the
+expired one before the entry is overwritten. Equal within the model's tolerance
+(the data is stable) lengthens the TTL by 1/8; different (drifting) halves it;
+both within the configured bounds. The TTL lives in the stats segment
+(``cache_ttl_ns``), so readers and the clients' edge caches see it at once.
+With exact keys the same features always give the same answer, so only a
+quantised cache (``quantum`` > 0) or a changed model ever sees drift.
 """
 
 from __future__ import annotations
@@ -19,7 +28,18 @@ from numba import njit
 from kernel_abi import N_OUTPUTS
 
 # Per-model counters in CacheArrays.stats, defined with the other metrics (readers import them without numba)
-from ._metrics import EVICTIONS, HITS, INSERTS, MISSES
+from ._metrics import (
+    ADAPT_MAX_NS,
+    ADAPT_MIN_NS,
+    ADAPT_TOLERANCE,
+    ADAPT_WORDS,
+    EVICTIONS,
+    HITS,
+    INSERTS,
+    MISSES,
+    REFRESH_DRIFT,
+    REFRESH_STABLE,
+)
 from ._metrics import N_CACHE_STATS as N_STATS
 
 PROBE = 4  # entries (cache lines) examined per lookup: bounds the cost of a miss
@@ -28,6 +48,7 @@ _SEED = np.uint64(0x243F6A8885A308D3)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
+GROW_SHIFT = 3  # a stable refresh lengthens the TTL by ttl >> 3 (x1.125); a drifting one halves it
 
 
 #: One entry fills one 64-byte cache line, so a probe costs one line fetched.
@@ -52,6 +73,7 @@ class CacheArrays:
     ttl_ns: np.ndarray  # int64[models]; 0 disables the model's cache
     quantum: np.ndarray  # float64[models]; 0 = exact features
     stats: np.ndarray  # int64[models, N_STATS]
+    adapt: np.ndarray  # float64[models, ADAPT_WORDS]: adaptive TTL bounds (ns) and tolerance
 
     @classmethod
     def new(cls, n_models: int, capacity: int) -> CacheArrays:
@@ -62,6 +84,7 @@ class CacheArrays:
             ttl_ns=np.zeros(n_models, np.int64),
             quantum=np.zeros(n_models, np.float64),
             stats=np.zeros((n_models, N_STATS), np.int64),
+            adapt=np.zeros((n_models, ADAPT_WORDS), np.float64),
         )
 
     def clear(self, model: int | None = None) -> None:
@@ -157,3 +180,36 @@ def cache_put(entries, stats, model, key, now_ns, ttl_ns, outputs):
     e.expiry = now_ns + ttl_ns
     e.values[:] = outputs
     stats[model, INSERTS] += 1
+
+
+@njit(nogil=True, cache=True)
+def adapt_ttl(entries, ttl_ns, adapt, stats, model, key, now_ns, fresh):
+    """Before ``fresh`` replaces ``key``'s entry: if that entry expired, step the model's TTL.
+
+    Stable (every output within ``tolerance * max(1, |output|)`` of the expired
+    answer): TTL += TTL/8, at most ADAPT_MAX_NS; drifting: TTL / 2, at least
+    ADAPT_MIN_NS. A key not cached, or still live (a repeat within this pass), says nothing.
+    """
+    mask = entries.shape[1] - 1
+    start = np.int64(key & np.uint64(mask))
+    for p in range(PROBE):
+        e = entries[model, (start + p) & mask]
+        if e.key != key:
+            continue
+        if e.expiry > now_ns:
+            return
+        tol = adapt[model, ADAPT_TOLERANCE]
+        stable = True
+        for k in range(fresh.shape[0]):
+            if abs(fresh[k] - e.values[k]) > tol * max(1.0, abs(fresh[k])):
+                stable = False
+                break
+        ttl = ttl_ns[model]
+        if stable:
+            ttl = min(ttl + (ttl >> GROW_SHIFT), np.int64(adapt[model, ADAPT_MAX_NS]))
+            stats[model, REFRESH_STABLE] += 1
+        else:
+            ttl = max(ttl >> 1, np.int64(adapt[model, ADAPT_MIN_NS]))
+            stats[model, REFRESH_DRIFT] += 1
+        ttl_ns[model] = ttl
+        return

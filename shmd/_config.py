@@ -2,8 +2,11 @@
 
 The TOML file holds the same keys as the flags (``spin_us = 50``) plus the
 per-model tables ``[cache.workload] ttl_ms = 100, enabled = true,
-quantum = 0.0``. Environment variables are ``SHMD_`` plus the key in upper
-case (``SHMD_SPIN_US=20``, ``SHMD_CHANNELS=a,b``).
+quantum = 0.0`` (and the adaptive TTL's ``adaptive``, ``ttl_min_ms``,
+``ttl_max_ms``, ``tolerance``) and the channel priorities ``[priorities]
+security = 3``. Environment variables are ``SHMD_`` plus the key in upper
+case (``SHMD_SPIN_US=20``, ``SHMD_CHANNELS=a,b``,
+``SHMD_PRIORITIES=security=3,scheduler=0``).
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ def default_http_workers() -> int:
 #: ``models.BACKENDS``, named here so reading a config never imports the models (a test pins them equal).
 BACKENDS = ("litert", "compiled", "tf")
 DEFAULT_TTL_MS = {"workload": 100.0, "threat": 500.0, "failure": 1000.0, "memory": 50.0}
+# Channel priorities (higher drains first; see _loop._share_room). The security monitor's and the
+# memory manager's answers matter more than the scheduler's; a channel not named gets DEFAULT_PRIORITY.
+DEFAULT_PRIORITIES = {"security": 3, "memory": 2, "healing": 2}
+DEFAULT_PRIORITY = 1
+MAX_PRIORITY = 7
+ADAPTIVE_SPAN = 10.0  # adaptive TTL bounds default to [ttl_ms / 10, ttl_ms * 10]
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,14 @@ class CacheConfig:
     ttl_ms: float
     enabled: bool = True
     quantum: float = 0.0  # features rounded to this step before hashing; 0 = exact
+    adaptive: bool | None = None  # tune the TTL within [ttl_min_ms, ttl_max_ms]; None: the global adaptive_ttl
+    ttl_min_ms: float = 0.0  # 0: ttl_ms / ADAPTIVE_SPAN
+    ttl_max_ms: float = 0.0  # 0: ttl_ms * ADAPTIVE_SPAN
+    tolerance: float = 0.01  # a recomputed answer within this of the expired one counts as stable
+
+    def bounds_ms(self) -> tuple[float, float]:
+        """The adaptive TTL's range (ms)."""
+        return (self.ttl_min_ms or self.ttl_ms / ADAPTIVE_SPAN, self.ttl_max_ms or self.ttl_ms * ADAPTIVE_SPAN)
 
 
 def _default_cache() -> dict[str, CacheConfig]:
@@ -85,7 +102,18 @@ class Config:
     log_format: str = "kv"  # kv | json
     group: str | None = None  # segments 0660 with this group (callers in it may attach); else 0600
     replace_untrusted: bool = False  # unlink and re-create objects of another owner or a wider mode
+    adaptive_ttl: bool = False  # tune every model's TTL (off: docs/MODELS.md); [cache.X] adaptive overrides
     cache: dict[str, CacheConfig] = field(default_factory=_default_cache)
+    priorities: dict[str, int] = field(default_factory=dict)  # channel -> priority, over DEFAULT_PRIORITIES
+
+    def priority(self, channel: str) -> int:
+        """The drain priority of ``channel`` (higher first): configured, else the default table's, else 1."""
+        return self.priorities.get(channel, DEFAULT_PRIORITIES.get(channel, DEFAULT_PRIORITY))
+
+    def adaptive(self, model: str) -> bool:
+        """Whether ``model``'s TTL adapts (its own ``adaptive`` setting, else ``adaptive_ttl``)."""
+        own = self.cache[model].adaptive if model in self.cache else None
+        return self.adaptive_ttl if own is None else own
 
     @property
     def workers(self) -> int:
@@ -144,6 +172,23 @@ class Config:
             numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (cc.ttl_ms, cc.quantum))
             if not (numbers and 0 <= cc.ttl_ms < math.inf and 0 <= cc.quantum < math.inf):
                 raise ConfigError(f"cache.{name}: ttl_ms and quantum must be finite numbers >= 0: {cc}")
+            lo, hi = cc.bounds_ms()
+            nums = (cc.ttl_min_ms, cc.ttl_max_ms, cc.tolerance)
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf for v in nums):
+                raise ConfigError(f"cache.{name}: ttl_min_ms, ttl_max_ms and tolerance must be finite numbers >= 0: "
+                                  f"ttl_min_ms={cc.ttl_min_ms} ttl_max_ms={cc.ttl_max_ms} tolerance={cc.tolerance}")
+            if cc.adaptive is not None and not isinstance(cc.adaptive, bool):
+                raise ConfigError(f"cache.{name}: adaptive must be true or false: adaptive={cc.adaptive!r}")
+            if self.adaptive(name) and cc.enabled and not 0 < lo <= cc.ttl_ms <= hi:
+                raise ConfigError(f"cache.{name}: an adaptive TTL needs 0 < ttl_min_ms <= ttl_ms <= ttl_max_ms: "
+                                  f"ttl_min_ms={lo} ttl_ms={cc.ttl_ms} ttl_max_ms={hi}")
+        served = set(self.channels) | (set(http_channels(self.workers)) if self.http else set())
+        for name, prio in self.priorities.items():
+            if name not in served:
+                raise ConfigError(f"priorities names a channel that is not served: channel={name!r}; "
+                                  f"served: {', '.join(sorted(served))}")
+            if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio <= MAX_PRIORITY:
+                raise ConfigError(f"priority must be an integer in [0, {MAX_PRIORITY}]: priorities.{name}={prio!r}")
         return self
 
 
@@ -152,7 +197,26 @@ def _power_of_two(key: str, value: int, lo: int, hi: int) -> None:
         raise ConfigError(f"{key} must be a power of two in [{lo}, {hi}]: {key}={value}")
 
 
-_SCALARS = {f.name: f for f in fields(Config) if f.name != "cache"}
+_SCALARS = {f.name: f for f in fields(Config) if f.name not in ("cache", "priorities")}
+_TABLES = ("priorities",)  # settings that are {name: value} tables; from env and flags as "a=1,b=2"
+
+
+def _priorities(value: Any, source: str) -> dict[str, int]:
+    """``{"security": 3}`` (TOML) or ``"security=3,scheduler=0"`` (environment, flags)."""
+    if isinstance(value, dict):
+        return dict(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: priorities must be a table of channel = integer: priorities={value!r}")
+    out: dict[str, int] = {}
+    for item in filter(None, (s.strip() for s in value.split(","))):
+        name, eq, number = item.partition("=")
+        try:
+            if not eq:
+                raise ValueError(item)
+            out[name.strip()] = int(number)
+        except ValueError:
+            raise ConfigError(f"{source}: priorities must be channel=integer pairs: priorities={value!r}") from None
+    return out
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -190,6 +254,8 @@ def _merge(cfg: Config, values: dict[str, Any], source: str) -> Config:
                 except TypeError as err:
                     raise ConfigError(f"{source}: cache.{model}: {err}") from None
             updates["cache"] = merged
+        elif key == "priorities":
+            updates["priorities"] = {**cfg.priorities, **_priorities(value, source)}
         elif key in _SCALARS:
             updates[key] = _coerce(key, value)
         else:
@@ -221,6 +287,11 @@ def parser() -> argparse.ArgumentParser:
                    help="unlink and re-create segments another user made (default: refuse)")  # fmt: skip
     p.add_argument("--max-queue-ms", dest="max_queue_ms", type=float,
                    help="answer OVERLOADED to requests queued longer than this (default off)")  # fmt: skip
+    defaults = ",".join(f"{k}={v}" for k, v in DEFAULT_PRIORITIES.items())
+    p.add_argument("--priorities", help="channel priorities, higher drains first: security=3,scheduler=0 "
+                   f"(default {defaults}, others {DEFAULT_PRIORITY})")  # fmt: skip
+    p.add_argument("--adaptive-ttl", dest="adaptive_ttl", action="store_true", default=None,
+                   help="tune each model's cache TTL from the drift of recomputed answers (default off)")  # fmt: skip
     return p
 
 
@@ -235,7 +306,7 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
             raise ConfigError(f"cannot read config file {args.config}: {err}") from None
         cfg = _merge(cfg, data, str(args.config))
     env = os.environ if environ is None else environ
-    from_env = {k: env[f"SHMD_{k.upper()}"] for k in _SCALARS if f"SHMD_{k.upper()}" in env}
+    from_env = {k: env[f"SHMD_{k.upper()}"] for k in (*_SCALARS, *_TABLES) if f"SHMD_{k.upper()}" in env}
     cfg = _merge(cfg, from_env, "environment")
     from_flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
     return _merge(cfg, from_flags, "command line").validate()

@@ -9,7 +9,8 @@ by the next pass's ``drain``, so a pass costs one trip into compiled code.
 With nothing to drain, ``step`` sleeps on every SQ's wake-up word itself and
 drains as soon as it is woken: no Python runs between a wake-up and the drain.
 
-``drain`` shares the pass's room fairly between channels with work, copies
+``drain`` shares the pass's room between channels with work, higher priorities
+first without starving the lowest (``_share_room``), copies
 their records into a private staging buffer (the copy comes before any
 validation), answers bad records, deadlines and cache hits on the spot, and
 encodes the rest into per-model contiguous float32 batches. It takes from a
@@ -59,6 +60,9 @@ from . import _metrics as met
 from . import _metrics_compiled as met_jit
 from ._errors import ConfigError
 from ._pass_layout import (
+    CHAN_BUSY_NS,
+    CHAN_PRIORITY,
+    CHAN_QUEUE_SHIFT,
     LOOP_COMPILED_PASSES,
     LOOP_SLEEPS,
     LOOP_SPIN_NS,
@@ -85,6 +89,9 @@ MAX_INNER_PASSES = 64  # passes ``step`` may finish before returning to Python (
 INITIAL_WAKE_NS = 20_000  # a futex wake-up on this VM, measured (docs/ARCHITECTURE.md); then learnt
 MIN_SPIN_NS = 2_000  # a window that grows starts here
 N_MODELS = N_MODEL_SLOTS  # arrays indexed by model id; row 0 unused
+MAX_LEVEL = 7  # highest channel priority (``_config.MAX_PRIORITY``)
+BUSY_WINDOW_NS = 10_000_000  # a channel counts as in use this long after it last had work (1,000 req/s: 1 ms apart)
+LOWER_SHARE = 8  # levels below the top one take at most room / LOWER_SHARE a pass
 
 __all__ = ["LOOP_COMPILED_PASSES", "LOOP_SLEEPS", "LOOP_SPIN_NS", "LOOP_TIMEOUT_RESCUES", "LOOP_WAKES", "LOOP_WAKE_NS"]
 
@@ -129,24 +136,76 @@ def _fault_point(state, point):
 
 
 @njit(nogil=True, cache=True)
-def _share_room(ready, alloc, start, room):
-    """Water-fill ``room`` over the channels' demands, starting at ``start``."""
+def _fill_level(ready, alloc, channels, level, start, room):
+    """Water-fill ``room`` over the channels of priority ``level`` with work, from ``start``; how much went."""
     n_ch = ready.shape[0]
-    alloc[:] = 0
+    used = 0
     for _ in range(n_ch):  # each round satisfies a channel or uses up the room
         active = 0
         for c in range(n_ch):
-            if ready[c] > alloc[c]:
+            if channels[c, CHAN_PRIORITY] == level and ready[c] > alloc[c]:
                 active += 1
         if active == 0 or room == 0:
-            return
+            break
         share = max(room // active, 1)
         for k in range(n_ch):
             c = (start + k) % n_ch
+            if channels[c, CHAN_PRIORITY] != level:
+                continue
             give = min(ready[c] - alloc[c], share, room)
             if give > 0:
                 alloc[c] += give
                 room -= give
+                used += give
+    return used
+
+
+@njit(nogil=True, cache=True)
+def _share_room(ready, alloc, channels, start, room, now):
+    """Share the pass's ``room`` over the channels' demands (``ready``): priorities first, none starved.
+
+    1. Every channel with work gets one record (the rotating ``start`` decides
+       when there are more such channels than room): the lowest always progresses.
+    2. Levels from the highest down, each water-filled from ``start``. The top
+       level is the highest of the channels with work now or within the last
+       BUSY_WINDOW_NS. The levels below it share ``room / LOWER_SHARE`` (step 1's
+       records included): reserved for them (the top level takes the rest) and
+       their limit, so a pass stays short while a higher channel is in use and
+       its next request waits for a short pass, not a full one.
+    """
+    n_ch = ready.shape[0]
+    alloc[:] = 0
+    top = np.int64(-1)
+    lowest = np.int64(MAX_LEVEL)
+    for c in range(n_ch):
+        prio = channels[c, CHAN_PRIORITY]
+        if ready[c] > 0:
+            channels[c, CHAN_BUSY_NS] = now
+            lowest = min(lowest, prio)
+        if ready[c] > 0 or (channels[c, CHAN_BUSY_NS] > 0 and now - channels[c, CHAN_BUSY_NS] < BUSY_WINDOW_NS):
+            top = max(top, prio)
+    if top < 0:
+        return
+    lower = max(room // LOWER_SHARE, 1)  # what the levels below ``top`` take together, at most
+    for k in range(n_ch):
+        c = (start + k) % n_ch
+        if room > 0 and ready[c] > 0:
+            alloc[c] = 1
+            room -= 1
+            if channels[c, CHAN_PRIORITY] < top:
+                lower -= 1
+    lower = max(lower, 0)
+    wanted = 0  # what the lower levels still want, up to their share: kept from the top level
+    for c in range(n_ch):
+        if channels[c, CHAN_PRIORITY] < top:
+            wanted += ready[c] - alloc[c]
+    room -= _fill_level(ready, alloc, channels, top, start, room - min(wanted, lower, room))
+    for level in range(top - 1, lowest - 1, -1):
+        if room == 0 or lower == 0:
+            return
+        used = _fill_level(ready, alloc, channels, level, start, min(room, lower))
+        room -= used
+        lower -= used
 
 
 @njit(nogil=True, cache=True)
@@ -171,7 +230,7 @@ def drain(rings, batch, models, cache_, counters, spin_ns):
         cpu_relax()
     now = monotonic_ns()
     start = state[PASS_START]
-    _share_room(rings.ready, batch.alloc, start, state[PASS_ROOM])
+    _share_room(rings.ready, batch.alloc, batch.channels, start, state[PASS_ROOM], now)
     state[PASS_DRAIN_NS] = now
     batch.counts[:] = 0
     n = 0
@@ -218,7 +277,7 @@ def _admit(j, c, now, batch, models, cache_, counters):
         return
     per_model[mid, met.REQUESTS] += 1
     status = Status.OK
-    max_queue_ns = batch.state[PASS_MAX_QUEUE_NS]
+    max_queue_ns = batch.state[PASS_MAX_QUEUE_NS] << batch.channels[c, CHAN_QUEUE_SHIFT]  # lowest level first
     if req.payload_len != PAYLOAD_LEN[mid]:
         status = Status.INVALID_INPUT
     elif req.deadline_ns != 0 and np.uint64(now) > req.deadline_ns:
@@ -291,6 +350,9 @@ def finish(rings, batch, models, cache_, counters, n):
             j = batch.rows[mid, r]
             responses[j].outputs[:] = post[r]
             if batch.keys[j] != 0:
+                if cache_.adapt[mid, cache.ADAPT_MAX_NS] > 0:  # adaptive TTL: compare with the expired answer
+                    cache.adapt_ttl(cache_.entries, cache_.ttl_ns, cache_.adapt, cache_.stats, mid, batch.keys[j], now,
+                                    post[r])  # fmt: skip
                 cache.cache_put(cache_.entries, cache_.stats, mid, batch.keys[j], now, cache_.ttl_ns[mid], post[r])
     publish = monotonic_ns()
     for j in range(n):

@@ -36,7 +36,12 @@ N_CHANNEL_COUNTERS = REJECTED + N_STATUSES
 
 # Per-model cache counters (``CacheArrays.stats`` in ``_cache``)
 HITS, MISSES, INSERTS, EVICTIONS = 0, 1, 2, 3
-N_CACHE_STATS = 4
+REFRESH_STABLE, REFRESH_DRIFT = 4, 5  # expired entries recomputed: same answer / another one (adaptive TTL)
+N_CACHE_STATS = 6
+
+# Per-model adaptive TTL settings (``CacheArrays.adapt``, float64; ADAPT_MAX_NS 0 = the TTL is fixed)
+ADAPT_MIN_NS, ADAPT_MAX_NS, ADAPT_TOLERANCE = 0, 1, 2
+ADAPT_WORDS = 3
 
 
 def bucket_midpoints() -> np.ndarray:

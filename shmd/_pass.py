@@ -6,7 +6,7 @@ Kept apart from ``Daemon`` so tests can build a pass around rings of their own a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from ._cache import CacheArrays
 from ._loop import INITIAL_WAKE_NS
 from ._metrics import MetricsArrays
 from ._pass_layout import (
+    CHAN_PRIORITY,
+    CHAN_QUEUE_SHIFT,
+    CHAN_WORDS,
     N_LOOP_COUNTERS,
     PASS_FAULT,
     PASS_FAULT_COUNTDOWN,
@@ -38,8 +41,22 @@ from ._pass_layout import (
 N_MODELS = models.N_MODEL_SLOTS
 
 
-def new_batch(room: int, n_channels: int, *, max_queue_ns: int = 0, fault: tuple[int, int] = (0, 0)) -> Batch:
-    """The pass's private buffers for ``room`` records a pass from ``n_channels`` channels."""
+def new_batch(
+    room: int, n_channels: int, *, max_queue_ns: int = 0, fault: tuple[int, int] = (0, 0),
+    priorities: Sequence[int] | None = None,
+) -> Batch:  # fmt: skip
+    """The pass's private buffers for ``room`` records a pass from ``n_channels`` channels.
+
+    ``priorities`` (one per channel, higher drains first; default all equal) also set
+    where each channel sheds: the lowest level at ``max_queue_ns``, each level above
+    it at twice the one below (``CHAN_QUEUE_SHIFT``), so overload sheds the lowest first.
+    """
+    prio = np.zeros(n_channels, np.int64) if priorities is None else np.asarray(priorities, np.int64)
+    if prio.shape != (n_channels,):
+        raise ValueError(f"one priority per channel: priorities={list(prio)} channels={n_channels}")
+    channels = np.zeros((n_channels, CHAN_WORDS), np.int64)
+    channels[:, CHAN_PRIORITY] = prio
+    channels[:, CHAN_QUEUE_SHIFT] = np.searchsorted(np.unique(prio), prio)  # the level's rank, lowest 0
     state = np.zeros(PASS_STATE_WORDS, np.int64)
     state[PASS_ROOM] = room
     state[PASS_MAX_QUEUE_NS] = max_queue_ns
@@ -62,6 +79,7 @@ def new_batch(room: int, n_channels: int, *, max_queue_ns: int = 0, fault: tuple
         alloc=np.zeros(n_channels, np.int64),
         offsets=np.zeros(n_channels + 1, np.int64),
         wake=np.zeros(n_channels, np.bool_),
+        channels=channels,
     )
 
 
@@ -96,7 +114,7 @@ def rings_of(table: ringbuf.ChannelTable) -> Rings:
 
 
 def cache_of(c: CacheArrays) -> Cache:
-    return Cache(c.entries, c.ttl_ns, c.quantum, c.stats)
+    return Cache(c.entries, c.ttl_ns, c.quantum, c.stats, c.adapt)
 
 
 def counters_of(m: MetricsArrays, loop: np.ndarray | None = None) -> Counters:

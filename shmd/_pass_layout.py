@@ -14,7 +14,7 @@ arrays; numba sees each as one typed tuple, and a field is reached by name
               (the PASS_* words below: settings and what one pass tells the next)
     Models    what the models need: per-model payload views of the staging buffer, the
               served versions, the compiled bank and its scratch tile
-    Cache     the result cache (``_cache.CacheArrays``' arrays)
+    Cache     the result cache (``_cache.CacheArrays``' arrays), its TTLs and their adaptive bounds
     Counters  the metrics arrays in the stats segment, incl. the loop's own counters
 
 Replacing a model version between passes is replacing ``Models`` (or its bank): nothing
@@ -39,6 +39,12 @@ PASS_SLEEP_NS = 7  # longest sleep on the SQs' wake-up words; 0 = return instead
 PASS_SPIN_NS = 8  # the adaptive idle spin window now (``_loop._adapt_spin``)
 PASS_WAKE_NS = 9  # the wake-up cost it has learnt
 PASS_STATE_WORDS = 10
+
+# --- Batch.channels: int64[channels, CHAN_WORDS], one row per channel -----------------------
+CHAN_PRIORITY = 0  # drain priority (higher first; ``_loop._share_room``)
+CHAN_QUEUE_SHIFT = 1  # the channel sheds at PASS_MAX_QUEUE_NS << this (higher levels tolerate longer)
+CHAN_BUSY_NS = 2  # when the channel last had work (a higher level busy lately bounds the lower ones)
+CHAN_WORDS = 3
 
 # --- Counters.loop: int64 words (in the stats segment, so tests and tools see them) -------
 LOOP_SLEEPS = 0  # times the loop slept on the SQs' wake-up words
@@ -73,6 +79,7 @@ class Batch(NamedTuple):
     alloc: np.ndarray  # int64[channels]: records taken from each channel
     offsets: np.ndarray  # int64[channels + 1]: first staged index of each channel's records
     wake: np.ndarray  # bool[channels]: the channel's client sleeps and was woken
+    channels: np.ndarray  # int64[channels, CHAN_WORDS]: priority and shedding level, last busy time
 
 
 class Models(NamedTuple):
@@ -85,9 +92,10 @@ class Models(NamedTuple):
 
 class Cache(NamedTuple):
     entries: np.ndarray
-    ttl_ns: np.ndarray
+    ttl_ns: np.ndarray  # int64[models]: the TTL now (the stats segment's ``cache_ttl_ns``: clients read it)
     quantum: np.ndarray
     stats: np.ndarray
+    adapt: np.ndarray  # float64[models, _cache.ADAPT_WORDS]: adaptive TTL bounds and tolerance (0: fixed)
 
 
 class Counters(NamedTuple):

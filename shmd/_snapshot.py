@@ -21,7 +21,7 @@ import numpy as np
 from kernel_abi import ModelId, Status
 
 from . import _metrics as met
-from ._metrics import EVICTIONS, HITS, INSERTS, MISSES
+from ._metrics import ADAPT_MAX_NS, EVICTIONS, HITS, INSERTS, MISSES, REFRESH_DRIFT, REFRESH_STABLE
 from ._stats_segment import StatsSegment
 
 HEARTBEAT_FRESH_NS = 1_000_000_000  # the daemon's housekeeping runs every <= ~100 ms; 1 s means stuck
@@ -110,7 +110,11 @@ def channel_snapshot(seg: StatsSegment, arrays: dict[str, np.ndarray] | None = N
 
 
 def cache_snapshot(seg: StatsSegment, arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Per model: hits, misses, hit rate, inserts, evictions, live entries, TTL and capacity."""
+    """Per model: hits, misses, hit rate, inserts, evictions, live entries, TTL (now) and capacity.
+
+    With an adaptive TTL, ``refreshesStable`` / ``refreshesDrifting`` count the expired
+    entries whose recomputed answer was the same / another one (what moved the TTL).
+    """
     a = _copy(seg) if arrays is None else arrays
     out: dict[str, Any] = {}
     for m in ModelId:
@@ -127,6 +131,9 @@ def cache_snapshot(seg: StatsSegment, arrays: dict[str, np.ndarray] | None = Non
             "capacity": int(seg.meta.get("cache_capacity", 0)),
             "ttlMs": _round(ttl_ns / 1e6),
             "enabled": ttl_ns > 0,
+            "adaptive": bool(a["cache_adapt"][m][ADAPT_MAX_NS] > 0),
+            "refreshesStable": int(s[REFRESH_STABLE]),
+            "refreshesDrifting": int(s[REFRESH_DRIFT]),
         }
     return out
 

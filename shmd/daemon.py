@@ -34,7 +34,7 @@ from kernel_abi import ModelId, Status
 
 from . import _config, _lock, _loop, _notify, _pass, _readiness
 from . import _metrics as met
-from ._cache import N_STATS, CacheArrays
+from ._cache import ADAPT_WORDS, N_STATS, CacheArrays
 from ._errors import ShmdError
 from ._http_child import HttpChild
 from ._pass_layout import PASS_SPIN_NS
@@ -154,7 +154,8 @@ class Daemon:
             "channel": ((np.int64), (n_ch, met.N_CHANNEL_COUNTERS)),
             "gauges": ((np.int64), (n_ch, 2)),  # queue depth, corrupt
             "cache_stats": ((np.int64), (_loop.N_MODELS, N_STATS)),
-            "cache_ttl_ns": ((np.int64), (_loop.N_MODELS,)),
+            "cache_ttl_ns": ((np.int64), (_loop.N_MODELS,)),  # the TTL now (adaptive: moves)
+            "cache_adapt": ((np.float64), (_loop.N_MODELS, ADAPT_WORDS)),  # its bounds; ADAPT_MAX_NS 0: fixed
             "cache_entries": ((np.int64), (_loop.N_MODELS,)),
             "control": ((np.int64), (4,)),
             "heartbeat": ((np.int64), (2,)),  # last housekeeping ns, passes
@@ -175,13 +176,17 @@ class Daemon:
         a = self.stats.arrays
         self.metrics = met.MetricsArrays(a["model"], a["hist"], a["summary"], a["batch_hist"], a["channel"])
         self.cache = CacheArrays.new(_loop.N_MODELS, self.cfg.cache_capacity)
-        self.cache.stats = a["cache_stats"]
+        # The pass updates these in place: readers (and the clients' edge caches) see the TTL it tunes.
+        self.cache.stats, self.cache.ttl_ns, self.cache.adapt = a["cache_stats"], a["cache_ttl_ns"], a["cache_adapt"]
         for mid in ModelId:
-            cc = self.cfg.cache.get(mid.name.lower())
+            name = mid.name.lower()
+            cc = self.cfg.cache.get(name)
             if cc is not None and cc.enabled:
                 self.cache.ttl_ns[mid] = int(cc.ttl_ms * 1e6)
                 self.cache.quantum[mid] = cc.quantum
-        a["cache_ttl_ns"][:] = self.cache.ttl_ns
+                if self.cfg.adaptive(name):
+                    lo, hi = cc.bounds_ms()
+                    self.cache.adapt[mid] = (lo * 1e6, hi * 1e6, cc.tolerance)
 
     def _make_channels(self) -> None:
         prefix = self.cfg.prefix
@@ -227,7 +232,7 @@ class Daemon:
         fault = os.environ.get("SHMD_TEST_FAULT", "")  # test-only: see _loop.fault_state
         self.batch = _pass.new_batch(
             self.cfg.max_batch, len(self.channels), max_queue_ns=int(self.cfg.max_queue_ms * 1e6),
-            fault=_loop.fault_state(fault),
+            fault=_loop.fault_state(fault), priorities=[self.cfg.priority(name) for name in self.names],
         )  # fmt: skip
         # The idle spin's upper bound; the loop learns the window below it. With one CPU
         # to run on, a spinning loop would only keep the client it waits for off that CPU.

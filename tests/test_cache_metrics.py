@@ -47,7 +47,33 @@ def test_entry_lives_for_its_ttl_then_misses() -> None:
     assert got is not None and list(got) == [0, 1, 2, 3]
     assert _get(c, 2, key, 1_500) is None  # expired exactly at put + ttl
     assert _get(c, 1, key, 1_200) is None  # other models' caches are separate
-    assert list(c.stats[2]) == [1, 1, 1, 0]
+    assert list(c.stats[2, :4]) == [1, 1, 1, 0]  # hits, misses, inserts, evictions
+
+
+def test_adaptive_ttl_lengthens_on_stable_refreshes_and_halves_on_drift() -> None:
+    c = _cache()
+    model, key = 3, np.uint64(99)
+    c.ttl_ns[model] = 1_000
+    c.adapt[model] = (400, 1_500, 0.01)  # bounds (ns) and tolerance
+    step = lambda now, fresh: cache.adapt_ttl(c.entries, c.ttl_ns, c.adapt, c.stats, model, key, now, fresh)  # noqa: E731
+    old = np.array([0.5, 10.0, 0.0, 0.0])
+    step(0, old)  # nothing cached under the key: nothing learnt
+    assert c.ttl_ns[model] == 1_000
+    cache.cache_put(c.entries, c.stats, model, key, 0, 1_000, old)
+    step(999, old + 1.0)  # still live (a repeat in the same pass): nothing learnt
+    assert c.ttl_ns[model] == 1_000
+    step(1_000, old + np.array([0.009, 0.09, 0, 0]))  # within tolerance (relative for |x| > 1): stable
+    assert c.ttl_ns[model] == 1_125
+    step(1_000, old)
+    assert c.ttl_ns[model] == 1_265
+    for _ in range(5):
+        step(1_000, old)
+    assert c.ttl_ns[model] == 1_500  # at most the upper bound
+    step(1_000, old + np.array([0.02, 0, 0, 0]))  # drifted: halved
+    assert c.ttl_ns[model] == 750
+    step(1_000, old + 1.0)
+    assert c.ttl_ns[model] == 400  # at least the lower bound
+    assert (c.stats[model, met.REFRESH_STABLE], c.stats[model, met.REFRESH_DRIFT]) == (7, 2)
 
 
 def test_full_probe_window_evicts_the_entry_expiring_first() -> None:
