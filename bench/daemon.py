@@ -361,10 +361,14 @@ def _model_call_us(n: int) -> list[float]:
     return out
 
 
-def _cache_figures(pool: ProcessPoolExecutor, prefix: str, channels: str, seconds: float) -> dict[str, Any]:
+def _cache_figures(
+    pool: ProcessPoolExecutor, prefix: str, channels: str, seconds: float, adaptive: bool = False
+) -> dict[str, Any]:
     """Throughput with the cache on and off, at 0% and typical hits, on two identical fresh daemons.
 
-    The two daemons differ only in their config file's ``enabled``; both are
+    With ``adaptive``, a third daemon has the cache on with the adaptive TTL
+    (``bench ttl``): its cost at 0% hits is ``zero_hit_cost_adaptive``.
+    The daemons differ only in their config file's ``enabled``/``adaptive``; all are
     started the same way with the same channels, and the runs alternate
     (on, off, on, off) so a drift of the shared machine hits both alike.
     Typical: 1,000 agents asked in turn as fast as the daemon answers (about
@@ -374,7 +378,8 @@ def _cache_figures(pool: ProcessPoolExecutor, prefix: str, channels: str, second
     runs: dict[str, list[float]] = {}
     daemons = {}
     try:
-        for label, enabled in (("on", "true"), ("off", "false")):
+        variants = [("on", "true"), ("off", "false")] + ([("adaptive", "true\nadaptive = true")] if adaptive else [])
+        for label, enabled in variants:
             pfx = f"{prefix}{label}"
             config = f"/tmp/{pfx}.toml"
             with open(config, "w") as f:
@@ -396,6 +401,8 @@ def _cache_figures(pool: ProcessPoolExecutor, prefix: str, channels: str, second
     out["runs"] = runs
     out["zero_hit_cost"] = 1 - ratio(out["zero_hit_per_s_cache_on"], out["zero_hit_per_s_cache_off"])
     out["typical_speedup"] = ratio(out["typical_per_s_cache_on"], out["typical_per_s_cache_off"])
+    if adaptive:
+        out["zero_hit_cost_adaptive"] = 1 - ratio(out["zero_hit_per_s_cache_adaptive"], out["zero_hit_per_s_cache_off"])
     return out
 
 

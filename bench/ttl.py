@@ -14,6 +14,10 @@ over its four outputs (the adaptive TTL's own stability rule). Two fresh daemons
 the same seeded generator one after the other: the seed's fixed TTL (workload 100 ms)
 and the adaptive TTL (bounds 10 ms .. 1 s, tolerance 0.01). Per phase kind: hit rate,
 mean and p99 error, share of answers off by more than the tolerance, and the TTL seen.
+
+And the cost (``bench daemon``'s cache figures with a third daemon): batch-256
+throughput at 0% hits with the cache off, on with fixed TTLs, and on with adaptive
+TTLs (every miss then also looks for an expired entry to compare with), alternated.
 """
 
 from __future__ import annotations
@@ -138,7 +142,9 @@ def _drive(prefix: str, phases: list[tuple[str, float]], seed: int) -> dict[str,
 
 
 def run(quick: bool) -> dict[str, Any]:
-    from bench.daemon import _start_daemon
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bench.daemon import _cache_figures, _start_daemon
 
     phase_s = 1.0 if quick else 2.0
     phases = [("stable", phase_s), ("volatile", phase_s)] * (1 if quick else 3)
@@ -164,7 +170,10 @@ def run(quick: bool) -> dict[str, Any]:
             "over_tolerance": sum(p["over_tolerance"] * p["answers"] for p in r.values()) / n,
         }
     a, f = overall["adaptive"], overall["fixed"]
+    with ProcessPoolExecutor(1) as pool:
+        cost = _cache_figures(pool, f"btc{secrets.token_hex(2)}", "c0", 1.0 if quick else 3.0, adaptive=True)
     return {
+        "cost": {k: v for k, v in cost.items() if k != "runs"},
         "conditions": {"agents": AGENTS, "tick_ms": TICK_MS, "step": STEP, "quantum": QUANTUM,
                        "tolerance": TOLERANCE, "phases": phases, "fixed_ttl_ms": 100.0,
                        "adaptive_bounds_ms": [10.0, 1000.0]},
@@ -188,6 +197,9 @@ def report(r: dict[str, Any]) -> str:
     lines = [table(["TTL", "phase", "hit rate", "mean error", "p99 error", f"> {TOLERANCE}", "TTL ms min/med/max"],
                    rows)]  # fmt: skip
     lines.append(f"adaptive / fixed: {r['ratios_adaptive_to_fixed']}; adaptive wins: {r['adaptive_wins']}")
+    c = r["cost"]
+    lines.append(f"cache cost at 0% hits (batch-256 throughput vs cache off): fixed {c['zero_hit_cost']:.1%}, "
+                 f"adaptive {c['zero_hit_cost_adaptive']:.1%}")  # fmt: skip
     return "\n".join(lines)
 
 
