@@ -93,8 +93,8 @@ def _drive(prefix: str, phases: list[tuple[str, float]], seed: int) -> dict[str,
 
     rng = np.random.default_rng(seed)
     recs = _requests(rng)
-    fresh = recs.copy()
-    fresh["flags"] = REQ_NO_CACHE
+    both = np.zeros(2 * AGENTS, recs.dtype)  # as is, then the same with NO_CACHE (np.concatenate drops padding)
+    both["flags"][AGENTS:] = REQ_NO_CACHE
     seg = StatsSegment.attach(prefix)
     ttl = seg.arrays["cache_ttl_ns"]
     per: dict[str, dict[str, list]] = {}
@@ -106,10 +106,11 @@ def _drive(prefix: str, phases: list[tuple[str, float]], seed: int) -> dict[str,
             while time.monotonic() - start < seconds:
                 if kind == "volatile":
                     _drift(recs, rng)
-                fresh["payload"] = recs["payload"]
-                recs["request_id"], fresh["request_id"] = c.new_ids(AGENTS), c.new_ids(AGENTS)
-                recs["submit_ns"] = fresh["submit_ns"] = now_ns()
-                both = np.concatenate([recs, fresh])
+                for half in (both[:AGENTS], both[AGENTS:]):
+                    for field in ("payload", "model_id", "abi_version", "payload_len"):
+                        half[field] = recs[field]
+                both["request_id"] = c.new_ids(2 * AGENTS)
+                both["submit_ns"] = now_ns()
                 sent = c.submit(both.view(REQUEST))
                 if sent != len(both):
                     raise RuntimeError(f"SQ full: {sent} of {len(both)} taken")

@@ -8,14 +8,17 @@ Keys are a 64-bit hash of the encoded feature vector, each feature optionally
 quantised to ``quantum`` first (so features equal to that precision share an
 entry). Key 0 marks an empty entry.
 
-Adaptive TTL (``adapt_ttl``, per model, off unless configured): when a request
-misses on an entry that has expired, its fresh answer is compared with the
-expired one before the entry is overwritten. Equal within the model's tolerance
-(the data is stable) lengthens the TTL by 1/8; different (drifting) halves it;
-both within the configured bounds. The TTL lives in the stats segment
-(``cache_ttl_ns``), so readers and the clients' edge caches see it at once.
-With exact keys the same features always give the same answer, so only a
-quantised cache (``quantum`` > 0) or a changed model ever sees drift.
+Adaptive TTL (``adapt_ttl``, per model, off unless configured): whenever a
+fresh answer is about to replace the entry of its key (an expired entry, one
+filled earlier in the same pass, or a live one that ``recheck_hit`` turned
+into a miss: one hit in RECHECK_EVERY, so drift is seen even while entries
+live long), it is compared with the entry first: what a hit would have
+answered. Equal within the model's tolerance (stable data) lengthens the TTL
+by 1/8; different (drifting) halves it; both within the configured bounds.
+The TTL lives in the stats segment (``cache_ttl_ns``), so readers and the
+clients' edge caches see it at once. With exact keys the same features
+always give the same answer, so only a quantised cache (``quantum`` > 0) or
+a changed model ever sees drift.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 GROW_SHIFT = 3  # a stable refresh lengthens the TTL by ttl >> 3 (x1.125); a drifting one halves it
+RECHECK_EVERY = 64  # an adaptive model recomputes one hit in this many, to compare (costs 1/64 of its hits)
 
 
 #: One entry fills one 64-byte cache line, so a probe costs one line fetched.
@@ -183,12 +187,22 @@ def cache_put(entries, stats, model, key, now_ns, ttl_ns, outputs):
 
 
 @njit(nogil=True, cache=True)
-def adapt_ttl(entries, ttl_ns, adapt, stats, model, key, now_ns, fresh):
-    """Before ``fresh`` replaces ``key``'s entry: if that entry expired, step the model's TTL.
+def recheck_hit(stats, adapt, model):
+    """Whether this hit of ``model`` is recomputed instead (adaptive TTL only); counted as a miss then."""
+    if adapt[model, ADAPT_MAX_NS] == 0 or (stats[model, HITS] + stats[model, MISSES]) % RECHECK_EVERY != 0:
+        return False
+    stats[model, HITS] -= 1
+    stats[model, MISSES] += 1
+    return True
 
-    Stable (every output within ``tolerance * max(1, |output|)`` of the expired
-    answer): TTL += TTL/8, at most ADAPT_MAX_NS; drifting: TTL / 2, at least
-    ADAPT_MIN_NS. A key not cached, or still live (a repeat within this pass), says nothing.
+
+@njit(nogil=True, cache=True)
+def adapt_ttl(entries, ttl_ns, adapt, stats, model, key, now_ns, fresh):
+    """Before ``fresh`` replaces ``key``'s entry, compare it with the entry and step the model's TTL.
+
+    Stable (every output within ``tolerance * max(1, |output|)`` of the entry):
+    TTL += TTL/8, at most ADAPT_MAX_NS; drifting: TTL / 2, at least ADAPT_MIN_NS.
+    A key not cached says nothing.
     """
     mask = entries.shape[1] - 1
     start = np.int64(key & np.uint64(mask))
@@ -196,8 +210,6 @@ def adapt_ttl(entries, ttl_ns, adapt, stats, model, key, now_ns, fresh):
         e = entries[model, (start + p) & mask]
         if e.key != key:
             continue
-        if e.expiry > now_ns:
-            return
         tol = adapt[model, ADAPT_TOLERANCE]
         stable = True
         for k in range(fresh.shape[0]):

@@ -297,7 +297,8 @@ def _admit(j, c, now, batch, models, cache_, counters):
         return
     if cache_.ttl_ns[mid] > 0 and (req.flags & REQ_NO_CACHE) == 0:
         key = cache.feature_key(feats, cache_.quantum[mid])
-        if cache.cache_get(cache_.entries, cache_.stats, mid, key, now, resp.outputs):
+        hit = cache.cache_get(cache_.entries, cache_.stats, mid, key, now, resp.outputs)
+        if hit and not cache.recheck_hit(cache_.stats, cache_.adapt, mid):
             resp.flags = RESP_CACHE_HIT
             per_model[mid, met.CACHE_HITS] += 1
             return

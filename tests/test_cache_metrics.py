@@ -60,9 +60,10 @@ def test_adaptive_ttl_lengthens_on_stable_refreshes_and_halves_on_drift() -> Non
     step(0, old)  # nothing cached under the key: nothing learnt
     assert c.ttl_ns[model] == 1_000
     cache.cache_put(c.entries, c.stats, model, key, 0, 1_000, old)
-    step(999, old + 1.0)  # still live (a repeat in the same pass): nothing learnt
-    assert c.ttl_ns[model] == 1_000
-    step(1_000, old + np.array([0.009, 0.09, 0, 0]))  # within tolerance (relative for |x| > 1): stable
+    step(999, old + np.array([0.009, 0.09, 0, 0]))  # within tolerance (relative for |x| > 1): stable
+    assert c.ttl_ns[model] == 1_125
+    c.ttl_ns[model] = 1_000
+    step(1_000, old + np.array([0.009, 0.09, 0, 0]))  # expired or live, the entry is what a hit would answer
     assert c.ttl_ns[model] == 1_125
     step(1_000, old)
     assert c.ttl_ns[model] == 1_265
@@ -73,7 +74,20 @@ def test_adaptive_ttl_lengthens_on_stable_refreshes_and_halves_on_drift() -> Non
     assert c.ttl_ns[model] == 750
     step(1_000, old + 1.0)
     assert c.ttl_ns[model] == 400  # at least the lower bound
-    assert (c.stats[model, met.REFRESH_STABLE], c.stats[model, met.REFRESH_DRIFT]) == (7, 2)
+    assert (c.stats[model, met.REFRESH_STABLE], c.stats[model, met.REFRESH_DRIFT]) == (8, 2)
+
+
+def test_adaptive_models_recheck_one_hit_in_so_many() -> None:
+    c = _cache()
+    rechecked = []
+    for model in (1, 2):
+        c.adapt[2] = (1, 2, 0.01)  # model 2 adaptive, model 1 fixed
+        for _ in range(3 * cache.RECHECK_EVERY):
+            c.stats[model, cache.HITS] += 1  # what cache_get counts on a hit
+            rechecked.append(cache.recheck_hit(c.stats, c.adapt, model))
+    n = 3 * cache.RECHECK_EVERY
+    assert sum(rechecked[:n]) == 0 and sum(rechecked[n:]) == 3
+    assert c.stats[2, cache.HITS] + c.stats[2, cache.MISSES] == n and c.stats[2, cache.MISSES] == 3
 
 
 def test_full_probe_window_evicts_the_entry_expiring_first() -> None:
