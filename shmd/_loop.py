@@ -351,7 +351,7 @@ def finish(rings, batch, models, cache_, counters, n):
             j = batch.rows[mid, r]
             responses[j].outputs[:] = post[r]
             if batch.keys[j] != 0:
-                if cache_.adapt[mid, cache.ADAPT_MAX_NS] > 0:  # adaptive TTL: compare with the expired answer
+                if cache_.adapt[mid, cache.ADAPT_MAX_NS] > 0:  # adaptive TTL: compare with what a hit would answer
                     cache.adapt_ttl(cache_.entries, cache_.ttl_ns, cache_.adapt, cache_.stats, mid, batch.keys[j], now,
                                     post[r])  # fmt: skip
                 cache.cache_put(cache_.entries, cache_.stats, mid, batch.keys[j], now, cache_.ttl_ns[mid], post[r])
