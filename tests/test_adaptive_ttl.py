@@ -28,9 +28,9 @@ pytestmark = pytest.mark.timeout(120)
 CONFIG = """
 adaptive_ttl = true
 [cache.workload]
-ttl_ms = 20
-ttl_min_ms = 5
-ttl_max_ms = 400
+ttl_ms = 200
+ttl_min_ms = 50
+ttl_max_ms = 4000
 quantum = 1e9
 [cache.threat]
 adaptive = false
@@ -64,7 +64,7 @@ def test_ttl_follows_the_drift_of_recomputed_answers(daemon: DaemonProcess) -> N
 
     try:
         with Client("a", daemon.prefix) as c:
-            assert ttl[wl] == 20_000_000
+            assert ttl[wl] == 200_000_000
             first = c.predict("workload", A)
             assert c.predict("workload", B)["cacheHit"]  # one entry for every request (the quantum)
             seen = [int(ttl[wl])]
@@ -72,15 +72,15 @@ def test_ttl_follows_the_drift_of_recomputed_answers(daemon: DaemonProcess) -> N
                 assert after_expiry(A)["predictedCpu"] == first["predictedCpu"]
                 seen.append(int(ttl[wl]))
             assert seen == sorted(set(seen)), f"stable refreshes should lengthen the TTL: {seen}"
-            assert seen[-1] == int(20_000_000 * 1.125**3), seen
+            assert seen[-1] == int(200_000_000 * 1.125**3), seen
             drifted = after_expiry(B)  # another answer under the same key: drift
             assert drifted["predictedCpu"] != first["predictedCpu"]
             assert ttl[wl] == seen[-1] // 2
             for fields in (A, B, A):  # each differs from the answer cached before it
                 after_expiry(fields)
-            assert ttl[wl] == 5_000_000  # never below ttl_min_ms
+            assert ttl[wl] == 50_000_000  # never below ttl_min_ms
             snap = cache_snapshot(seg)["workload"]
-            assert snap["adaptive"] and snap["ttlMs"] == 5.0
+            assert snap["adaptive"] and snap["ttlMs"] == 50.0
             assert (snap["refreshesStable"], snap["refreshesDrifting"]) == (3, 4)
             assert not cache_snapshot(seg)["threat"]["adaptive"]  # [cache.threat] keeps its fixed TTL
             assert ttl[ModelId.THREAT] == 500_000_000
