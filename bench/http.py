@@ -337,12 +337,12 @@ def _ratios(shim: dict[str, Any], bare: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _judge(figures: dict[str, float]) -> list[dict[str, Any]]:
-    out = []
+def _judge(figures: dict[str, float]) -> dict[str, dict[str, Any]]:
+    out = {}
     for name, key, op, limit in TARGETS:
         value = figures.get(key, float("nan"))
         met = value >= limit if op == ">=" else value <= limit
-        out.append({"target": name, "figure": key, "value": value, "limit": limit, "met": bool(met)})
+        out[name] = {"figure": key, "value": value, "limit": limit, "met": bool(met)}
     return out
 
 
@@ -429,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     print("codec costs (µs per call):", json.dumps(codecs))
     print("resident memory (MB):", json.dumps(rss))
     print(f"targets (judged on {default}):")
-    for t in targets:
-        print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']}")
+    for name, t in targets.items():
+        print(f"  {'met   ' if t['met'] else 'MISSED'} {name}: {t['value']}")
     if args.json:
         write_json(args.json, {
             "benchmark": "http",

@@ -99,8 +99,12 @@ def load() -> ctypes.CDLL:
     lib.shim_message.restype = c_char_p
     lib.shim_dropped.argtypes = [vp]
     lib.shim_dropped.restype = u64
-    lib.shim_exchange.argtypes = [vp, vp, vp, vp, ctypes.c_uint, u64, u64, u64, u64]
-    lib.shim_exchange.restype = ctypes.c_int
+    lib.shim_fd.argtypes = [vp]
+    lib.shim_fd.restype = ctypes.c_int
+    lib.shim_begin.argtypes = [vp, vp, vp, vp, ctypes.c_uint, u64, u64, u64, u64, u64]
+    lib.shim_begin.restype = ctypes.c_int
+    lib.shim_result.argtypes = [vp]
+    lib.shim_result.restype = ctypes.c_int
     lib.shmd_strerror.argtypes = [ctypes.c_int]
     lib.shmd_strerror.restype = c_char_p
     return lib

@@ -1,6 +1,8 @@
 """The shim's channel (C client through ctypes): one submission per tick, answers in place, light process.
 
 - requests gathered in one event-loop tick go out in one exchange, and each gets its own answer;
+- requests that come while an exchange is out (the reaper thread waiting for it) go out together
+  as soon as it is over;
 - a daemon killed while the shim holds its channel is a NotReady at once, not after the timeout;
 - a real ``shmd serve`` runs its shim workers without numba mapped and under 100 MB resident.
 """
@@ -51,6 +53,27 @@ def test_one_tick_is_one_exchange_and_each_request_gets_its_own_answer(prefix: s
             assert len(set(outputs)) == 12, "distinct items should get distinct predictions"
             assert [tuple(r["outputs"]) for r in together] == outputs  # item i's answer, in item i's place
             assert all(int(r["status"]) == 0 for r in together)
+        finally:
+            channel.close()
+
+
+def test_requests_made_while_an_exchange_is_out_go_next_together(prefix: str) -> None:
+    with DaemonProcess(prefix, "--channels", "web"):
+        channel = ShimChannel(prefix, "web", timeout=5.0, spin_us=0)  # no waiting inline: the reaper always waits
+        try:
+
+            async def main() -> list[bytes]:
+                first = [asyncio.ensure_future(channel.exchange(_records_for(i))) for i in range(6)]
+                for _ in range(2):  # the tasks' first steps, then the flush they scheduled: the first six are out
+                    await asyncio.sleep(0)
+                assert channel.exchanges == 1
+                later = [asyncio.ensure_future(channel.exchange(_records_for(i))) for i in range(6, 12)]
+                return await asyncio.wait_for(asyncio.gather(*first, *later), 10.0)
+
+            answers = [_answer(r) for r in asyncio.run(main())]
+            assert channel.exchanges == 2 and channel.requests == 12
+            assert all(int(r["status"]) == 0 for r in answers)
+            assert len({tuple(r["outputs"]) for r in answers}) == 12
         finally:
             channel.close()
 
