@@ -1,9 +1,13 @@
-"""The shim's fast paths (msgspec into records, struct-packed single requests) agree with the general codec.
+"""The shim's fast paths (msgspec into records, struct-packed single requests, a batch's answers
+column by column) agree with the general codec.
 
 For generated batch bodies (valid items, and items with one field replaced by an arbitrary
 JSON value), ``decode_batch`` either declines (None) or builds exactly the records that
 ``shmd._codec.encode_payloads`` builds from the parsed body; and it never accepts a body
-the general codec refuses.
+the general codec refuses. For generated RESPONSE records (any status, outputs from the
+edges of float32, enum values in and out of range, cache flags), ``predictions`` either
+declines or gives exactly ``shmd._records.prediction`` of each record, and declines
+whenever a record is refused or ``prediction`` would raise.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from http_shim._answers import predictions
 from http_shim._fastcodec import decode_batch, decode_item
 from http_shim._wire import PAYLOAD
-from kernel_abi import REQUESTS, ModelId
-from shmd import InvalidFields
+from kernel_abi import REQUESTS, RESP_CACHE_HIT, RESPONSE, ModelId, Status
+from shmd import InvalidFields, ShmdError
 from shmd._codec import encode_payloads
+from shmd._records import prediction
 
 from ._http_daemon import valid
 
@@ -110,3 +116,36 @@ def test_fast_path_takes_valid_batches(model: str) -> None:
 def test_fast_path_declines_threat_and_empty_batches() -> None:
     assert decode_batch(ModelId.THREAT, json.dumps({"features": [valid("threat")]}).encode()) is None
     assert decode_batch(ModelId.WORKLOAD, b'{"features": []}') is None
+
+
+_OUTPUT = st.one_of(
+    st.sampled_from((0.0, -0.5, 0.99, 1.0, 2.7, 3.0, 4.0, 9.0, -1.0, 2.0**63, 9.3e18, 3.4e38, -3.4e38, np.nan, np.inf)),
+    st.floats(-1e3, 1e3, width=32),
+    st.floats(width=32),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=st.sampled_from(list(ModelId)), rows=st.lists(
+    st.tuples(st.lists(_OUTPUT, min_size=4, max_size=4), st.booleans(),
+              st.sampled_from((Status.OK,) * 6 + (Status.INVALID_INPUT,))),
+    min_size=1, max_size=6))  # fmt: skip
+def test_batch_answers_are_the_per_record_predictions(model: ModelId, rows: list) -> None:
+    resp = np.zeros(len(rows), RESPONSE)
+    for i, (outputs, hit, status) in enumerate(rows):
+        resp[i]["outputs"] = outputs
+        resp[i]["flags"] = RESP_CACHE_HIT if hit else 0
+        resp[i]["status"] = status
+    expected: list | None = []
+    for r in resp:
+        try:
+            assert int(r["status"]) == Status.OK
+            expected.append(prediction(model, r["outputs"], int(r["flags"])))
+        except (AssertionError, ShmdError):
+            expected = None
+            break
+    got = predictions(model, resp.tobytes())
+    assert got == expected
+    if got is not None:
+        assert [list(map(type, d.values())) for d in got] == [list(map(type, d.values())) for d in expected]
+        assert [list(d) for d in got] == [list(d) for d in expected]  # the same keys in the same order
