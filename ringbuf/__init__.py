@@ -35,7 +35,7 @@ from ._segment import (
 )
 
 if TYPE_CHECKING:
-    from ._atomics import cpu_relax, monotonic_ns
+    from ._atomics import cpu_relax, monotonic_ns, spin_pause
     from ._core import CORRUPT, ring_nudge, ring_peek, ring_produce, ring_release, ring_wait
     from ._ends import DEFAULT_SPIN_US, Consumer, Producer
     from ._table import (
@@ -61,6 +61,7 @@ _LAZY = {
     "Producer": "_ends",
     "cpu_relax": "_atomics",
     "monotonic_ns": "_atomics",
+    "spin_pause": "_atomics",
     **dict.fromkeys(
         (
             "INTERRUPTED", "TIMED_OUT", "WOKEN", "ChannelTable", "table_answer", "table_peek", "table_ready",
@@ -118,6 +119,7 @@ __all__ = [
     "ring_release",
     "ring_wait",
     "segment_name",
+    "spin_pause",
     "table_answer",
     "table_peek",
     "table_ready",

@@ -14,7 +14,7 @@ how the Python-side ring API uses them: one implementation for both.
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -76,6 +76,39 @@ def cpu_relax(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
+
+
+@intrinsic
+def _sched_yield(typingctx):
+    """libc ``sched_yield()``: let another runnable task of this CPU run first."""
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        builder.call(cgutils.get_or_insert_function(builder.module, fnty, "sched_yield"), [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+#: How long a spin only pauses before it yields the CPU between looks (ns).
+SPIN_YIELD_AFTER_NS = 2_000
+
+
+@njit(nogil=True, cache=True, inline="always")
+def spin_pause(spun_ns):
+    """One wait of a spin loop that has spun ``spun_ns`` so far.
+
+    The first SPIN_YIELD_AFTER_NS only ``pause`` (a peer answering back to back
+    is caught within a microsecond); after that each look yields the CPU. On two
+    CPUs the peer we spin for is often woken onto ours (the scheduler places a
+    woken task near its waker) and a spinner that is not preempted keeps it
+    off for its whole window; ``sched_yield`` runs it at once, and costs a
+    system call (~1 µs here) when nobody else is runnable.
+    """
+    if spun_ns < SPIN_YIELD_AFTER_NS:
+        cpu_relax()
+    else:
+        _sched_yield()
 
 
 @intrinsic

@@ -23,7 +23,7 @@ from numba import njit
 
 from kernel_abi import ABI_VERSION, RING_HEADER, RING_MAGIC, RING_NEED_WAKEUP
 
-from ._atomics import cpu_relax, full_fence, load_acquire, monotonic_ns, store_release
+from ._atomics import full_fence, load_acquire, monotonic_ns, spin_pause, store_release
 from ._futex import EINTR, atomic_add_u32, futex_wait, futex_wake
 
 _U64 = 8
@@ -249,12 +249,13 @@ def ring_produce(hdr64, hdr32, slots, state, records, n):
 @njit(nogil=True, cache=True)
 def ring_spin_ready(hdr64, state, capacity, spin_ns):
     """Consumer: spin up to ``spin_ns`` for a record; the ready count (0: none)."""
-    deadline = monotonic_ns() + spin_ns
+    start = monotonic_ns()
     while True:
         n = ring_ready(hdr64, state, capacity)
-        if n != 0 or monotonic_ns() >= deadline:
+        spun = monotonic_ns() - start
+        if n != 0 or spun >= spin_ns:
             return n
-        cpu_relax()
+        spin_pause(spun)
 
 
 @njit(nogil=True, cache=True, inline="always")

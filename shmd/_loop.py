@@ -45,8 +45,8 @@ from models._spec import N_MODEL_SLOTS
 from ringbuf import (
     TIMED_OUT,
     WOKEN,
-    cpu_relax,
     monotonic_ns,
+    spin_pause,
     table_answer,
     table_peek,
     table_ready,
@@ -223,11 +223,12 @@ def drain(rings, batch, models, cache_, counters, spin_ns):
     A pass that drains anything rotates the first channel for the next one.
     """
     table, state = rings.table, batch.state
-    deadline = monotonic_ns() + spin_ns
+    spin_from = monotonic_ns()
     while table_ready(table, rings.sq_state, rings.cq_state, rings.ready) == 0:
-        if monotonic_ns() >= deadline:
+        spun = monotonic_ns() - spin_from
+        if spun >= spin_ns:
             return 0
-        cpu_relax()
+        spin_pause(spun)
     now = monotonic_ns()
     start = state[PASS_START]
     _share_room(rings.ready, batch.alloc, batch.channels, start, state[PASS_ROOM], now)
@@ -434,7 +435,8 @@ def step(rings, batch, models, cache_, counters, n_prev):
     wake-up word for at most ``PASS_SLEEP_NS`` (0: return at once; no spin
     either) and drains as soon as it is woken. Returns the number of
     records drained that Python must run models for (then call again with
-    it), or 0 after a sleep that timed out or was interrupted by a signal.
+    it), or 0 after a sleep that timed out or was interrupted by a signal, or
+    once MAX_INNER_PASSES are done (all of them published).
     """
     state, loop = batch.state, counters.loop
     spin_max, sleep_ns = state[PASS_SPIN_MAX_NS], state[PASS_SLEEP_NS]
@@ -442,12 +444,10 @@ def step(rings, batch, models, cache_, counters, n_prev):
     spin = min(state[PASS_SPIN_NS], spin_max) if sleep_ns > 0 else spin_max
     idle_from = np.int64(0)
     for _ in range(MAX_INNER_PASSES):
-        woke = 0
+        # Spinning on after waking clients is fine: the spin yields the CPU after
+        # a few µs (spin_pause), so a client woken onto this CPU runs at once.
         if n > 0:
-            woke = finish(rings, batch, models, cache_, counters, n)
-            loop[LOOP_WAKES] += woke
-        if woke > 0:  # the woken clients need a CPU, perhaps this one: do not spin against them
-            spin = 0
+            loop[LOOP_WAKES] += finish(rings, batch, models, cache_, counters, n)
         started = monotonic_ns()
         n = drain(rings, batch, models, cache_, counters, spin)
         if idle_from > 0 and n > 0:  # the drain after a wake-up: learn from it
@@ -466,9 +466,13 @@ def step(rings, batch, models, cache_, counters, n_prev):
             spin = 0  # work is there: the next round drains it at once
             continue
         if n == 0:
-            break
+            return 0
         if batch.counts.sum() > 0:
             if not infer_compiled(batch, models):
-                break  # Python runs the models the bank lacks, then calls again
+                return n  # Python runs the models the bank lacks, then calls again
             loop[LOOP_COMPILED_PASSES] += 1
-    return n
+    # Out of inner passes with a complete pass in hand: publish it before Python's turn
+    # (housekeeping, signals), which would otherwise delay its answers.
+    if n > 0:
+        loop[LOOP_WAKES] += finish(rings, batch, models, cache_, counters, n)
+    return 0

@@ -338,10 +338,13 @@ class Daemon:
             n = self.step(n, self.spin_ns, self.sleep_ns)
             if n:
                 self.infer()
-                if time.monotonic_ns() - self.last_housekeeping >= HOUSEKEEPING_NS:
-                    self.housekeeping()
-            else:
-                self.housekeeping()
+                if time.monotonic_ns() - self.last_housekeeping < HOUSEKEEPING_NS:
+                    continue
+                # Publish these answers first: housekeeping (up to a full cache scan) must not delay them.
+                n = self.step(n, 0, 0)
+                if n:
+                    self.infer()
+            self.housekeeping()
         if n:  # publish what the last pass drained (what this drains again stays in the SQ)
             self.step(n, 0, 0)
 

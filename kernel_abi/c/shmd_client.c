@@ -53,6 +53,21 @@ static inline void cpu_relax(void)
 #endif
 }
 
+/* One wait of a spin loop that has spun spun_ns so far: pause for the first
+ * SPIN_YIELD_AFTER_NS (an answer back to back comes within a microsecond),
+ * then yield the CPU between looks. The daemon we wait for is often woken
+ * onto our CPU (the scheduler places a woken task near its waker); a spinner
+ * that is not preempted would keep it off for the whole window. As
+ * ringbuf._atomics.spin_pause. */
+#define SPIN_YIELD_AFTER_NS 2000u
+static inline void spin_pause(uint64_t spun_ns)
+{
+    if (spun_ns < SPIN_YIELD_AFTER_NS)
+        cpu_relax();
+    else
+        sched_yield();
+}
+
 /* Shared index loads and stores: real atomics, so the compiler can neither
  * hoist a load out of a spin loop nor reorder a store with the slot copies. */
 static inline uint64_t load_acquire_u64(const uint64_t *shm_word)
@@ -609,11 +624,11 @@ int shmd_cq_wait(struct shmd_channel *ch, uint64_t spin_ns, uint64_t deadline_ns
     int n = shmd_cq_ready(ch);
     if (n != 0)
         return n;
-    uint64_t now = shmd_now_ns();
-    uint64_t spin_end = now + spin_ns < deadline_ns ? now + spin_ns : deadline_ns;
+    uint64_t start = shmd_now_ns(), now = start;
+    uint64_t spin_end = start + spin_ns < deadline_ns ? start + spin_ns : deadline_ns;
     /* Bounded spin: a reply within the window costs no wake-up (~20 us each way). */
     while (now < spin_end) {
-        cpu_relax();
+        spin_pause(now - start);
         if ((n = shmd_cq_ready(ch)) != 0)
             return n;
         now = shmd_now_ns();
@@ -843,15 +858,10 @@ static int exchange(struct shmd_client *c, struct shmd_request *reqs, struct shm
     uint64_t submitted = now;
     for (;;) {
         if (sent < n) {
-            uint64_t woken = ch->wakeups_posted;
             int k = shmd_sq_submit(ch, reqs + sent, n - sent);
             if (k < 0)
                 return k;
             sent += (unsigned)k;
-            /* We woke the daemon: it needs a CPU, perhaps this one (the scheduler
-             * often places the woken on the waker's CPU). Never spin then. */
-            if (ch->wakeups_posted != woken)
-                spin_ns = 0;
         }
         int r = shmd_cq_reap(ch, c->reaped, c->reaped_cap);
         if (r < 0)
