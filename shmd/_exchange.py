@@ -80,14 +80,13 @@ def exchange(
     sc64 = scratch.view(np.uint64)
     while True:
         if progress[SENT] < n:
-            k, woke = ring_produce(
+            # Spinning after waking the daemon is fine: ring_wait's spin yields the CPU (spin_pause).
+            k, _ = ring_produce(
                 sq_hdr64, sq_hdr32, sq_slots, sq_state, requests[progress[SENT] :], n - progress[SENT]
             )
             if k < 0:
                 return CORRUPT
             progress[SENT] += k
-            if woke:  # the daemon needs a CPU, perhaps ours (a woken task often lands on the waker's): no spin
-                spin = 0
         m = ring_peek(cq_hdr64, cq_slots, cq_state, scratch, scratch.shape[0])
         if m < 0:
             return CORRUPT
