@@ -14,6 +14,7 @@ use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::abi::{ChannelHeader, Request, Response, CHANNEL_MAGIC, RING_MAGIC};
 use crate::ring::{Counter, Indices, Ring, Violation};
 use crate::segment::Segment;
+use crate::spin;
 use crate::sys;
 use crate::wake;
 use crate::Error;
@@ -247,11 +248,12 @@ impl Channel {
         if n != 0 {
             return Ok(n);
         }
-        let mut now = sys::now_ns();
-        let spin_end = now.saturating_add(spin_ns).min(deadline_ns);
+        let start = sys::now_ns();
+        let mut now = start;
+        let spin_end = start.saturating_add(spin_ns).min(deadline_ns);
         // Bounded spin: a reply within the window costs no wake-up.
         while now < spin_end {
-            core::hint::spin_loop();
+            spin::pause(now - start);
             let n = self.cq_ready()?;
             if n != 0 {
                 return Ok(n);

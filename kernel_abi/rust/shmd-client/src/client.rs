@@ -16,6 +16,7 @@ use crate::abi::{ModelId, Request, Response, Status, ABI_VERSION, RESP_FALLBACK}
 use crate::channel::Channel;
 use crate::prediction::{decode, Outputs, Prediction, Source};
 use crate::request::{FailureFeatures, Features, MemoryFeatures, ThreatFeatures, WorkloadFeatures};
+use crate::spin::SpinPolicy;
 use crate::{segment, sys, Error, FailurePrediction, MemoryPrediction, ThreatPrediction, WorkloadPrediction};
 
 /// Re-check the daemon's liveness this often while waiting.
@@ -86,7 +87,8 @@ impl ClientBuilder {
         self.fallback = Some(Box::new(f));
         self
     }
-    /// Spin this long for an answer before sleeping (default 50 µs).
+    /// The longest spin for an answer before sleeping (default 50 µs); the
+    /// window below it is learnt from answer times, as in the C client.
     pub fn spin(mut self, d: Duration) -> Self {
         self.cfg.spin_ns = ns(d);
         self
@@ -130,6 +132,7 @@ impl ClientBuilder {
             last_error: None,
             reaped: Vec::new(),
             outcome: Vec::new(),
+            spin: SpinPolicy::new(self.cfg.spin_ns),
         };
         if let Err(e) = c.attach_channel() {
             // Open with the cool-down already over: the first call probes.
@@ -177,6 +180,8 @@ pub struct Client {
     last_error: Option<Error>,
     reaped: Vec<Response>,
     outcome: Vec<Outcome>,
+    /// Sizes each call's spin window from the answer times learnt.
+    spin: SpinPolicy,
 }
 
 impl Client {
@@ -344,7 +349,7 @@ impl Client {
     /// Submit everything (as space allows) and collect answers until the
     /// deadline: how many arrived, or the channel's error (corrupt, dead).
     fn exchange(&mut self, reqs: &mut [Request], resps: &mut [Response], deadline: u64) -> Result<usize, Error> {
-        let Client { ch, cfg, next_id, stats, reaped, outcome, .. } = self;
+        let Client { ch, cfg, next_id, stats, reaped, outcome, spin, .. } = self;
         let ch = ch.as_mut().ok_or_else(|| Error::NotFound("not attached".into()))?;
         let n = reqs.len();
         let first = *next_id;
@@ -357,6 +362,7 @@ impl Client {
             r.submit_ns = now;
         }
         let (mut sent, mut got) = (0, 0);
+        let spin_ns = spin.window();
         loop {
             if sent < n {
                 sent += ch.submit(&reqs[sent..])?;
@@ -377,13 +383,17 @@ impl Client {
                 }
             }
             if got == n {
+                if n <= 4 {
+                    // a big batch's time says nothing about the next single answer
+                    spin.learn(sys::now_ns().saturating_sub(now));
+                }
                 return Ok(n);
             }
-            let now = sys::now_ns();
-            if now >= deadline {
+            let t = sys::now_ns();
+            if t >= deadline {
                 return Ok(got);
             }
-            if ch.wait(cfg.spin_ns, now.saturating_add(WAIT_SLICE_NS).min(deadline))? == 0 {
+            if ch.wait(spin_ns, t.saturating_add(WAIT_SLICE_NS).min(deadline))? == 0 {
                 // A whole slice without an answer: is the daemon still there?
                 ch.check_daemon(cfg.heartbeat_stale_ns)?;
             }

@@ -27,6 +27,7 @@ mod prediction;
 mod request;
 mod ring;
 mod segment;
+mod spin;
 mod sys;
 mod wake;
 
