@@ -245,6 +245,8 @@ class Daemon:
         self._rings = _pass.rings_of(self.rings)
         self._cache = _pass.cache_of(self.cache)
         self._counters = _pass.counters_of(self.metrics, self.stats.arrays["loop"])
+        self._step: Any = None  # _loop.step_entry for these descriptors ...
+        self._step_models: Any = None  # ... and this self.models
         self.passes = 0
         self.last_housekeeping = 0
         self.last_cache_count = 0
@@ -259,7 +261,10 @@ class Daemon:
         sleep of at most ``sleep_ns`` (0: no sleep).
         """
         _pass.set_wait(self.batch, spin_ns, sleep_ns)
-        n = _loop.step(self._rings, self.batch, self.models, self._cache, self._counters, n_prev)
+        if self._step_models is not self.models:  # new buffers or another model version
+            self._step = _loop.step_entry(self._rings, self.batch, self.models, self._cache, self._counters)
+            self._step_models = self.models
+        n = self._step(self._rings, self.batch, self.models, self._cache, self._counters, n_prev)
         if n_prev:
             self.passes += 1
         return n
