@@ -296,9 +296,9 @@ def codec_costs(single: list[bytes], batch: list[bytes]) -> dict[str, float]:
 
     import orjson
 
-    from http_shim._fastcodec import decode_batch
     from kernel_abi import ModelId
     from shmd._codec import encode_payloads
+    from shmd._fastcodec import decode_batch
 
     answer = {"success": True, "prediction": {"predictedCpu": 0.5, "predictedMemory": 123456789,
               "predictedGpu": 0.25, "confidence": 0.75, "cacheHit": False}, "latency_ms": 0.123}  # fmt: skip

@@ -13,7 +13,8 @@ loop through ``Client::predict_batch``) gives the same figures on its own channe
 same daemon, C and Rust alternating per figure; skipped when cargo is not installed.
 
 Baselines measured in the same run: the Python client (``shmd.client.Client.predict``
-in a loop, miss and hit, and ``predict_many`` batches of 256) on the same daemon, and
+in a loop, miss and hit, and batches of 256 through ``predict_many`` (dicts) and
+``predict_records`` (numpy records), cache off) on the same daemon, and
 the raw shared-memory ping-pong floor (``bench.ring._floor``, means of 64 round trips).
 Every run is bounded by a count and a subprocess timeout.
 """
@@ -91,19 +92,27 @@ def _py_rtt(prefix: str, channel: str, n: int, miss: bool) -> list[float]:
     return out
 
 
-def _py_stream(prefix: str, channel: str, n_batches: int, batch: int) -> tuple[list[float], float]:
-    """Python client predict_many: predictions/s per batch, and overall."""
+def _py_stream(prefix: str, channel: str, n_batches: int, batch: int, records: bool) -> tuple[list[float], float]:
+    """Python client predict_many (dicts) or predict_records (numpy records): predictions/s per batch, and overall."""
+    from shmd import _records
     from shmd.client import Client
     from shmd.samples import WORKLOAD
 
     items = [WORKLOAD] * batch
+    recs = _records.build_requests(ModelId.WORKLOAD, items, submit_ns=0, no_cache=True)
     rates = []
     with Client(channel, prefix, timeout=5) as c:
-        c.predict_many("workload", items, no_cache=True)
+        def once() -> None:
+            if records:
+                c.predict_records("workload", recs)
+            else:
+                c.predict_many("workload", items, no_cache=True)
+
+        once()
         t_start = time.perf_counter()
         for _ in range(n_batches):
             t0 = time.perf_counter()
-            c.predict_many("workload", items, no_cache=True)
+            once()
             rates.append(batch / (time.perf_counter() - t0))
         overall = n_batches * batch / (time.perf_counter() - t_start)
     return rates, overall
@@ -141,8 +150,9 @@ def run(quick: bool) -> dict[str, Any]:
                 }
         base["py_rtt_miss_us"] = summarize(_py_rtt(prefix, "py", n_py, True))
         base["py_rtt_hit_us"] = summarize(_py_rtt(prefix, "py", n_py, False))
-        rates, overall = _py_stream(prefix, "py", 50 * scale, 256)
-        base["py_batch256_per_s"] = {**summarize(rates), "overall": overall}
+        for key, records in (("py_batch256_per_s", False), ("py_records256_per_s", True)):
+            rates, overall = _py_stream(prefix, "py", (200 if records else 50) * scale, 256, records)
+            base[key] = {**summarize(rates), "overall": overall}
     finally:
         proc.terminate()
         proc.wait(30)
@@ -161,6 +171,9 @@ def run(quick: bool) -> dict[str, Any]:
         "py_miss_over_c_miss": ratio(base["py_rtt_miss_us"]["median"], fig["c_rtt_miss_us"]["median"]),
         "py_hit_over_c_hit": ratio(base["py_rtt_hit_us"]["median"], fig["c_rtt_hit_us"]["median"]),
         "c_batch256_over_py_batch256": ratio(fig["c_batch256_per_s"]["overall"], base["py_batch256_per_s"]["overall"]),
+        "py_records256_over_c_batch256": ratio(
+            base["py_records256_per_s"]["overall"], fig["c_batch256_per_s"]["overall"]
+        ),
     }
     if "rust" in clients:
         for key, stat in (("rtt_miss_us", "median"), ("rtt_hit_us", "median"), ("batch256_per_s", "overall")):
@@ -199,14 +212,16 @@ def report(r: dict[str, Any]) -> str:
                 ("C predict_batch, 32", f["c_batch32_per_s"]),
                 ("C predict_batch, 256", f["c_batch256_per_s"]),
                 *((f"Rust predict_batch, {n}", f[f"rust_batch{n}_per_s"]) for n in (32, 256) if "rust" in r["clients"]),
-                ("Python predict_many, 256", b["py_batch256_per_s"]),
+                ("Python predict_many, 256 dicts", b["py_batch256_per_s"]),
+                ("Python predict_records, 256", b["py_records256_per_s"]),
             )
         ],
     )
     return "\n".join([
         f"native benchmark ({'quick' if r['quick'] else 'full'}): workload model, one daemon, one client at a time",
         lat, "", thr, "",
-        f"C batch-256 throughput = {x['c_batch256_over_py_batch256']:.1f}x the Python client's",
+        f"C batch-256 throughput = {x['c_batch256_over_py_batch256']:.1f}x the Python client's predict_many; "
+        f"Python predict_records = {x['py_records256_over_c_batch256']:.2f}x C batch-256",
     ])  # fmt: skip
 
 

@@ -21,16 +21,15 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from kernel_abi import REQUEST, REQUESTS, RESPONSE, ModelId, Status
-from shmd import _codec, _records, _snapshot
+from shmd import _codec, _records, _snapshot, _wire
 from shmd._errors import DaemonError, InvalidFields
+from shmd._fastcodec import decode_batch, decode_item
 from shmd._stats_segment import CMD_CLEAR_CACHE, CMD_RESET_METRICS, DONE, StatsSegment
 
-from . import _wire
 from ._answers import predictions
 from ._channel import ShimChannel
 from ._codec import MAX_BODY, parse, read_body, read_raw, respond
 from ._errors import HttpError, http_error
-from ._fastcodec import decode_batch, decode_item
 from ._openapi import openapi
 from ._prometheus import registry_for
 

@@ -249,11 +249,17 @@ _FILL = {
 }
 
 
-def values(model: ModelId, fields: Any) -> tuple:
-    """API ``fields`` checked and converted, in the order of the payload struct's fields."""
+def payload_values(model: ModelId, fields: Any) -> dict[str, Any]:
+    """API ``fields`` checked and converted: payload field name -> number or list of numbers."""
     values: dict[str, Any] = {}
     _FILL[model](values, _mapping(fields, "body"))
-    return tuple(values[name] for name in PAYLOADS[model].names)
+    return values
+
+
+def values(model: ModelId, fields: Any) -> tuple:
+    """API ``fields`` checked and converted, in the order of the payload struct's fields."""
+    checked = payload_values(model, fields)
+    return tuple(checked[name] for name in PAYLOADS[model].names)
 
 
 def encode_payload(model: ModelId, fields: Any) -> np.ndarray:
@@ -297,6 +303,21 @@ _ENUM_OUTPUTS: dict[ModelId, dict[str, type]] = {
     ModelId.FAILURE: {"failureType": FailureType},
     ModelId.MEMORY: {"accessType": AccessType},
 }
+_BYTES_OUTPUTS = frozenset({"predictedMemory"})  # bytes: an integer below 2**63 (JSON encoders refuse wider)
+
+
+def _enum_names(enum: type) -> tuple[str, ...]:
+    members = sorted(enum, key=int)  # type: ignore[call-overload]
+    assert [int(m) for m in members] == list(range(len(members))), f"{enum.__name__} is not 0..n-1"
+    return tuple(m.name.lower() for m in members)
+
+
+#: Per model, per output in order: (name, enum member names or None, is bytes). Looked up, not built, per call.
+OUTPUT_SPECS: dict[ModelId, tuple[tuple[str, tuple[str, ...] | None, bool], ...]] = {
+    m: tuple((n, _enum_names(_ENUM_OUTPUTS[m][n]) if n in _ENUM_OUTPUTS.get(m, {}) else None, n in _BYTES_OUTPUTS)
+             for n in OUTPUT_NAMES[m])
+    for m in ModelId
+}  # fmt: skip
 
 
 def decode_outputs(model: ModelId, outputs: Sequence[float]) -> dict[str, Any]:
@@ -308,19 +329,18 @@ def decode_outputs(model: ModelId, outputs: Sequence[float]) -> dict[str, Any]:
     (not finite, an enum out of range) raises InternalError naming it.
     """
     result: dict[str, Any] = {}
-    enums = _ENUM_OUTPUTS.get(model, {})
-    for name, value in zip(OUTPUT_NAMES[model], outputs, strict=True):
+    for (name, names, is_bytes), value in zip(OUTPUT_SPECS[model], outputs, strict=True):
         value = float(value)
         if not math.isfinite(value):
             raise _bad_output(model, name, value)
-        if name in enums:
-            try:
-                result[name + "Name"] = enums[name](int(value)).name.lower()
-            except ValueError:
-                raise _bad_output(model, name, value) from None
-            result[name] = int(value)
-        elif name in ("predictedMemory",):
-            if not 0 <= value < 2**63:  # bytes; JSON encoders refuse wider integers
+        if names is not None:
+            index = int(value)
+            if not 0 <= index < len(names):
+                raise _bad_output(model, name, value)
+            result[name + "Name"] = names[index]
+            result[name] = index
+        elif is_bytes:
+            if not 0 <= value < 2**63:
                 raise _bad_output(model, name, value)
             result[name] = int(value)
         else:

@@ -12,8 +12,10 @@ pacing slower than the daemon answers burns no CPU, a back-to-back caller
 never sleeps.
 
 A call returns after at most ``WAIT_SLICE_NS`` without an answer (``AGAIN``):
-the Python caller checks its deadline and any signal (Ctrl-C), then calls
-again with the same ``progress`` to carry on where it stopped.
+the Python caller checks for a signal (Ctrl-C) and the deadline (the
+``DEADLINE`` word), then calls again with the same ``first_id`` to carry on
+where it stopped. A new ``first_id`` starts a new batch: the compiled code
+resets the batch's words itself, so the Python side of a round trip is one call.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from numba import njit
 from ringbuf import monotonic_ns, ring_nudge, ring_peek, ring_produce, ring_release, ring_wait
 
 DONE, AGAIN, CORRUPT = 0, 1, 2
-# Words of the ``progress`` array (per call) and the ``learn`` array (per client).
-SENT, GOT, DROPPED, FIRST_ID = 0, 1, 2, 3
-PROGRESS_WORDS = 4
+# Words of the ``progress`` array (per client; DROPPED counts over the client's life, the rest per batch)
+# and of the ``learn`` array (per client).
+SENT, GOT, DROPPED, FIRST_ID, DEADLINE = 0, 1, 2, 3, 4
+PROGRESS_WORDS = 5
 ANSWER_NS, SPIN_MAX_NS = 0, 1
 LEARN_WORDS = 2
 WAIT_SLICE_NS = 20_000_000
@@ -56,26 +59,29 @@ def spin_window(learn):
 @njit(nogil=True, cache=True)
 def exchange(
     sq_hdr64, sq_hdr32, sq_slots, sq_state, cq_hdr64, cq_hdr32, cq_slots, cq_state,
-    requests, responses, done, scratch, progress, learn, deadline_ns,
+    requests, responses, done, scratch, progress, learn, first_id, timeout_ns,
 ):  # fmt: skip
     """Publish ``requests`` (uint8[n, slot]) and collect their answers into ``responses`` rows, in order.
 
-    On the first call for a batch (``progress`` zeroed but for FIRST_ID) the
-    records get ids FIRST_ID.. and the submit time. Answers for other ids are
-    dropped (counted in DROPPED). Returns DONE (every answer in), AGAIN (a
-    wait slice passed, or the deadline: the caller decides) or CORRUPT.
+    On the first call for a batch (``first_id`` not the one in ``progress``)
+    the records get ids first_id.. and the submit time, and the batch's
+    deadline is set ``timeout_ns`` from now. Answers for other ids are dropped
+    (counted in DROPPED). Returns DONE (every answer in), AGAIN (a wait slice
+    passed, or the deadline: the caller decides) or CORRUPT.
     """
     n = requests.shape[0]
-    first = np.uint64(progress[FIRST_ID])
-    if progress[SENT] == 0 and progress[GOT] == 0:
-        req64 = requests.view(np.uint64)
-        now = np.uint64(monotonic_ns())
-        for i in range(n):
-            req64[i, _ID] = first + np.uint64(i)
-            req64[i, _SUBMIT_NS] = now
-            done[i] = 0
     started = monotonic_ns()
-    slice_end = min(started + WAIT_SLICE_NS, deadline_ns)
+    if progress[FIRST_ID] != first_id:
+        progress[SENT] = progress[GOT] = 0
+        progress[FIRST_ID] = first_id
+        progress[DEADLINE] = started + timeout_ns
+        req64 = requests.view(np.uint64)
+        for i in range(n):
+            req64[i, _ID] = np.uint64(first_id + i)
+            req64[i, _SUBMIT_NS] = np.uint64(started)
+            done[i] = 0
+    first = np.uint64(first_id)
+    slice_end = min(started + WAIT_SLICE_NS, progress[DEADLINE])
     spin = spin_window(learn)
     sc64 = scratch.view(np.uint64)
     while True:

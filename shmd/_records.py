@@ -1,20 +1,24 @@
 """REQUEST records built from API fields, RESPONSE records read back: shared by every Python caller.
 
 ``shmd.client`` and the HTTP shim (which reaches its channel through the C client)
-build and read records the same way; this module needs numpy and kernel_abi only.
+build and read records the same way. Items go through the msgspec fast path
+(``_fastcodec``) first and through the general codec (``_codec``, which names what
+is wrong) only when it declines; answers of a batch are checked and turned into
+dicts column by column.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUESTS, RESP_CACHE_HIT, ModelId, Status
+from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUESTS, RESP_CACHE_HIT, RESPONSE, ModelId, Status
 
-from . import _codec
-from ._errors import InternalError, error_for
+from . import _codec, _fastcodec, _wire
+from ._errors import DaemonError, InternalError, error_for
 
 
 def build_requests(
@@ -24,8 +28,10 @@ def build_requests(
 
     An invalid item raises InvalidFields (see ``_codec.encode_payloads``).
     """
-    payloads = _codec.encode_payloads(mid, items)
-    return requests_for(mid, payloads, submit_ns=submit_ns, deadline_ns=deadline_ns, no_cache=no_cache)
+    records = np.zeros(len(items), REQUESTS[mid])
+    if not _fastcodec.convert_into(mid, items, records["payload"]):
+        records["payload"] = _codec.encode_payloads(mid, items)
+    return _stamp(records, mid, submit_ns, deadline_ns, no_cache)
 
 
 def requests_for(
@@ -34,6 +40,10 @@ def requests_for(
     """REQUEST records carrying ``payloads`` (records of ``PAYLOADS[mid]``); request ids left 0."""
     records = np.zeros(len(payloads), REQUESTS[mid])
     records["payload"] = payloads
+    return _stamp(records, mid, submit_ns, deadline_ns, no_cache)
+
+
+def _stamp(records: np.ndarray, mid: ModelId, submit_ns: int, deadline_ns: int, no_cache: bool) -> np.ndarray:
     records["model_id"] = mid
     records["abi_version"] = ABI_VERSION
     records["payload_len"] = PAYLOADS[mid].itemsize
@@ -41,6 +51,28 @@ def requests_for(
     records["submit_ns"] = submit_ns
     records["deadline_ns"] = deadline_ns
     return records
+
+
+def pack_request(mid: ModelId, fields: Mapping[str, Any], buf: Any, *, flags: int = 0, deadline_ns: int = 0) -> None:
+    """Write the REQUEST record for one item at the start of ``buf`` (id and submit time 0): no allocation
+    but the values' own. An invalid item raises InvalidFields."""
+    layout = _wire.PAYLOAD[mid]
+    values = _fastcodec.convert_item(mid, fields)
+    if values is not None:
+        try:
+            layout.pack_into(buf, values, flags, deadline_ns)
+            return
+        except struct.error:  # an integer past u64: the general codec names it
+            pass
+    layout.pack_into(buf, _codec.payload_values(mid, fields), flags, deadline_ns)
+
+
+def read_answer(mid: ModelId, buf: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The API ``prediction`` of the RESPONSE record at the start of ``buf``, or raise its DaemonError."""
+    status, flags, outputs = _wire.read(buf, 0)
+    if status == Status.OK:
+        return prediction(mid, outputs, flags)
+    return read_response(mid, np.frombuffer(buf, RESPONSE, count=1)[0], fields)
 
 
 def read_response(
@@ -74,4 +106,59 @@ def prediction(mid: ModelId, outputs: Sequence[float], flags: int) -> dict[str, 
     return result
 
 
-__all__ = ["build_requests", "prediction", "read_response", "requests_for"]
+def predictions(
+    mid: ModelId, responses: np.ndarray, items: Sequence[Mapping[str, Any]], *, return_exceptions: bool = False
+) -> list[Any]:
+    """The API ``prediction`` of each RESPONSE record, in order (``items``: the fields sent).
+
+    Raises the first refused item's DaemonError (its ``item`` is the index in a batch of
+    more than one), unless ``return_exceptions`` puts the errors in the list.
+    """
+    fast = _columns(mid, responses)
+    if fast is not None:
+        return fast
+    results: list[Any] = []
+    for i, resp in enumerate(responses):
+        try:
+            results.append(read_response(mid, resp, items[i]))
+        except DaemonError as err:
+            if not return_exceptions:
+                if len(items) > 1:
+                    err.item = i
+                raise
+            results.append(err)
+    return results
+
+
+def _columns(mid: ModelId, responses: np.ndarray) -> list[dict[str, Any]] | None:
+    """``prediction`` of every response, built column by column; None unless every one is OK
+    and every output one a model can produce (then ``read_response`` names the first that is not)."""
+    outputs = responses["outputs"].astype(np.float64)
+    if not (responses["status"] == Status.OK).all() or not np.isfinite(outputs).all():
+        return None
+    keys: list[str] = []
+    columns: list[list[Any]] = []
+    for k, (name, names, is_bytes) in enumerate(_codec.OUTPUT_SPECS[mid]):
+        column = outputs[:, k]
+        if names is not None:
+            index = np.trunc(column)
+            if not ((index >= 0) & (index < len(names))).all():
+                return None
+            ints = index.astype(np.int64).tolist()
+            keys += [name + "Name", name]
+            columns += [[names[i] for i in ints], ints]
+        elif is_bytes:
+            if not ((column >= 0) & (column < 2**63)).all():
+                return None
+            keys.append(name)
+            columns.append(column.astype(np.int64).tolist())
+        else:
+            keys.append(name)
+            columns.append(column.tolist())
+    keys.append("cacheHit")
+    columns.append(((responses["flags"] & RESP_CACHE_HIT) != 0).tolist())
+    return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+__all__ = ["build_requests", "pack_request", "prediction", "predictions", "read_answer", "read_response",
+           "requests_for"]  # fmt: skip

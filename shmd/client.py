@@ -12,7 +12,7 @@ the completion ring by spinning briefly and then sleeping on the wake-up
 protocol. (Callers that want to write slots in place use ``ringbuf``'s
 ``Producer.reserve``/``commit``.)
 
-Request ids start at a random 63-bit base per client, so responses meant for
+Request ids start at a random 62-bit base per client, so responses meant for
 a previous holder of the channel, or duplicates the daemon re-sends after a
 crash, carry ids this client does not have outstanding: they are dropped
 (and counted in ``dropped``).
@@ -34,8 +34,7 @@ import ringbuf
 from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUEST, REQUESTS, RESPONSE, ModelId
 
 from . import _codec, _exchange, _lock, _records
-from ._errors import ChannelBusy, DaemonError, NotReady, ShmdError, from_ring_error
-from ._records import requests_for
+from ._errors import ChannelBusy, NotReady, ShmdError, from_ring_error
 
 DEFAULT_PREFIX = "shmd"
 DEFAULT_TIMEOUT = 5.0
@@ -74,10 +73,11 @@ class Client:
             raise
         self._sq = ringbuf.Producer(self.channel.sq)
         self._cq = ringbuf.Consumer(self.channel.cq)
-        self._next_id = secrets.randbits(63) | 1
+        self._next_id = secrets.randbits(62) | 1  # ids stay within the compiled exchange's int64
         self._outstanding: set[int] = set()
-        self._results: dict[int, np.ndarray] = {}
-        self.dropped = 0
+        self._results: dict[int, np.ndarray] = {}  # answers of the batch being collected, by id
+        self._parked: list[np.ndarray] = []  # answers to submit()ted ids met while collecting: reap() returns them
+        self._dropped = 0
         try:
             self._prepare_exchange()
         except BaseException:  # e.g. a corrupt ring: let go of the hold, or this process could never attach again
@@ -92,15 +92,13 @@ class Client:
         self._progress = np.zeros(_exchange.PROGRESS_WORDS, np.int64)
         self._scratch = np.zeros((self.channel.cq.capacity, RESPONSE.itemsize), np.uint8)
         self._done = np.zeros(1, np.uint8)
-        # One preallocated record per model for predict(): filled in place, never reallocated.
-        self._one = {mid: requests_for(mid, np.zeros(1, PAYLOADS[mid]), submit_ns=0) for mid in ModelId}
-        self._one_rows = {mid: rec.view(np.uint8).reshape(1, -1) for mid, rec in self._one.items()}
-        self._one_resp = np.zeros(1, RESPONSE)
-        self._one_resp_row = self._one_resp.view(np.uint8).reshape(1, -1)
+        # predict()'s request and answer rows: packed and read in place with struct, never reallocated.
+        self._one_row = np.zeros((1, REQUEST.itemsize), np.uint8)
+        self._one_resp_row = np.zeros((1, RESPONSE.itemsize), np.uint8)
         sq, cq = self.channel.sq, self.channel.cq
         self._rings = (sq.hdr64, sq.hdr32, sq.slots, self._sq.state, cq.hdr64, cq.hdr32, cq.slots, self._cq.state)
         # An empty exchange loads (or compiles) the code; answers a previous holder left are dropped.
-        self._exchange(self._one_rows[ModelId.WORKLOAD][:0], self._one_resp_row[:0])
+        self._exchange(self._one_row[:0], self._one_resp_row[:0])
 
     def _hold(self) -> None:
         seg = self.channel.segment
@@ -162,8 +160,16 @@ class Client:
 
     def reap(self, max_n: int | None = None) -> np.ndarray:
         """Completions ready now (RESPONSE records) for ids this client has outstanding."""
+        limit = max_n or self.channel.cq.capacity
+        parked, self._parked = self._parked[:limit], self._parked[limit:]
+        got = self._reap_ring(limit - len(parked))
+        return np.concatenate([np.array(parked, RESPONSE), got]) if parked else got
+
+    def _reap_ring(self, max_n: int) -> np.ndarray:
+        if max_n <= 0:
+            return np.zeros(0, RESPONSE)
         try:
-            got = self._cq.consume(max_n or self.channel.cq.capacity)
+            got = self._cq.consume(max_n)
         except ringbuf.RingError as err:
             raise from_ring_error(err) from None
         if not len(got):
@@ -172,7 +178,7 @@ class Client:
         ids = got["request_id"].tolist()
         keep = [i in self._outstanding for i in ids]
         if not all(keep):  # duplicates after a daemon restart, or a previous holder's answers
-            self.dropped += keep.count(False)
+            self._dropped += keep.count(False)
             got = got[np.array(keep)]
             ids = got["request_id"].tolist()
         self._outstanding.difference_update(ids)
@@ -183,33 +189,32 @@ class Client:
         n = len(rows)
         if len(self._done) < n:
             self._done = np.zeros(n, np.uint8)
-        progress = self._progress
-        progress[:] = 0
-        progress[_exchange.FIRST_ID] = self._next_id
-        self._next_id += n
-        deadline = now_ns() + int(self.timeout * 1e9)
-        while True:
-            rc = _exchange.exchange(*self._rings, rows, out, self._done, self._scratch, progress, self._learn, deadline)
-            if rc == _exchange.DONE:
-                break
+        first = self._next_id
+        self._next_id += n or 1  # a new first id for every call: that is what starts a new batch
+        args = (*self._rings, rows, out, self._done, self._scratch, self._progress, self._learn, first)
+        timeout_ns = int(self.timeout * 1e9)
+        while (rc := _exchange.exchange(*args, timeout_ns)) != _exchange.DONE:
             if rc == _exchange.CORRUPT:
                 try:
                     self._cq.ready()  # raises RingCorrupt naming the ring and indices
                     self._sq.space()
                 except ringbuf.RingError as err:
                     raise from_ring_error(err) from None
-            if now_ns() >= deadline:
-                self.dropped += int(progress[_exchange.DROPPED])
+            if now_ns() >= self._progress[_exchange.DEADLINE]:
                 raise NotReady(
-                    f"{n - int(progress[_exchange.GOT])} of {n} predictions unanswered after {self.timeout}s on "
-                    f"channel {self.channel.name!r}: is the daemon running (prefix {self.channel.prefix!r})?"
+                    f"{n - int(self._progress[_exchange.GOT])} of {n} predictions unanswered after {self.timeout}s "
+                    f"on channel {self.channel.name!r}: is the daemon running (prefix {self.channel.prefix!r})?"
                 )
-        self.dropped += int(progress[_exchange.DROPPED])
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until completions are ready (spin, then sleep); the ready count."""
+        if self._parked:
+            return len(self._parked)
+        return self._wait_ring(self.timeout if timeout is None else timeout)
+
+    def _wait_ring(self, timeout: float) -> int:
         try:
-            return self._cq.wait(self.timeout if timeout is None else timeout, self.spin_us)
+            return self._cq.wait(timeout, self.spin_us)
         except ringbuf.RingError as err:
             raise from_ring_error(err) from None
 
@@ -218,10 +223,18 @@ class Client:
         self._outstanding.difference_update(ids)
         for i in ids:
             self._results.pop(i, None)
+        if self._parked:
+            gone = set(ids)
+            self._parked = [r for r in self._parked if int(r["request_id"]) not in gone]
 
     @property
     def outstanding(self) -> int:
         return len(self._outstanding)
+
+    @property
+    def dropped(self) -> int:
+        """Answers dropped as not this client's (a previous holder's, duplicates after a daemon restart)."""
+        return self._dropped + int(self._progress[_exchange.DROPPED])
 
     # --- high level: API dicts ------------------------------------------------
 
@@ -235,18 +248,17 @@ class Client:
     ) -> dict[str, Any]:
         """One prediction: API ``fields`` in, the API ``prediction`` dict out.
 
-        One compiled call publishes, waits and reaps; the record is built in a
-        buffer made at attach (no numpy allocation per call).
+        The record is packed (struct) into a buffer made at attach, one compiled
+        call publishes, waits and reaps, and the answer is read back with struct:
+        no numpy allocation per call.
         """
         mid = _codec.model_id(model)
         if self._outstanding:  # records submitted with submit(): keep their answers for reap()
             return self.predict_many(model, [fields], deadline_ms=deadline_ms, no_cache=no_cache)[0]
-        rec = self._one[mid]
-        rec["payload"][0] = _codec.values(mid, fields)
-        rec["flags"][0] = REQ_NO_CACHE if no_cache else 0
-        rec["deadline_ns"][0] = 0 if deadline_ms is None else now_ns() + int(deadline_ms * 1e6)
-        self._exchange(self._one_rows[mid], self._one_resp_row)
-        return _records.read_response(mid, self._one_resp[0], fields)
+        deadline = 0 if deadline_ms is None else now_ns() + int(deadline_ms * 1e6)
+        _records.pack_request(mid, fields, self._one_row, flags=REQ_NO_CACHE if no_cache else 0, deadline_ns=deadline)
+        self._exchange(self._one_row, self._one_resp_row)
+        return _records.read_answer(mid, self._one_resp_row, fields)
 
     def predict_records(self, model: str, records: np.ndarray) -> np.ndarray:
         """Zero-copy path: REQUEST records in (``REQUESTS[model]`` or ``REQUEST`` dtype), RESPONSE records out.
@@ -264,13 +276,13 @@ class Client:
                 f"records must be a 1-d array of REQUEST records: itemsize={records.dtype.itemsize} "
                 f"ndim={records.ndim}, expected itemsize={REQUEST.itemsize} ndim=1"
             )
+        if self._outstanding:
+            raise ChannelBusy("predict_records with submit()ted records outstanding: reap() them first")
         header = records.view(REQUEST)
         header["model_id"] = mid
         header["abi_version"] = ABI_VERSION
         header["payload_len"] = PAYLOADS[mid].itemsize
         out = np.zeros(len(records), RESPONSE)
-        if self._outstanding:
-            raise ChannelBusy("predict_records with submit()ted records outstanding: reap() them first")
         self._exchange(np.ascontiguousarray(records).view(np.uint8).reshape(len(records), -1),
                        out.view(np.uint8).reshape(len(records), -1))  # fmt: skip
         return out
@@ -297,17 +309,7 @@ class Client:
             responses = np.zeros(len(records), RESPONSE)
             rows = records.view(np.uint8).reshape(len(records), -1)
             self._exchange(rows, responses.view(np.uint8).reshape(len(records), -1))
-        results: list[Any] = []
-        for i, resp in enumerate(responses):
-            try:
-                results.append(self._decode(mid, resp, items[i]))
-            except DaemonError as err:
-                if not return_exceptions:
-                    if len(items) > 1:
-                        err.item = i
-                    raise
-                results.append(err)
-        return results
+        return _records.predictions(mid, responses, items, return_exceptions=return_exceptions)
 
     def _build(
         self, mid: ModelId, items: Sequence[Mapping[str, Any]], deadline_ms: float | None, no_cache: bool
@@ -318,7 +320,7 @@ class Client:
         records["request_id"] = self.new_ids(len(items))
         return records
 
-    def _roundtrip(self, records: np.ndarray) -> list[np.ndarray]:
+    def _roundtrip(self, records: np.ndarray) -> np.ndarray:
         """Submit all records (as space allows) and collect their responses in order."""
         ids = [int(i) for i in records["request_id"]]
         try:
@@ -327,17 +329,22 @@ class Client:
             self.forget(ids)
             raise
 
-    def _collect(self, records: np.ndarray, ids: list[int]) -> list[np.ndarray]:
+    def _collect(self, records: np.ndarray, ids: list[int]) -> np.ndarray:
         sent = 0
+        wanted = set(ids)
         deadline = time.monotonic() + self.timeout
         while True:
             if sent < len(records):
                 sent += self.submit(records[sent:])
-                self.wait(min(deadline - time.monotonic(), 0.05))
-            for resp in self.reap():
-                self._results[int(resp["request_id"])] = resp
+                self._wait_ring(min(deadline - time.monotonic(), 0.05))
+            for resp in self._reap_ring(self.channel.cq.capacity):
+                rid = int(resp["request_id"])
+                if rid in wanted:
+                    self._results[rid] = resp
+                else:  # an answer to a submit()ted record: reap() hands it over
+                    self._parked.append(resp)
             if sent == len(records) and all(i in self._results for i in ids):
-                return [self._results.pop(i) for i in ids]
+                return np.array([self._results.pop(i) for i in ids], RESPONSE)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 missing = sum(i not in self._results for i in ids)
@@ -345,11 +352,7 @@ class Client:
                     f"{missing} of {len(ids)} predictions unanswered after {self.timeout}s on channel "
                     f"{self.channel.name!r}: is the daemon running (prefix {self.channel.prefix!r})?"
                 )
-            self.wait(min(remaining, 0.05) if sent < len(records) else remaining)
-
-    @staticmethod
-    def _decode(mid: ModelId, resp: np.ndarray, fields: Mapping[str, Any]) -> dict[str, Any]:
-        return _records.read_response(mid, resp, fields)
+            self._wait_ring(min(remaining, 0.05) if sent < len(records) else remaining)
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -373,7 +376,7 @@ class _Batch:
 
     def __init__(self, future: asyncio.Future, n: int) -> None:
         self.future = future
-        self.responses: list[Any] = [None] * n
+        self.responses = np.zeros(n, RESPONSE)
         self.remaining = n
 
 
@@ -515,7 +518,7 @@ class AsyncClient:
             if waiting is not None:
                 waiting.answer(resp)
 
-    async def submit_records(self, records: np.ndarray) -> list[np.ndarray]:
+    async def submit_records(self, records: np.ndarray) -> np.ndarray:
         """Publish REQUEST records and await their RESPONSE records, in order."""
         self._start()
         assert self._loop is not None
@@ -555,15 +558,7 @@ class AsyncClient:
         mid = _codec.model_id(model)
         records = self._client._build(mid, items, None, False)
         responses = await self.submit_records(records)
-        results: list[Any] = []
-        for i, resp in enumerate(responses):
-            try:
-                results.append(Client._decode(mid, resp, items[i]))
-            except DaemonError as err:
-                if not return_exceptions:
-                    raise
-                results.append(err)
-        return results
+        return _records.predictions(mid, responses, items, return_exceptions=return_exceptions)
 
     async def predict(self, model: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         return (await self.predict_many(model, [fields]))[0]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from kernel_abi import REQUESTS, RESPONSE, ModelId, Status
-from shmd import _codec
-from shmd.client import Client
+from shmd import _codec, _records
+from shmd.client import Client, now_ns
 from shmd.samples import SAMPLES
 
 from ._daemon import DaemonProcess
@@ -73,3 +73,27 @@ def test_reserve_and_commit_write_records_in_place(daemon: DaemonProcess) -> Non
             got.extend(c.reap())
         assert sorted(int(r["request_id"]) for r in got) == sorted(ids)
         assert all(int(r["status"]) == Status.OK for r in got)
+
+
+def test_predict_many_answers_each_item_with_its_own_prediction(daemon: DaemonProcess) -> None:
+    items = [dict(SAMPLES["workload"], currentCpu=x, agentId=f"agent-{i}") for i, x in enumerate((0.05, 0.5, 0.95))]
+    with Client("a", daemon.prefix) as c:
+        alone = [c.predict("workload", f, no_cache=True) for f in items]
+        together = c.predict_many("workload", items, no_cache=True)
+    assert len({a["predictedCpu"] for a in alone}) == 3, "the items must differ for this test to mean anything"
+    assert together == alone
+
+
+def test_predict_between_submit_and_reap_leaves_those_answers_to_reap(daemon: DaemonProcess) -> None:
+    """Answers to submit()ted records met while predict() waits are reap()'s, not kept aside forever."""
+    with Client("a", daemon.prefix) as c:
+        records = _records.build_requests(ModelId.WORKLOAD, [SAMPLES["workload"]] * 3, submit_ns=now_ns())
+        records["request_id"] = c.new_ids(3)
+        assert c.submit(records) == 3
+        assert "predictedCpu" in c.predict("workload", SAMPLES["workload"], no_cache=True)
+        got: list[int] = []
+        while len(got) < 3:
+            assert c.wait(5.0) > 0, f"answers to the submitted records lost: got {got}"
+            got += [int(r["request_id"]) for r in c.reap()]
+        assert sorted(got) == records["request_id"].tolist()
+        assert c.outstanding == 0 and c.dropped == 0 and not c._results

@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from http_shim._answers import predictions
-from http_shim._fastcodec import decode_batch, decode_item
-from http_shim._wire import PAYLOAD
 from kernel_abi import REQUESTS, RESP_CACHE_HIT, RESPONSE, ModelId, Status
 from shmd import InvalidFields, ShmdError
 from shmd._codec import encode_payloads
+from shmd._fastcodec import decode_batch, decode_item
 from shmd._records import prediction
+from shmd._wire import PAYLOAD
 
 from ._http_daemon import valid
 

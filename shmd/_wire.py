@@ -33,35 +33,43 @@ def _format(dtype: np.dtype) -> tuple[str, tuple[str, ...]]:
     return "".join(parts), tuple(names)
 
 
-class Payload:
-    """One model's payload: its struct, and where it sits in a REQUEST record."""
-
-    def __init__(self, model: ModelId) -> None:
-        self.model = model
-        fmt, self.names = _format(PAYLOADS[model])
-        self.struct = struct.Struct(fmt)
-        self.shapes = [PAYLOADS[model].fields[n][0].shape for n in self.names]
-        self.header = _HEADER.pack(0, model, ABI_VERSION, 0, PAYLOADS[model].itemsize, 0, 0, 0)
-
-    def request(self, values: dict[str, Any]) -> bytes:
-        """A REQUEST record (id and submit time left 0: the channel sets them) for payload ``values``.
-
-        ``values`` maps payload field names to numbers or sequences of numbers.
-        """
-        flat: list[Any] = []
-        for name, shape in zip(self.names, self.shapes, strict=True):
-            if shape:
-                flat.extend(values[name])
-            else:
-                flat.append(values[name])
-        payload = self.struct.pack(*flat)
-        return self.header + payload + bytes(REQUEST.itemsize - len(self.header) - len(payload))
-
-
 _HEADER_FMT, _HEADER_NAMES = _format(np.dtype([(n, REQUEST.fields[n][0]) for n in REQUEST.names if n != "payload"]))
 _HEADER = struct.Struct(_HEADER_FMT)
 assert _HEADER_NAMES == ("request_id", "model_id", "abi_version", "flags", "payload_len", "reserved", "submit_ns",
                          "deadline_ns") and _HEADER.size == REQUEST.fields["payload"][1]  # fmt: skip
+
+
+class Payload:
+    """One model's REQUEST record as one struct: the header, then the payload's fields in order."""
+
+    def __init__(self, model: ModelId) -> None:
+        self.model = model
+        fmt, self.names = _format(PAYLOADS[model])
+        self.arrays = frozenset(n for n in self.names if PAYLOADS[model].fields[n][0].shape)
+        self.struct = struct.Struct(_HEADER_FMT + fmt[1:])  # one little-endian struct: header, payload
+        self.header = (0, model, ABI_VERSION)  # request_id and submit_ns are the channel's to set
+        self.length = PAYLOADS[model].itemsize
+
+    def pack_into(self, buf: Any, values: dict[str, Any], flags: int = 0, deadline_ns: int = 0) -> None:
+        """Write a REQUEST record (id and submit time 0) for payload ``values`` at the start of ``buf``.
+
+        ``values`` maps payload field names to numbers or sequences of numbers; a number the
+        field cannot carry raises ``struct.error`` (or OverflowError for a float32).
+        """
+        flat: list[Any] = [*self.header, flags, self.length, 0, 0, deadline_ns]
+        for name in self.names:
+            if name in self.arrays:
+                flat.extend(values[name])
+            else:
+                flat.append(values[name])
+        self.struct.pack_into(buf, 0, *flat)
+
+    def request(self, values: dict[str, Any]) -> bytes:
+        """A REQUEST record (id and submit time left 0: the channel sets them) for payload ``values``."""
+        buf = bytearray(REQUEST.itemsize)
+        self.pack_into(buf, values)
+        return bytes(buf)
+
 
 PAYLOAD = {mid: Payload(mid) for mid in ModelId}
 

@@ -1,17 +1,21 @@
-"""A JSON batch body decoded straight into payload records (msgspec, then numpy column by column).
+"""API items checked in C by msgspec and turned into payload values or records (numpy column by column).
 
 ``shmd._codec`` checks and converts each item field by field in Python (~15-30 µs an item
-here). For a batch, msgspec decodes the body into typed structs in C, checking what
-``_codec`` checks (presence, types, array lengths, string lengths, float32 and u64 bounds),
-and numpy fills each payload column from one list: no per-item dict, no per-item
-record. It accepts a subset of what ``_codec`` accepts, and builds the same records
-(tests/test_http_fastcodec.py compares the two on generated bodies): anything it refuses
-(an invalid item, an integer written as 5.0, a lone surrogate, a threat's anomalies) is
-decoded again by the general path, which gives the precise error or the record.
+here). msgspec checks the same things in C (presence, types, array lengths, string
+lengths, float32 and u64 bounds), from a JSON body (the HTTP shim's ``decode_item``,
+``decode_batch``) or from Python dicts (``shmd.client``'s ``convert_item``,
+``convert_into``: ~2 µs an item), and numpy fills each payload column of a batch from one
+list: no per-item dict, no per-item record. It accepts a subset of what ``_codec``
+accepts, and builds the same records (tests/test_http_fastcodec.py and
+tests/test_client_codec.py compare the two on generated items): anything it refuses (an
+invalid item, an integer written as 5.0, a numpy scalar, a lone surrogate, a threat's
+anomalies) is converted again by the general path, which gives the precise error or the
+record.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -73,53 +77,60 @@ _FIELDS: dict[ModelId, tuple[tuple[str, str, Any, Any], ...]] = {
 _HASHED = frozenset({"agent_hash", "component_hash"})
 
 
-def _decoders(mid: ModelId) -> tuple[msgspec.json.Decoder, msgspec.json.Decoder]:
-    """(one item's decoder, a batch body's decoder)."""
+def _types(mid: ModelId) -> tuple[type, msgspec.json.Decoder, msgspec.json.Decoder]:
+    """(one item's struct type, its JSON decoder, a batch body's JSON decoder)."""
     fields = []
     for _, api, kind, default in _FIELDS[mid]:
         # null means absent for an optional field (as in _codec); required fields take no null.
         fields.append((api, kind) if default is ... else (api, kind | None, None))
     item = msgspec.defstruct(f"{mid.name.capitalize()}Item", fields, kw_only=True)
     batch = msgspec.defstruct(f"{mid.name.capitalize()}Batch", [("features", list[item])])
-    return msgspec.json.Decoder(item), msgspec.json.Decoder(batch)
+    return item, msgspec.json.Decoder(item), msgspec.json.Decoder(batch)
 
 
-_DECODERS = {mid: _decoders(mid) for mid in _FIELDS}
+_TYPES = {mid: _types(mid) for mid in _FIELDS}
+_REFUSED = (msgspec.ValidationError, msgspec.DecodeError, UnicodeEncodeError)
+
+
+def _values(model: ModelId, item: Any) -> dict[str, Any]:
+    """A checked item's payload field values (strings hashed, defaults filled)."""
+    values = {}
+    for (field, _, _, default), value in zip(_FIELDS[model], msgspec.structs.astuple(item), strict=True):
+        if field in _HASHED:
+            value = hash_str(value)  # raises on a lone surrogate
+        elif value is None:
+            value = default
+        values[field] = value
+    return values
 
 
 def decode_item(model: ModelId, body: bytes) -> dict[str, Any] | None:
     """One JSON item body as payload field values (strings hashed, defaults filled), or None when
     the general path must decode it."""
-    decoders = _DECODERS.get(model)
-    if decoders is None:
+    types = _TYPES.get(model)
+    if types is None:
         return None
     try:
-        item = decoders[0].decode(body)
-        values = {}
-        for (field, _, _, default), value in zip(_FIELDS[model], msgspec.structs.astuple(item), strict=True):
-            if field in _HASHED:
-                value = hash_str(value)  # raises on a lone surrogate
-            elif value is None:
-                value = default
-            values[field] = value
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeEncodeError):
+        return _values(model, types[1].decode(body))
+    except _REFUSED:
         return None
-    return values
 
 
-def decode_batch(model: ModelId, body: bytes) -> np.ndarray | None:
-    """The payload records of a JSON batch body ``{"features": [...]}``, or None when the general
-    path must decode it (an invalid or unusual item, a model without a fast path, too many items)."""
-    decoders = _DECODERS.get(model)
-    if decoders is None:
+def convert_item(model: ModelId, fields: Any) -> dict[str, Any] | None:
+    """API ``fields`` (Python objects) as payload field values, as ``decode_item``; None when the
+    general path must convert them (``shmd._codec`` then names what is wrong)."""
+    types = _TYPES.get(model)
+    if types is None:
         return None
     try:
-        items = decoders[1].decode(body).features
-    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _values(model, msgspec.convert(fields, types[0]))
+    except _REFUSED:
         return None
-    if not items:
-        return None
-    payloads = np.zeros(len(items), PAYLOADS[model])
+
+
+def _payloads(model: ModelId, items: list[Any], payloads: np.ndarray) -> bool:
+    """Fill ``payloads`` (records of ``PAYLOADS[model]``) from checked items, column by column;
+    False when a value cannot be carried (a lone surrogate, an integer past u64)."""
     columns = zip(*map(msgspec.structs.astuple, items), strict=True)  # field by field, in _FIELDS order
     try:
         for (field, _, _, default), column in zip(_FIELDS[model], columns, strict=True):
@@ -129,8 +140,37 @@ def decode_batch(model: ModelId, body: bytes) -> np.ndarray | None:
                 column = [default if v is None else v for v in column]
             payloads[field] = column  # raises OverflowError past u64
     except (UnicodeEncodeError, OverflowError):
+        return False
+    return True
+
+
+def decode_batch(model: ModelId, body: bytes) -> np.ndarray | None:
+    """The payload records of a JSON batch body ``{"features": [...]}``, or None when the general
+    path must decode it (an invalid or unusual item, a model without a fast path, too many items)."""
+    types = _TYPES.get(model)
+    if types is None:
         return None
-    return payloads
+    try:
+        items = types[2].decode(body).features
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if not items:
+        return None
+    payloads = np.zeros(len(items), PAYLOADS[model])
+    return payloads if _payloads(model, items, payloads) else None
 
 
-__all__ = ["decode_batch", "decode_item"]
+def convert_into(model: ModelId, items: Sequence[Any], payloads: np.ndarray) -> bool:
+    """Fill ``payloads`` from API field sets (Python objects), as ``decode_batch`` does; False
+    (``payloads`` partly written) when the general path must convert them."""
+    types = _TYPES.get(model)
+    if types is None or not items:
+        return False
+    try:
+        checked = msgspec.convert(items, list[types[0]])
+    except _REFUSED:
+        return False
+    return _payloads(model, checked, payloads)
+
+
+__all__ = ["convert_into", "convert_item", "decode_batch", "decode_item"]
