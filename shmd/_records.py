@@ -9,8 +9,8 @@ dicts column by column.
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -56,15 +56,8 @@ def _stamp(records: np.ndarray, mid: ModelId, submit_ns: int, deadline_ns: int, 
 def pack_request(mid: ModelId, fields: Mapping[str, Any], buf: Any, *, flags: int = 0, deadline_ns: int = 0) -> None:
     """Write the REQUEST record for one item at the start of ``buf`` (id and submit time 0): no allocation
     but the values' own. An invalid item raises InvalidFields."""
-    layout = _wire.PAYLOAD[mid]
-    values = _fastcodec.convert_item(mid, fields)
-    if values is not None:
-        try:
-            layout.pack_into(buf, values, flags, deadline_ns)
-            return
-        except struct.error:  # an integer past u64: the general codec names it
-            pass
-    layout.pack_into(buf, _codec.payload_values(mid, fields), flags, deadline_ns)
+    if not _fastcodec.pack_item(mid, fields, buf, flags, deadline_ns):
+        _wire.PAYLOAD[mid].pack_into(buf, _codec.payload_values(mid, fields), flags, deadline_ns)
 
 
 def read_answer(mid: ModelId, buf: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,7 +150,16 @@ def _columns(mid: ModelId, responses: np.ndarray) -> list[dict[str, Any]] | None
             columns.append(column.tolist())
     keys.append("cacheHit")
     columns.append(((responses["flags"] & RESP_CACHE_HIT) != 0).tolist())
-    return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
+    return list(map(_dict_maker(tuple(keys)), *columns))
+
+
+@lru_cache(maxsize=16)
+def _dict_maker(keys: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
+    """``f(v0, v1, ...) -> {keys[0]: v0, keys[1]: v1, ...}``: a dict display, ~2x faster per answer than
+    ``dict(zip(keys, row))`` (the keys are the fixed output names of one model)."""
+    args = ", ".join(f"v{i}" for i in range(len(keys)))
+    body = ", ".join(f"{key!r}: v{i}" for i, key in enumerate(keys))
+    return eval(f"lambda {args}: {{{body}}}")  # the keys are our own output names, never input
 
 
 __all__ = ["build_requests", "pack_request", "prediction", "predictions", "read_answer", "read_response",

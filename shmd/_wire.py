@@ -50,13 +50,17 @@ class Payload:
         self.header = (0, model, ABI_VERSION)  # request_id and submit_ns are the channel's to set
         self.length = PAYLOADS[model].itemsize
 
+    def head(self, flags: int, deadline_ns: int) -> list[Any]:
+        """The header's values in ``struct`` order (request id and submit time 0): extend with the payload's."""
+        return [*self.header, flags, self.length, 0, 0, deadline_ns]
+
     def pack_into(self, buf: Any, values: dict[str, Any], flags: int = 0, deadline_ns: int = 0) -> None:
         """Write a REQUEST record (id and submit time 0) for payload ``values`` at the start of ``buf``.
 
         ``values`` maps payload field names to numbers or sequences of numbers; a number the
         field cannot carry raises ``struct.error`` (or OverflowError for a float32).
         """
-        flat: list[Any] = [*self.header, flags, self.length, 0, 0, deadline_ns]
+        flat = self.head(flags, deadline_ns)
         for name in self.names:
             if name in self.arrays:
                 flat.extend(values[name])

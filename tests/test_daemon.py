@@ -15,6 +15,7 @@ from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, ModelId, Status
 from shmd import ChannelBusy, DeadlineExceeded, InvalidFields, InvalidInput, NotReady, Overloaded
 from shmd import _metrics as met
 from shmd._codec import encode_payload
+from shmd._records import read_response
 from shmd._stats_segment import CMD_CLEAR_CACHE, CMD_RESET_METRICS, DONE, StatsSegment
 from shmd.client import Client, now_ns
 from shmd.samples import SAMPLES
@@ -132,7 +133,7 @@ def test_overloaded_when_queued_too_long(daemon: DaemonProcess) -> None:
         out = _roundtrip(c, recs)
         assert out["status"][0] == Status.OVERLOADED
         with pytest.raises(Overloaded):
-            c._decode(ModelId.FAILURE, out[0], SAMPLES["failure"])
+            read_response(ModelId.FAILURE, out[0], SAMPLES["failure"])
 
 
 def test_cache_hit_then_ttl_expiry(daemon: DaemonProcess) -> None:
