@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import ringbuf
-from shmd.client import AsyncClient
+from shmd.client import AsyncClient, Client
 from shmd.samples import SAMPLES
 
 from ._daemon import DaemonProcess
@@ -62,3 +62,19 @@ def test_batches_and_singles_interleave(daemon: DaemonProcess) -> None:
             return [len(d) if isinstance(d, list) else 1 for d in done]
 
     assert asyncio.run(main()) == [1] * 20 + [300] * 3
+
+
+def test_predict_many_gives_each_item_its_own_answer(daemon: DaemonProcess) -> None:
+    items = [dict(SAMPLES["workload"], currentCpu=x, agentId=f"async-{i}") for i, x in enumerate((0.05, 0.5, 0.95))]
+
+    async def main() -> list[dict]:
+        async with AsyncClient("b", daemon.prefix) as client:
+            return await client.predict_many("workload", items)
+
+    together = asyncio.run(main())
+    with Client("b", daemon.prefix) as c:
+        alone = [c.predict("workload", f) for f in items]
+    assert len({p["predictedCpu"] for p in alone}) == 3, "the items must differ for this test to mean anything"
+    assert [{k: v for k, v in p.items() if k != "cacheHit"} for p in together] == [
+        {k: v for k, v in p.items() if k != "cacheHit"} for p in alone
+    ]
