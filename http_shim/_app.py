@@ -26,7 +26,6 @@ from shmd._errors import DaemonError, InvalidFields
 from shmd._fastcodec import decode_batch, decode_item
 from shmd._stats_segment import CMD_CLEAR_CACHE, CMD_RESET_METRICS, DONE, StatsSegment
 
-from ._answers import predictions
 from ._channel import ShimChannel
 from ._codec import MAX_BODY, parse, read_body, read_raw, respond
 from ._errors import HttpError, http_error
@@ -113,7 +112,7 @@ class Shim:
         assert self.client is not None
         responses = await self.client.exchange(records)
         if len(responses) > RESPONSE.itemsize:  # a batch: its answers column by column when all are plain
-            answers = predictions(mid, responses)
+            answers = _records.columns(mid, np.frombuffer(responses, RESPONSE))
             if answers is not None:
                 return answers
         results: list[Any] = []

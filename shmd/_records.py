@@ -107,7 +107,7 @@ def predictions(
     Raises the first refused item's DaemonError (its ``item`` is the index in a batch of
     more than one), unless ``return_exceptions`` puts the errors in the list.
     """
-    fast = _columns(mid, responses)
+    fast = columns(mid, responses)
     if fast is not None:
         return fast
     results: list[Any] = []
@@ -123,9 +123,11 @@ def predictions(
     return results
 
 
-def _columns(mid: ModelId, responses: np.ndarray) -> list[dict[str, Any]] | None:
-    """``prediction`` of every response, built column by column; None unless every one is OK
-    and every output one a model can produce (then ``read_response`` names the first that is not)."""
+def columns(mid: ModelId, responses: np.ndarray) -> list[dict[str, Any]] | None:
+    """``prediction`` of every RESPONSE record, built column by column (numpy checks and converts
+    each output column at once; ~0.5 µs an answer against ~4 µs one by one); None unless every
+    one is OK and every output one a model can produce (then ``read_response`` names the first
+    that is not). Used by ``Client``, ``AsyncClient`` and the HTTP shim's batches."""
     outputs = responses["outputs"].astype(np.float64)
     if not (responses["status"] == Status.OK).all() or not np.isfinite(outputs).all():
         return None
@@ -162,5 +164,5 @@ def _dict_maker(keys: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
     return eval(f"lambda {args}: {{{body}}}")  # the keys are our own output names, never input
 
 
-__all__ = ["build_requests", "pack_request", "prediction", "predictions", "read_answer", "read_response",
+__all__ = ["build_requests", "columns", "pack_request", "prediction", "predictions", "read_answer", "read_response",
            "requests_for"]  # fmt: skip

@@ -20,12 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from http_shim._answers import predictions
 from kernel_abi import REQUESTS, RESP_CACHE_HIT, RESPONSE, ModelId, Status
 from shmd import InvalidFields, ShmdError
 from shmd._codec import encode_payloads
 from shmd._fastcodec import decode_batch, decode_item
-from shmd._records import prediction
+from shmd._records import columns, prediction
 from shmd._wire import PAYLOAD
 
 from ._http_daemon import valid
@@ -144,7 +143,7 @@ def test_batch_answers_are_the_per_record_predictions(model: ModelId, rows: list
         except (AssertionError, ShmdError):
             expected = None
             break
-    got = predictions(model, resp.tobytes())
+    got = columns(model, resp)
     assert got == expected
     if got is not None:
         assert [list(map(type, d.values())) for d in got] == [list(map(type, d.values())) for d in expected]
