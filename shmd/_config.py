@@ -91,7 +91,7 @@ class Config:
     # safety net behind the futex handshake (a wake-up it rescues is counted).
     sleep_timeout_ms: float = 100.0
     models_dir: str | None = None
-    backend: str = "litert"  # compiled measures faster (docs/MODELS.md) but is not the default yet (see README)
+    backend: str = "compiled"  # measured fastest (docs/MODELS.md); litert and tf are the references
     keep_segments: bool = False
     sq_capacity: int = 1024
     cq_capacity: int = 1024
@@ -278,7 +278,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sleep-timeout-ms", dest="sleep_timeout_ms", type=float,
                    help="longest idle sleep before the loop looks again, ms (default 100)")  # fmt: skip
     p.add_argument("--models-dir", dest="models_dir", help="model artifacts (default: the shipped ones)")
-    p.add_argument("--backend", choices=BACKENDS, help="model runtime (default litert)")
+    p.add_argument("--backend", choices=BACKENDS, help="model runtime (default compiled)")
     p.add_argument("--keep-segments", dest="keep_segments", action="store_true", default=None,
                    help="leave the channels in /dev/shm on exit")  # fmt: skip
     p.add_argument("--group", help="make segments 0660 with this group, so its members may attach "

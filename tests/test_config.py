@@ -14,7 +14,7 @@ def test_defaults_follow_the_public_contract() -> None:
     cfg = load([], environ={})
     expected = ("shmd", DEFAULT_CHANNELS, "127.0.0.1", 9005, True)
     assert (cfg.prefix, cfg.channels, cfg.host, cfg.port, cfg.http) == expected
-    assert cfg.spin_us <= 100 and cfg.backend == "litert"
+    assert cfg.spin_us <= 100 and cfg.backend == "compiled"
     assert {k: v.ttl_ms for k, v in cfg.cache.items()} == {
         "workload": 100.0, "threat": 500.0, "failure": 1000.0, "memory": 50.0,
     }  # fmt: skip

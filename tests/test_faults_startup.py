@@ -76,7 +76,16 @@ def test_corrupt_artifact_is_one_line_naming_the_file_and_the_fix(tmp_path: Path
     assert not leftovers(prefix)
 
 
-def test_artifact_that_passes_its_checksum_but_does_not_load(tmp_path: Path, prefix: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "message"),
+    [
+        ("compiled", "cannot parse TFLite model: {tflite}: "),
+        ("litert", "model memory does not load or run on backend litert: "),
+    ],
+)
+def test_artifact_that_passes_its_checksum_but_does_not_load(
+    tmp_path: Path, prefix: str, backend: str, message: str
+) -> None:
     """Garbage with a matching manifest: the runtime's own error, still one line and exit 2."""
     models_dir = _artifacts_copy(tmp_path)
     tflite = models_dir / "memory" / "model.tflite"
@@ -85,10 +94,10 @@ def test_artifact_that_passes_its_checksum_but_does_not_load(tmp_path: Path, pre
     manifest = json.loads(manifest_path.read_text())
     manifest["files"]["model.tflite"] = hashlib.sha256(tflite.read_bytes()).hexdigest()
     manifest_path.write_text(json.dumps(manifest))
-    proc = _serve(prefix, "--models-dir", str(models_dir))
+    proc = _serve(prefix, "--models-dir", str(models_dir), "--backend", backend)
     assert proc.returncode == 2, proc.stderr
     line = _last_line(proc.stderr)
-    assert line.startswith("shmd serve: model memory does not load or run on backend litert: "), line
+    assert line.startswith("shmd serve: " + message.format(tflite=tflite)), line
     assert "Traceback" not in proc.stderr, proc.stderr
     assert not leftovers(prefix)
 
