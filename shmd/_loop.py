@@ -27,6 +27,11 @@ Every function takes the five descriptors of ``_pass_layout`` (``Rings``,
 through ringbuf's ``table_*`` functions (this module never touches a ring word
 itself), and models only through ``models._serve`` (encode by model id),
 ``models.forward`` and ``models.postprocess``: nothing here names a model.
+
+Numba caches ``step`` with those models functions compiled into it and keys the
+cache on this file only: after editing ``models/_encode.py``, ``_forward.py`` or
+``_post.py``, remove the ``*.nbi``/``*.nbc`` files under ``__pycache__`` (or touch
+this file), or the daemon keeps running the old code.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, RING_NEED_WAKEU
 from ringbuf import _core as core
 from ringbuf import leftovers
 from shmd._codec import encode_payload
+from shmd._loop import MAX_INNER_PASSES
 from shmd.client import Client, now_ns
 from shmd.samples import SAMPLES
 
@@ -64,12 +65,13 @@ def _reap_all(c: Client, answered: dict[int, int], want: int, timeout: float = 2
 
 
 def test_keep_segments_sigterm_then_restart_answers_what_was_queued(prefix: str) -> None:
-    # Passes of 64: the stopping daemon answers the pass it is woken for and leaves the rest queued.
-    first = DaemonProcess(prefix, "--channels", "a", "--keep-segments", env={"SHMD_MAX_BATCH": "64"})
+    # Passes of 8: the stopping daemon answers the passes of the step it is woken for (one
+    # with litert, up to MAX_INNER_PASSES in compiled code) and leaves the rest queued.
+    first = DaemonProcess(prefix, "--channels", "a", "--keep-segments", env={"SHMD_MAX_BATCH": "8"})
     second = None
     try:
         with Client("a", prefix=prefix) as c:
-            recs = _failure_records(c, 1000)
+            recs = _failure_records(c, MAX_INNER_PASSES * 8 + 200)
             deadline = time.monotonic() + 5
             while not c.channel.sq.hdr32[core.FLAGS] & RING_NEED_WAKEUP:  # asleep, not mid-drain
                 assert time.monotonic() < deadline, "the idle daemon never went to sleep"
