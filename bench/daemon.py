@@ -361,6 +361,23 @@ def _model_call_us(n: int) -> list[float]:
     return out
 
 
+def _numpy_forward_us(n: int) -> list[float]:
+    """The same model as numpy matrix products (bench.models' baseline), batch 1."""
+    import models
+    from bench.models import _numpy_forward
+
+    fn = _numpy_forward(MODEL)
+    x = np.random.default_rng(0).random((1, models.N_FEATURES[MODEL]), np.float32)
+    for _ in range(20):
+        fn(x)
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        fn(x)
+        out.append((time.perf_counter_ns() - t0) / 1000.0)
+    return out
+
+
 def _cache_figures(
     pool: ProcessPoolExecutor, prefix: str, channels: str, seconds: float, adaptive: bool = False
 ) -> dict[str, Any]:
@@ -476,6 +493,7 @@ def run(quick: bool) -> dict[str, Any]:
             base["floor_rtt_us"] = summarize(np.asarray(floor_ns) / 1000.0)
         ringbuf.remove_leftovers(floor_prefix)
         base["model_batch1_call_us"] = summarize(_model_call_us(2_000 if quick else 10_000))
+        base["numpy_forward_batch1_us"] = summarize(_numpy_forward_us(500 if quick else 2_000))  # imports keras: last
     finally:
         proc.terminate()
         proc.wait(30)
@@ -519,7 +537,8 @@ def report(r: dict[str, Any]) -> str:
         row("round trip, cache hit (µs)", f["rtt_hit_us"]),
         row("  of which woke the daemon (µs)", f["rtt_hit_woken_us"]),
         row("baseline: raw ping-pong floor (µs)", b["floor_rtt_us"]),
-        row("baseline: model batch-1 call (µs)", b["model_batch1_call_us"]),
+        row("baseline: model batch-1 call, LiteRT (µs)", b["model_batch1_call_us"]),
+        row("baseline: model batch-1 forward, numpy (µs)", b["numpy_forward_batch1_us"]),
     ]  # fmt: skip
     for key, value in f.items():
         if key.startswith("open_loop_"):
@@ -539,12 +558,11 @@ def report(r: dict[str, Any]) -> str:
         one("typical: pred/s cache off", cache["typical_per_s_cache_off"]),
         one("typical: speed-up from the cache", cache["typical_speedup"]),
     ]
-    for backend, bf in f.get("backends", {}).items():
+    for backend, bf in f.get("backends", {}).items():  # every row has the table's 7 columns
         rows += [
-            [f"{backend}, cache off: miss round trip (µs)", bf["rtt_miss_us"]["median"], bf["rtt_miss_us"]["p99"],
-             "p50<=4, p99<=20"],
-            [f"{backend}, cache off: pred/s 1 client", bf["throughput_1_client_per_s"], "", ">= 2M"],
-            [f"{backend}, cache off: pred/s 4 clients", bf["throughput_4_clients_per_s"], "", ">= 1.5M"],
+            row(f"{backend}, cache off: miss round trip (µs)", bf["rtt_miss_us"], "p50<=4, p99<=20"),
+            [f"{backend}, cache off: pred/s 1 client", bf["throughput_1_client_per_s"], "", "", "", "", ">= 2M"],
+            [f"{backend}, cache off: pred/s 4 clients", bf["throughput_4_clients_per_s"], "", "", "", "", ">= 1.5M"],
         ]  # fmt: skip
     ratios = "\n".join(f"{k}: {v:.2f}" for k, v in q.items())
     return table(["figure", "median", "p99", "p99.9", "max", "n", "target"], rows) + "\n\nratios\n" + ratios
