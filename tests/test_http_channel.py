@@ -64,10 +64,13 @@ def test_requests_made_while_an_exchange_is_out_go_next_together(prefix: str) ->
 
             async def main() -> list[bytes]:
                 first = [asyncio.ensure_future(channel.exchange(_records_for(i))) for i in range(6)]
-                for _ in range(2):  # the tasks' first steps, then the flush they scheduled: the first six are out
-                    await asyncio.sleep(0)
-                assert channel.exchanges == 1
+                await asyncio.sleep(0)  # their first steps ran: the flush they scheduled runs next iteration...
+                assert channel.exchanges == 0
+                # ... and these six take their first steps right after it, in the same iteration (no I/O
+                # polled in between), so the first six are surely out when these ask.
                 later = [asyncio.ensure_future(channel.exchange(_records_for(i))) for i in range(6, 12)]
+                await asyncio.sleep(0)
+                assert channel.exchanges == 1
                 return await asyncio.wait_for(asyncio.gather(*first, *later), 10.0)
 
             answers = [_answer(r) for r in asyncio.run(main())]
