@@ -55,6 +55,9 @@ class RequestFlagBit(enum.IntEnum):
 
 class ResponseFlagBit(enum.IntEnum):
     CACHE_HIT = 0  # outputs came from the result cache
+    # Client-side only, never set by the daemon: the client's edge cache answered
+    # (with CACHE_HIT) without a round trip; the daemon never saw the request.
+    LOCAL = 14
     # Client-side only, never set by the daemon: a client's rule-based fallback
     # answered instead of the daemon (the C client's circuit breaker).
     FALLBACK = 15
@@ -66,8 +69,12 @@ class RingFlagBit(enum.IntEnum):
 
 REQ_NO_CACHE = 1 << RequestFlagBit.NO_CACHE
 RESP_CACHE_HIT = 1 << ResponseFlagBit.CACHE_HIT
+RESP_LOCAL = 1 << ResponseFlagBit.LOCAL
 RESP_FALLBACK = 1 << ResponseFlagBit.FALLBACK
 RING_NEED_WAKEUP = 1 << RingFlagBit.NEED_WAKEUP
+
+#: Arrays indexed by model id (row 0 unused), e.g. the channel header's cache words.
+MODEL_SLOTS = max(ModelId) + 1
 
 #: Every model answers with four numbers; their meaning per model is in
 #: ``OUTPUT_NAMES``.

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._constants import BLOCK, CACHE_LINE, N_OUTPUTS, ModelId
+from ._constants import BLOCK, CACHE_LINE, MODEL_SLOTS, N_OUTPUTS, ModelId
 
 
 def _struct(fields: list[tuple], itemsize: int | None = None) -> np.dtype:
@@ -238,6 +238,14 @@ CHANNEL_HEADER = _blocks(
             ("daemon_pid", "<u4"),  # pid of the serving daemon; 0 = none
             ("reserved", "<u4"),
             ("daemon_heartbeat_ns", "<u8"),  # CLOCK_MONOTONIC of its last pass
+            # The daemon's result cache as clients' edge caches see it, per model id
+            # (row 0 unused). Written by the daemon only, in bytes that were padding
+            # before (zeros: no edge caching), so older clients are unaffected.
+            ("cache_ttl_ns", "<u8", (MODEL_SLOTS,)),  # the TTL the daemon uses now; 0 = no caching
+            # Bumped (never reused, across restarts too: CLOCK_MONOTONIC-based) after the
+            # daemon's cache of the model is cleared, e.g. on a model swap: a client's
+            # local entry made under another generation is not served.
+            ("cache_generation", "<u8", (MODEL_SLOTS,)),
         ],
     ]
 )

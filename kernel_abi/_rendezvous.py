@@ -19,6 +19,15 @@ Facts a C or Rust caller would otherwise copy by hand from the Python code;
   (not ``FUTEX_PRIVATE_FLAG``) futex operations: the word is in memory
   mapped by two processes. The daemon waits on every SQ's ``wake_seq`` at
   once (``futex_waitv``).
+- Edge caches: a client may keep the daemon's OK answers to fresh inferences
+  (not CACHE_HIT ones: their age is unknown) and answer an identical request
+  (same model, same payload bytes) itself, marking it CACHE_HIT | LOCAL. It
+  loads the channel header's ``cache_generation[model]`` and
+  ``cache_ttl_ns[model]`` before submitting; the entry lives until
+  ``submit_ns + ttl`` and only while ``cache_generation[model]`` still holds
+  the value loaded then. The daemon writes the generation after clearing the
+  model's cache (and swapping a model) and before its next pass, so no answer
+  of the old cache or model is stored under the new generation.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ a changed model ever sees drift.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
@@ -78,6 +80,10 @@ class CacheArrays:
     quantum: np.ndarray  # float64[models]; 0 = exact features
     stats: np.ndarray  # int64[models, N_STATS]
     adapt: np.ndarray  # float64[models, ADAPT_WORDS]: adaptive TTL bounds (ns) and tolerance
+    # Per model, changed by every clear; starts at CLOCK_MONOTONIC so a restarted
+    # daemon never repeats a predecessor's value. Clients' edge caches read it.
+    generation: np.ndarray
+    on_clear: Callable[[], None] | None = field(default=None, repr=False)  # publishes generation at once
 
     @classmethod
     def new(cls, n_models: int, capacity: int) -> CacheArrays:
@@ -89,13 +95,21 @@ class CacheArrays:
             quantum=np.zeros(n_models, np.float64),
             stats=np.zeros((n_models, N_STATS), np.int64),
             adapt=np.zeros((n_models, ADAPT_WORDS), np.float64),
+            generation=np.full(n_models, time.monotonic_ns(), np.int64),
         )
 
     def clear(self, model: int | None = None) -> None:
-        """Forget every entry (of one model, or all); counters stay."""
+        """Forget every entry (of one model, or all) and move its generation on; counters stay.
+
+        The generation changes after the entries are gone, so an edge cache that
+        loaded the new one before submitting cannot be answered from the old entries.
+        """
         rows = slice(None) if model is None else model
         self.entries["key"][rows] = 0
         self.entries["expiry"][rows] = 0
+        self.generation[rows] = max(int(self.generation.max()) + 1, time.monotonic_ns())
+        if self.on_clear is not None:
+            self.on_clear()
 
     def entries_live(self, model: int, now_ns: int) -> int:
         """Live entries of ``model`` at ``now_ns``."""

@@ -34,6 +34,8 @@ import ringbuf
 from kernel_abi import ABI_VERSION, PAYLOADS, REQ_NO_CACHE, REQUEST, REQUESTS, RESPONSE, ModelId
 
 from . import _codec, _exchange, _lock, _records
+from ._breaker import Breaker, Fallback
+from ._edge_cache import EdgeCache
 from ._errors import ChannelBusy, NotReady, ShmdError, from_ring_error
 
 DEFAULT_PREFIX = "shmd"
@@ -58,9 +60,25 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         spin_us: float = ringbuf.DEFAULT_SPIN_US,
         daemon_uid: int | None = None,
+        edge_cache: int = 0,
+        fallback: Fallback | None = None,
+        cooldown: float = 0.2,
+        trip_after: int = 3,
     ) -> None:
+        """Attach to ``channel`` of the daemon serving ``prefix``.
+
+        ``edge_cache``: keep up to this many of the daemon's answers and serve
+        identical ``predict`` calls from them (see ``shmd._edge_cache``); 0, the
+        default, keeps none. ``fallback(model, fields) -> dict``: put ``predict``
+        behind a circuit breaker (``shmd._breaker``) opened by ``trip_after``
+        missed deadlines in a row or a gone daemon, probing again after
+        ``cooldown`` seconds.
+        """
+        if edge_cache < 0:
+            raise ValueError(f"edge cache capacity must be >= 0 (0: none): edge_cache={edge_cache}")
         self.timeout = timeout
         self.spin_us = spin_us
+        self._breaker = None if fallback is None else Breaker(fallback, cooldown=cooldown, trip_after=trip_after)
         # The segment must be the daemon's: daemon_uid, else $SHMD_DAEMON_UID, else root/us/shmd (UntrustedObject).
         try:
             self.channel = ringbuf.Channel.attach(prefix, channel, trust=ringbuf.Trust.daemon(daemon_uid))
@@ -73,6 +91,7 @@ class Client:
             raise
         self._sq = ringbuf.Producer(self.channel.sq)
         self._cq = ringbuf.Consumer(self.channel.cq)
+        self._edge = EdgeCache(self.channel.header, edge_cache) if edge_cache else None
         self._next_id = secrets.randbits(62) | 1  # ids stay within the compiled exchange's int64
         self._outstanding: set[int] = set()
         self._results: dict[int, np.ndarray] = {}  # answers of the batch being collected, by id
@@ -184,15 +203,18 @@ class Client:
         self._outstanding.difference_update(ids)
         return got
 
-    def _exchange(self, rows: np.ndarray, out: np.ndarray) -> None:
-        """Publish REQUEST ``rows`` (uint8[n, slot]) under fresh ids, answers into ``out`` rows, in order."""
+    def _exchange(self, rows: np.ndarray, out: np.ndarray, wait_ns: int = 0) -> None:
+        """Publish REQUEST ``rows`` (uint8[n, slot]) under fresh ids, answers into ``out`` rows, in order.
+
+        Waits until CLOCK_MONOTONIC ``wait_ns`` (0: for the client's timeout), then raises NotReady.
+        """
         n = len(rows)
         if len(self._done) < n:
             self._done = np.zeros(n, np.uint8)
         first = self._next_id
         self._next_id += n or 1  # a new first id for every call: that is what starts a new batch
         args = (*self._rings, rows, out, self._done, self._scratch, self._progress, self._learn, first)
-        timeout_ns = int(self.timeout * 1e9)
+        timeout_ns = max(wait_ns - now_ns(), 0) if wait_ns else int(self.timeout * 1e9)
         while (rc := _exchange.exchange(*args, timeout_ns)) != _exchange.DONE:
             if rc == _exchange.CORRUPT:
                 try:
@@ -201,8 +223,9 @@ class Client:
                 except ringbuf.RingError as err:
                     raise from_ring_error(err) from None
             if now_ns() >= self._progress[_exchange.DEADLINE]:
+                waited = f"{self.timeout}s" if not wait_ns else "the deadline"
                 raise NotReady(
-                    f"{n - int(self._progress[_exchange.GOT])} of {n} predictions unanswered after {self.timeout}s "
+                    f"{n - int(self._progress[_exchange.GOT])} of {n} predictions unanswered after {waited} "
                     f"on channel {self.channel.name!r}: is the daemon running (prefix {self.channel.prefix!r})?"
                 )
 
@@ -232,6 +255,16 @@ class Client:
         return len(self._outstanding)
 
     @property
+    def stats(self) -> dict[str, Any]:
+        """This client's own counters: edge cache hits and misses, the breaker's answers, misses, trips."""
+        out: dict[str, Any] = {"dropped": self.dropped}
+        if self._edge is not None:
+            out.update(local_hits=self._edge.hits, local_misses=self._edge.misses, local_entries=len(self._edge))
+        if self._breaker is not None:
+            out.update(self._breaker.snapshot())
+        return out
+
+    @property
     def dropped(self) -> int:
         """Answers dropped as not this client's (a previous holder's, duplicates after a daemon restart)."""
         return self._dropped + int(self._progress[_exchange.DROPPED])
@@ -250,14 +283,35 @@ class Client:
 
         The record is packed (struct) into a buffer made at attach, one compiled
         call publishes, waits and reaps, and the answer is read back with struct:
-        no numpy allocation per call.
+        no numpy allocation per call. With an edge cache, a repeat may be
+        answered locally (``cacheHit`` and ``local`` true); with a fallback, the
+        breaker may answer instead (``fallback`` true), and the wait ends at
+        ``deadline_ms``.
         """
         mid = _codec.model_id(model)
+        if self._edge is not None and not no_cache:
+            return self._edge.answer(mid, fields, lambda: self._guarded(model, mid, fields, deadline_ms, no_cache))
+        return self._guarded(model, mid, fields, deadline_ms, no_cache)
+
+    def _guarded(
+        self, model: str, mid: ModelId, fields: Mapping[str, Any], deadline_ms: float | None, no_cache: bool
+    ) -> dict[str, Any]:
+        """The daemon's answer, or the breaker's fallback when there is one."""
+        if self._breaker is None:
+            return self._ask(mid, fields, deadline_ms, no_cache)
+        return self._breaker.call(
+            model, fields, self.channel.header, lambda: self._ask(mid, fields, deadline_ms, no_cache, bounded=True)
+        )
+
+    def _ask(
+        self, mid: ModelId, fields: Mapping[str, Any], deadline_ms: float | None, no_cache: bool, bounded: bool = False
+    ) -> dict[str, Any]:
+        """One round trip; ``bounded``: wait no longer than the deadline."""
         if self._outstanding:  # records submitted with submit(): keep their answers for reap()
-            return self.predict_many(model, [fields], deadline_ms=deadline_ms, no_cache=no_cache)[0]
+            return self.predict_many(mid.name.lower(), [fields], deadline_ms=deadline_ms, no_cache=no_cache)[0]
         deadline = 0 if deadline_ms is None else now_ns() + int(deadline_ms * 1e6)
         _records.pack_request(mid, fields, self._one_row, flags=REQ_NO_CACHE if no_cache else 0, deadline_ns=deadline)
-        self._exchange(self._one_row, self._one_resp_row)
+        self._exchange(self._one_row, self._one_resp_row, deadline if bounded else 0)
         return _records.read_answer(mid, self._one_resp_row, fields)
 
     def predict_records(self, model: str, records: np.ndarray) -> np.ndarray:
@@ -362,6 +416,7 @@ class Client:
             _held.discard(self.channel.segment)
             _lock.unlock(self.channel.fd)
         self._sq = self._cq = None  # type: ignore[assignment]
+        self._edge = None  # its views of the header go with the mapping
         self.channel.close()
 
     def __enter__(self) -> Client:
@@ -420,9 +475,17 @@ class AsyncClient:
         timeout: float = DEFAULT_TIMEOUT,
         poll_us: float = 200.0,
         daemon_uid: int | None = None,
+        edge_cache: int = 0,
+        fallback: Fallback | None = None,
+        cooldown: float = 0.2,
+        trip_after: int = 3,
     ) -> None:
+        """As ``Client``; ``edge_cache`` and ``fallback`` apply to ``predict``."""
         # The reaper thread only runs once polling gave up: it sleeps at once.
-        self._client = Client(channel, prefix, timeout=timeout, spin_us=0, daemon_uid=daemon_uid)
+        self._client = Client(
+            channel, prefix, timeout=timeout, spin_us=0, daemon_uid=daemon_uid, edge_cache=edge_cache,
+            fallback=fallback, cooldown=cooldown, trip_after=trip_after,
+        )  # fmt: skip
         self.timeout = timeout
         self.poll_ns = int(poll_us * 1000)
         self._futures: dict[int, _Slot] = {}  # request id -> where its answer goes
@@ -518,8 +581,12 @@ class AsyncClient:
             if waiting is not None:
                 waiting.answer(resp)
 
-    async def submit_records(self, records: np.ndarray) -> np.ndarray:
-        """Publish REQUEST records and await their RESPONSE records, in order."""
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self._client.stats
+
+    async def submit_records(self, records: np.ndarray, timeout: float | None = None) -> np.ndarray:
+        """Publish REQUEST records and await their RESPONSE records, in order (``timeout``: the client's)."""
         self._start()
         assert self._loop is not None
         batch = _Batch(self._loop.create_future(), len(records))
@@ -527,7 +594,8 @@ class AsyncClient:
         for index, rid in enumerate(ids):
             self._futures[rid] = _Slot(batch, index)
         sent = 0
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         try:
             while sent < len(records):
                 with self._lock:
@@ -535,14 +603,13 @@ class AsyncClient:
                 self._kick()
                 if sent < len(records):
                     if time.monotonic() > deadline:
-                        raise NotReady(f"submission ring of {self.channel.name!r} stayed full for {self.timeout}s")
+                        raise NotReady(f"submission ring of {self.channel.name!r} stayed full for {timeout}s")
                     await asyncio.sleep(0.0005)  # back-pressure: let the daemon drain
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
                 return await batch.future
         except TimeoutError:
             raise NotReady(
-                f"predictions unanswered after {self.timeout}s on channel {self.channel.name!r}: "
-                "is the daemon running?"
+                f"predictions unanswered after {timeout}s on channel {self.channel.name!r}: is the daemon running?"
             ) from None
         finally:
             for rid in ids:
@@ -560,8 +627,36 @@ class AsyncClient:
         responses = await self.submit_records(records)
         return _records.predictions(mid, responses, items, return_exceptions=return_exceptions)
 
-    async def predict(self, model: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        return (await self.predict_many(model, [fields]))[0]
+    async def predict(
+        self, model: str, fields: Mapping[str, Any], *, deadline_ms: float | None = None
+    ) -> dict[str, Any]:
+        """As ``Client.predict`` (edge cache, breaker), without blocking the event loop."""
+        c = self._client
+        mid = _codec.model_id(model)
+        key = stamp = None
+        if c._edge is not None:
+            key, hit = c._edge.lookup(mid, fields)
+            if hit is not None:
+                return hit
+            if key is not None:
+                stamp = c._edge.stamp(mid)
+        if c._breaker is None:
+            result = await self._ask(mid, fields, deadline_ms, bounded=False)
+        else:
+            result = await c._breaker.call_async(
+                model, fields, c.channel.header, lambda: self._ask(mid, fields, deadline_ms, bounded=True)
+            )
+        if key is not None and stamp is not None:
+            c._edge.store(key, stamp, result)  # type: ignore[union-attr]
+        return result
+
+    async def _ask(
+        self, mid: ModelId, fields: Mapping[str, Any], deadline_ms: float | None, bounded: bool
+    ) -> dict[str, Any]:
+        records = self._client._build(mid, [fields], deadline_ms, False)
+        timeout = deadline_ms / 1e3 if bounded and deadline_ms is not None else None
+        responses = await self.submit_records(records, timeout)
+        return _records.predictions(mid, responses, [fields])[0]
 
     def close(self) -> None:
         self._stop.set()

@@ -187,6 +187,7 @@ class Daemon:
                 if self.cfg.adaptive(name):
                     lo, hi = cc.bounds_ms()
                     self.cache.adapt[mid] = (lo * 1e6, hi * 1e6, cc.tolerance)
+        self.cache.on_clear = self.publish_cache
 
     def _make_channels(self) -> None:
         prefix = self.cfg.prefix
@@ -197,6 +198,7 @@ class Daemon:
             )
             ch.header["daemon_pid"] = self.pid
             self.channels.append(ch)
+        self.publish_cache()
         self.rings = ringbuf.ChannelTable(self.channels)
         for c, ch in enumerate(self.channels):
             if not ch.created:
@@ -224,6 +226,7 @@ class Daemon:
                 continue
             fresh.header["daemon_pid"] = self.pid
             self.channels[c] = fresh
+            self.publish_cache()
             self.rings.bind(c, fresh)
             old.close()
             log("channel_reset", self.cfg.log_format, channel=old.name, reason="corrupt")
@@ -300,6 +303,7 @@ class Daemon:
         a = self.stats.arrays
         a["heartbeat"][:] = (now, self.passes)
         self.notifier.heartbeat(now)  # WATCHDOG=1 only from here: a wedged loop stops the pings
+        self.publish_cache()  # TTLs changed since (adaptive TTL) reach the clients within a housekeeping period
         corrupt = set(self.rings.corrupt().tolist())
         for c, ch in enumerate(self.channels):
             ch.header["daemon_heartbeat_ns"] = now
@@ -321,6 +325,20 @@ class Daemon:
             for mid in ModelId:
                 a["cache_entries"][mid] = self.cache.entries_live(int(mid), now)
         control[DONE] = seq
+
+    def publish_cache(self) -> None:
+        """Show every channel's clients the TTLs and generations the cache uses now.
+
+        ``self.cache.ttl_ns`` (the stats segment's ``cache_ttl_ns``) is the one
+        TTL the loop reads and adaptive TTL tunes: nothing else needs updating;
+        clients see a new TTL within a housekeeping period (entries they already
+        keep live out the TTL they were stored with, as the daemon's own do). A
+        clear publishes at once (``CacheArrays.on_clear``), before the next pass,
+        so no client serves an entry of the old generation.
+        """
+        for ch in self.channels:
+            ch.header["cache_ttl_ns"] = np.maximum(self.cache.ttl_ns, 0)
+            ch.header["cache_generation"] = self.cache.generation
 
     def _control(self, command: int, argument: int) -> None:
         model = argument if argument in {int(m) for m in ModelId} else None

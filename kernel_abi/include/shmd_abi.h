@@ -123,9 +123,11 @@ enum shmd_request_flag_bit {
 
 enum shmd_response_flag_bit {
     SHMD_RESP_CACHE_HIT_BIT = 0,
+    SHMD_RESP_LOCAL_BIT = 14,
     SHMD_RESP_FALLBACK_BIT = 15,
 };
 #define SHMD_RESP_CACHE_HIT (1u << SHMD_RESP_CACHE_HIT_BIT)
+#define SHMD_RESP_LOCAL (1u << SHMD_RESP_LOCAL_BIT)
 #define SHMD_RESP_FALLBACK (1u << SHMD_RESP_FALLBACK_BIT)
 
 enum shmd_ring_flag_bit {
@@ -249,7 +251,9 @@ struct shmd_channel_header {
     uint32_t daemon_pid;
     uint32_t reserved;
     uint64_t daemon_heartbeat_ns;
-    uint8_t _pad1[112];
+    uint64_t cache_ttl_ns[5];
+    uint64_t cache_generation[5];
+    uint8_t _pad1[32];
 };
 
 SHMD_STATIC_ASSERT(sizeof(struct shmd_workload_payload) == 192, "shmd_workload_payload size");
@@ -323,6 +327,8 @@ SHMD_STATIC_ASSERT(offsetof(struct shmd_channel_header, segment_size) == 20, "sh
 SHMD_STATIC_ASSERT(offsetof(struct shmd_channel_header, daemon_pid) == 128, "shmd_channel_header.daemon_pid offset");
 SHMD_STATIC_ASSERT(offsetof(struct shmd_channel_header, reserved) == 132, "shmd_channel_header.reserved offset");
 SHMD_STATIC_ASSERT(offsetof(struct shmd_channel_header, daemon_heartbeat_ns) == 136, "shmd_channel_header.daemon_heartbeat_ns offset");
+SHMD_STATIC_ASSERT(offsetof(struct shmd_channel_header, cache_ttl_ns) == 144, "shmd_channel_header.cache_ttl_ns offset");
+SHMD_STATIC_ASSERT(offsetof(struct shmd_channel_header, cache_generation) == 184, "shmd_channel_header.cache_generation offset");
 SHMD_STATIC_ASSERT(sizeof(struct shmd_request) == 320, "shmd_request size");
 SHMD_STATIC_ASSERT(offsetof(struct shmd_request, request_id) == 0, "shmd_request.request_id offset");
 SHMD_STATIC_ASSERT(offsetof(struct shmd_request, model_id) == 8, "shmd_request.model_id offset");

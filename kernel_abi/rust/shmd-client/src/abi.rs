@@ -57,6 +57,8 @@ pub const REQ_NO_CACHE_BIT: u32 = 0;
 pub const REQ_NO_CACHE: u32 = 1 << REQ_NO_CACHE_BIT;
 pub const RESP_CACHE_HIT_BIT: u32 = 0;
 pub const RESP_CACHE_HIT: u16 = 1 << RESP_CACHE_HIT_BIT;
+pub const RESP_LOCAL_BIT: u32 = 14;
+pub const RESP_LOCAL: u16 = 1 << RESP_LOCAL_BIT;
 pub const RESP_FALLBACK_BIT: u32 = 15;
 pub const RESP_FALLBACK: u16 = 1 << RESP_FALLBACK_BIT;
 pub const RING_NEED_WAKEUP_BIT: u32 = 0;
@@ -539,8 +541,10 @@ pub struct ChannelHeader {
     pub daemon_pid: u32,
     pub reserved: u32,
     pub daemon_heartbeat_ns: u64,
+    pub cache_ttl_ns: [u64; 5],
+    pub cache_generation: [u64; 5],
     #[doc(hidden)]
-    pub _pad1: [u8; 112],
+    pub _pad1: [u8; 32],
 }
 
 const _: () = assert!(size_of::<WorkloadPayload>() == 192, "WorkloadPayload size");
@@ -614,6 +618,8 @@ const _: () = assert!(offset_of!(ChannelHeader, segment_size) == 20, "ChannelHea
 const _: () = assert!(offset_of!(ChannelHeader, daemon_pid) == 128, "ChannelHeader.daemon_pid offset");
 const _: () = assert!(offset_of!(ChannelHeader, reserved) == 132, "ChannelHeader.reserved offset");
 const _: () = assert!(offset_of!(ChannelHeader, daemon_heartbeat_ns) == 136, "ChannelHeader.daemon_heartbeat_ns offset");
+const _: () = assert!(offset_of!(ChannelHeader, cache_ttl_ns) == 144, "ChannelHeader.cache_ttl_ns offset");
+const _: () = assert!(offset_of!(ChannelHeader, cache_generation) == 184, "ChannelHeader.cache_generation offset");
 const _: () = assert!(size_of::<Request>() == 320, "Request size");
 const _: () = assert!(offset_of!(Request, request_id) == 0, "Request.request_id offset");
 const _: () = assert!(offset_of!(Request, model_id) == 8, "Request.model_id offset");
