@@ -12,6 +12,12 @@ The Rust client (``kernel_abi/rust/shmd-client``, its ``shmd_rs_tool bench``: th
 loop through ``Client::predict_batch``) gives the same figures on its own channel of the
 same daemon, C and Rust alternating per figure; skipped when cargo is not installed.
 
+The clients' own answers, beside the daemon round trips of the same run: an edge-cache
+hit (``edge_cache_entries`` in C, ``Client(edge_cache=N)`` in Python: answered in the
+client, no round trip), and the Python breaker's answers with the daemon SIGSTOPped
+(``Client(fallback=...)``, 5 ms deadlines, one call per ms: once open it answers at
+once; every cool-down a probe waits out its deadline).
+
 Baselines measured in the same run: the Python client (``shmd.client.Client.predict``
 in a loop, miss and hit, and batches of 256 through ``predict_many`` (dicts) and
 ``predict_records`` (numpy records), cache off) on the same daemon, and
@@ -33,7 +39,7 @@ from typing import Any
 import numpy as np
 
 import ringbuf
-from bench._stats import cli, ratio, summarize, table
+from bench._stats import cli, ratio, summarize, table, target, verdict
 from kernel_abi import ABI_VERSION, PAYLOADS, REQUESTS, ModelId
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,13 +82,13 @@ def _c_bench(prefix: str, channel: str, mode: str, n: int, batch: int = 1,
     return np.asarray([int(x) for x in lines], np.float64), done
 
 
-def _py_rtt(prefix: str, channel: str, n: int, miss: bool) -> list[float]:
-    """Python client round trips, µs per predict call."""
+def _py_rtt(prefix: str, channel: str, n: int, miss: bool, edge_cache: int = 0) -> list[float]:
+    """Python client round trips (or edge-cache hits), µs per predict call."""
     from shmd.client import Client
     from shmd.samples import WORKLOAD
 
     out = []
-    with Client(channel, prefix, timeout=5) as c:
+    with Client(channel, prefix, timeout=5, edge_cache=edge_cache) as c:
         for _ in range(100):
             c.predict("workload", WORKLOAD, no_cache=miss)
         for _ in range(n):
@@ -90,6 +96,30 @@ def _py_rtt(prefix: str, channel: str, n: int, miss: bool) -> list[float]:
             c.predict("workload", WORKLOAD, no_cache=miss)
             out.append((time.perf_counter_ns() - t0) / 1000.0)
     return out
+
+
+def _py_breaker(prefix: str, channel: str, daemon_pid: int, seconds: float) -> tuple[list[float], dict[str, Any]]:
+    """Python predict with a fallback while the daemon is SIGSTOPped: µs per call (one per ms), the client's stats."""
+    import signal
+
+    from shmd.client import Client
+    from shmd.samples import WORKLOAD
+
+    out = []
+    rules = lambda model, fields: {"predictedCpu": fields["currentCpu"]}  # noqa: E731
+    with Client(channel, prefix, timeout=5, fallback=rules) as c:
+        c.predict("workload", WORKLOAD)
+        os.kill(daemon_pid, signal.SIGSTOP)
+        try:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                t0 = time.perf_counter_ns()
+                c.predict("workload", WORKLOAD, deadline_ms=5)
+                out.append((time.perf_counter_ns() - t0) / 1000.0)
+                time.sleep(0.001)
+        finally:
+            os.kill(daemon_pid, signal.SIGCONT)
+        return out, c.stats
 
 
 def _py_stream(prefix: str, channel: str, n_batches: int, batch: int, records: bool) -> tuple[list[float], float]:
@@ -148,8 +178,13 @@ def run(quick: bool) -> dict[str, Any]:
                     **summarize(batch / (samples / 1e9)),
                     "overall": done["count"] * batch / (done["total_ns"] / 1e9),
                 }
+        samples, done = _c_bench(prefix, "c", "local", n_c)
+        fig["c_local_us"] = {**summarize(samples / 1000.0), "cache_hits": done["cache_hits"]}
         base["py_rtt_miss_us"] = summarize(_py_rtt(prefix, "py", n_py, True))
         base["py_rtt_hit_us"] = summarize(_py_rtt(prefix, "py", n_py, False))
+        fig["py_local_us"] = summarize(_py_rtt(prefix, "py", n_py, False, edge_cache=1024))
+        open_us, breaker_stats = _py_breaker(prefix, "py", proc.pid, 1.0 if quick else 3.0)
+        fig["py_breaker_stopped_us"] = {**summarize(open_us), **breaker_stats}
         for key, records in (("py_batch256_per_s", False), ("py_records256_per_s", True)):
             rates, overall = _py_stream(prefix, "py", (200 if records else 50) * scale, 256, records)
             base[key] = {**summarize(rates), "overall": overall}
@@ -170,6 +205,8 @@ def run(quick: bool) -> dict[str, Any]:
         "c_hit_over_floor": ratio(fig["c_rtt_hit_us"]["median"], floor),
         "py_miss_over_c_miss": ratio(base["py_rtt_miss_us"]["median"], fig["c_rtt_miss_us"]["median"]),
         "py_hit_over_c_hit": ratio(base["py_rtt_hit_us"]["median"], fig["c_rtt_hit_us"]["median"]),
+        "c_local_over_c_hit": ratio(fig["c_local_us"]["median"], fig["c_rtt_hit_us"]["median"]),
+        "py_local_over_py_hit": ratio(fig["py_local_us"]["median"], base["py_rtt_hit_us"]["median"]),
         "c_batch256_over_py_batch256": ratio(fig["c_batch256_per_s"]["overall"], base["py_batch256_per_s"]["overall"]),
         "py_records256_over_c_batch256": ratio(
             base["py_records256_per_s"]["overall"], fig["c_batch256_per_s"]["overall"]
@@ -178,8 +215,13 @@ def run(quick: bool) -> dict[str, Any]:
     if "rust" in clients:
         for key, stat in (("rtt_miss_us", "median"), ("rtt_hit_us", "median"), ("batch256_per_s", "overall")):
             ratios[f"rust_over_c_{key}"] = ratio(fig[f"rust_{key}"][stat], fig[f"c_{key}"][stat])
+    targets = {
+        "c_local_p50_us": target(fig["c_local_us"]["median"], "<=", 0.2),
+        "py_local_p50_us": target(fig["py_local_us"]["median"], "<=", 3.0),
+        "py_breaker_stopped_p99_us": target(fig["py_breaker_stopped_us"]["p99"], "<=", 6000.0),
+    }
     return {"benchmark": "native", "quick": quick, "clients": list(clients), "figures": fig, "baselines": base,
-            "ratios": ratios}  # fmt: skip
+            "ratios": ratios, "targets": targets}  # fmt: skip
 
 
 def report(r: dict[str, Any]) -> str:
@@ -196,10 +238,14 @@ def report(r: dict[str, Any]) -> str:
                  f[f"rust_rtt_{m}_us"]["n"], f"{x[f'rust_over_c_rtt_{m}_us']:.2f}x C")
                 for m in ("miss", "hit") if "rust" in r["clients"]
             ),
+            ("C edge cache (local hit)", f["c_local_us"]["median"], f["c_local_us"]["p99"],
+             f["c_local_us"]["n"], f"{x['c_local_over_c_hit']:.3f}x C hit"),
             ("Python client, cache miss", b["py_rtt_miss_us"]["median"], b["py_rtt_miss_us"]["p99"],
              b["py_rtt_miss_us"]["n"], f"{x['py_miss_over_c_miss']:.1f}x C"),
             ("Python client, cache hit", b["py_rtt_hit_us"]["median"], b["py_rtt_hit_us"]["p99"],
              b["py_rtt_hit_us"]["n"], f"{x['py_hit_over_c_hit']:.1f}x C"),
+            ("Python edge cache (local hit)", f["py_local_us"]["median"], f["py_local_us"]["p99"],
+             f["py_local_us"]["n"], f"{x['py_local_over_py_hit']:.3f}x Py hit"),
             ("floor: numba ping-pong (64-trip means)", b["floor_rtt_us"]["median"], b["floor_rtt_us"]["p99"],
              b["floor_rtt_us"]["n"], "1x"),
         ],
@@ -221,7 +267,11 @@ def report(r: dict[str, Any]) -> str:
         f"native benchmark ({'quick' if r['quick'] else 'full'}): workload model, one daemon, one client at a time",
         lat, "", thr, "",
         f"C batch-256 throughput = {x['c_batch256_over_py_batch256']:.1f}x the Python client's predict_many; "
-        f"Python predict_records = {x['py_records256_over_c_batch256']:.2f}x C batch-256",
+        f"Python predict_records = {x['py_records256_over_c_batch256']:.2f}x C batch-256", "",
+        "Python breaker, daemon SIGSTOPped, 5 ms deadlines, 1 call/ms: p50 {:.1f} µs, p99 {:.1f} µs, p99.9 {:.1f} µs, "
+        "max {:.1f} µs over {} calls ({} misses, {} trips)".format(*(
+            f["py_breaker_stopped_us"][k] for k in ("median", "p99", "p999", "max", "n", "deadline_misses", "trips"))),
+        *(f"target {k}: {v['value']:.3g} {verdict(v)}" for k, v in r.get("targets", {}).items()),
     ])  # fmt: skip
 
 

@@ -653,6 +653,16 @@ int shmd_cq_wait(struct shmd_channel *ch, uint64_t spin_ns, uint64_t deadline_ns
 
 /* ============================================================ the client */
 
+/* One edge cache entry: a daemon answer, the key of its request, and what it was stored under. */
+struct edge_entry {
+    uint64_t key;        /* edge_key() of the request; 0 = empty */
+    uint64_t generation; /* the header's cache_generation[model] loaded before the request was sent */
+    uint64_t expiry_ns;  /* send time + the TTL the header published then */
+    struct shmd_response resp;
+};
+
+static int edge_new(struct shmd_client *c);
+
 struct shmd_client {
     struct shmd_client_config cfg;
     char prefix[NAME_MAX_LEN + 1];
@@ -672,6 +682,8 @@ struct shmd_client {
     unsigned done_cap;
     uint64_t answer_ns; /* learnt time from submit to answer (EWMA): sizes the spin window */
     uint64_t spin_max_ns; /* cfg.spin_us, or 0 when this process may run on one CPU only */
+    struct edge_entry *edge; /* the edge cache, edge_mask + 1 entries; NULL: none */
+    uint64_t edge_mask;
 };
 
 /* How long to spin for an answer before sleeping: spinning pays only when the
@@ -791,6 +803,11 @@ struct shmd_client *shmd_client_new(const struct shmd_client_config *cfg)
     if (!c->cfg.trip_after)
         c->cfg.trip_after = 3;
     c->ch.fd = -1;
+    if (edge_new(c) != SHMD_OK) {
+        free(c);
+        errno = ENOMEM;
+        return NULL;
+    }
     int rc = attach(c);
     if (rc == SHMD_OK) {
         c->state = SHMD_BREAKER_CLOSED;
@@ -807,6 +824,7 @@ void shmd_client_free(struct shmd_client *c)
 {
     if (!c)
         return;
+    free(c->edge);
     detach(c);
     free(c->reaped);
     free(c->done);
@@ -1001,8 +1019,123 @@ int shmd_client_predict_batch(struct shmd_client *c, struct shmd_request *reqs, 
     return fall_back_rest(c, reqs, resps, n, c->done);
 }
 
+/* ------------------------------------------------------------ edge cache */
+
+#define EDGE_PROBE 4 /* entries examined per lookup, as the daemon's cache */
+
+static int edge_new(struct shmd_client *c)
+{
+    if (!c->cfg.edge_cache_entries)
+        return SHMD_OK;
+    uint64_t n = EDGE_PROBE;
+    while (n < c->cfg.edge_cache_entries && n < (1u << 24))
+        n <<= 1;
+    c->edge = calloc(n, sizeof *c->edge);
+    if (!c->edge)
+        return SHMD_ESYS;
+    c->edge_mask = n - 1;
+    return SHMD_OK;
+}
+
+static inline uint64_t edge_round(uint64_t h, uint64_t word)
+{
+    h = (h ^ word) * 0x9e3779b97f4a7c15ull;
+    return h ^ (h >> 32);
+}
+
+/* A 64-bit key of the model and payload bytes, never 0: multiply-xorshift per
+ * 8-byte word in four independent lanes, then splitmix64's finaliser (the
+ * daemon's feature_key, over bytes). Two requests sharing a key would answer
+ * one with the other's prediction: a ~2**-64 event per lookup. */
+static uint64_t edge_key(const struct shmd_request *req, uint32_t len)
+{
+    const uint8_t *p = (const uint8_t *)&req->payload;
+    uint64_t h0 = 0x243f6a8885a308d3ull ^ req->model_id, h1 = h0 ^ 1, h2 = h0 ^ 2, h3 = h0 ^ 3, w[4];
+    uint32_t i = 0;
+    for (; i + 32 <= len; i += 32) {
+        memcpy(w, p + i, 32);
+        h0 = edge_round(h0, w[0]);
+        h1 = edge_round(h1, w[1]);
+        h2 = edge_round(h2, w[2]);
+        h3 = edge_round(h3, w[3]);
+    }
+    for (; i < len; i += 8) {
+        uint64_t t = 0;
+        memcpy(&t, p + i, len - i < 8 ? len - i : 8);
+        h0 = edge_round(h0, t);
+    }
+    uint64_t h = edge_round(edge_round(edge_round(h0, h1), h2), h3) ^ len;
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebull;
+    h ^= h >> 31;
+    return h ? h : 1;
+}
+
+/* The entry answering `key` under `generation` at `now`, or NULL. */
+static struct edge_entry *edge_find(struct shmd_client *c, uint64_t key, uint64_t generation, uint64_t now)
+{
+    for (uint64_t p = 0; p < EDGE_PROBE; p++) {
+        struct edge_entry *e = &c->edge[(key + p) & c->edge_mask];
+        if (e->key == key && e->generation == generation && e->expiry_ns > now)
+            return e;
+    }
+    return NULL;
+}
+
+/* Where to store `key`: its own entry, an empty or expired one, else the one expiring first. */
+static struct edge_entry *edge_slot(struct shmd_client *c, uint64_t key, uint64_t now)
+{
+    struct edge_entry *victim = &c->edge[key & c->edge_mask];
+    for (uint64_t p = 0; p < EDGE_PROBE; p++) {
+        struct edge_entry *e = &c->edge[(key + p) & c->edge_mask];
+        if (e->key == key || e->key == 0 || e->expiry_ns <= now)
+            return e;
+        if (e->expiry_ns < victim->expiry_ns)
+            victim = e;
+    }
+    return victim;
+}
+
 int shmd_client_predict(struct shmd_client *c, struct shmd_request *req, struct shmd_response *resp)
 {
+    uint32_t len = c && req ? payload_size(req->model_id) : 0;
+    /* The edge cache needs the daemon's header words: only while attached. */
+    if (!c || !c->edge || !c->attached || !len || (req->flags & SHMD_REQ_NO_CACHE)) {
+        int rc = shmd_client_predict_batch(c, req, resp, 1);
+        return rc < 0 ? rc : (rc ? SHMD_SOURCE_FALLBACK : SHMD_SOURCE_DAEMON);
+    }
+    struct shmd_channel_header *h = c->ch.shm_chan;
+    uint64_t key = edge_key(req, len);
+    /* Loaded before the request goes out: an answer computed before a clear is
+     * stored under the generation the clear replaced, and never served after it. */
+    uint64_t generation = load_acquire_u64(&h->cache_generation[req->model_id]);
+    uint64_t ttl = load_relaxed_u64(&h->cache_ttl_ns[req->model_id]);
+    uint64_t now = shmd_now_ns();
+    struct edge_entry *e = edge_find(c, key, generation, now);
+    if (e) {
+        *resp = e->resp;
+        resp->request_id = req->request_id = 0; /* nothing was sent */
+        resp->flags = SHMD_RESP_CACHE_HIT | SHMD_RESP_LOCAL;
+        resp->service_ns = 0;
+        c->stats.local_hits++;
+        return SHMD_SOURCE_LOCAL;
+    }
+    c->stats.local_misses++;
     int rc = shmd_client_predict_batch(c, req, resp, 1);
-    return rc < 0 ? rc : (rc ? SHMD_SOURCE_FALLBACK : SHMD_SOURCE_DAEMON);
+    if (rc < 0)
+        return rc;
+    if (rc)
+        return SHMD_SOURCE_FALLBACK;
+    /* Only fresh answers: a daemon cache hit's age is unknown, so keeping it
+     * could serve an answer older than the TTL. */
+    if (ttl && resp->status == SHMD_STATUS_OK && !(resp->flags & SHMD_RESP_CACHE_HIT)) {
+        e = edge_slot(c, key, now);
+        e->key = key;
+        e->generation = generation;
+        e->expiry_ns = now + ttl > now ? now + ttl : UINT64_MAX;
+        e->resp = *resp;
+    }
+    return SHMD_SOURCE_DAEMON;
 }

@@ -145,7 +145,8 @@ enum shmd_breaker_state {
 
 enum shmd_source {
     SHMD_SOURCE_DAEMON = 0,
-    SHMD_SOURCE_FALLBACK = 1
+    SHMD_SOURCE_FALLBACK = 1,
+    SHMD_SOURCE_LOCAL = 2 /* the edge cache: a copy of an earlier daemon answer */
 };
 
 struct shmd_client_config {
@@ -158,6 +159,14 @@ struct shmd_client_config {
     uint32_t cooldown_ms;      /* breaker open time before a probe (default 200) */
     uint32_t heartbeat_stale_ms; /* daemon heartbeat older than this = hung (default 2000; 0: default) */
     uint32_t trip_after;       /* consecutive missed deadlines that open the breaker (default 3) */
+    /* Edge cache: keep up to this many of the daemon's fresh answers (rounded up to
+     * a power of two, at least 4) and answer an identical shmd_client_predict
+     * (same model, same payload bytes) locally, with no round trip, for the TTL the
+     * daemon publishes per model in the channel header, and only while the
+     * header's cache_generation for the model is unchanged (the daemon changes it
+     * when it clears its cache or swaps the model). 0 (default): no edge cache.
+     * The daemon never sees a local hit: its metrics count only what reaches it. */
+    uint32_t edge_cache_entries;
 };
 
 struct shmd_client_stats {
@@ -167,6 +176,8 @@ struct shmd_client_stats {
     uint64_t trips;       /* CLOSED -> OPEN transitions */
     uint64_t recoveries;  /* HALF_OPEN -> CLOSED transitions */
     uint64_t dropped;     /* responses for ids not outstanding (late or duplicate) */
+    uint64_t local_hits;  /* answered by the edge cache (SHMD_SOURCE_LOCAL) */
+    uint64_t local_misses; /* looked up in the edge cache and sent to the daemon */
 };
 
 struct shmd_client;
@@ -180,8 +191,11 @@ void shmd_client_free(struct shmd_client *c);
 /* One prediction. Fills the request's header (request_id, abi_version,
  * payload_len, submit_ns); model_id, flags, deadline_ns (absolute
  * CLOCK_MONOTONIC, 0 = cfg timeout, not sent) and payload are the caller's.
- * Returns SHMD_SOURCE_DAEMON or SHMD_SOURCE_FALLBACK (resp->flags then has
- * SHMD_RESP_FALLBACK), or a negative error when no fallback is configured. */
+ * Returns SHMD_SOURCE_DAEMON, SHMD_SOURCE_FALLBACK (resp->flags then has
+ * SHMD_RESP_FALLBACK) or SHMD_SOURCE_LOCAL (edge cache: resp->flags has
+ * SHMD_RESP_CACHE_HIT | SHMD_RESP_LOCAL, request_id 0: nothing was sent), or a
+ * negative error when no fallback is configured. SHMD_REQ_NO_CACHE skips the
+ * edge cache. */
 int shmd_client_predict(struct shmd_client *c, struct shmd_request *req, struct shmd_response *resp);
 /* n predictions, published together (one tail store per ring-full), answered
  * in order into resps[0..n). The number answered by the fallback (0..n), or

@@ -1,10 +1,12 @@
 /* shmd_bench: C client timings for `python -m bench native`.
  *
- *   shmd_bench PREFIX CHANNEL miss|hit N          < request.bin
+ *   shmd_bench PREFIX CHANNEL miss|hit|local N    < request.bin
  *   shmd_bench PREFIX CHANNEL batch N BATCH       < request.bin
  *
  * miss: N single round trips with SHMD_REQ_NO_CACHE (every one is inferred);
  * hit:  N single round trips of the same request (served from the cache);
+ * local: N shmd_client_predict calls of the same request with an edge cache
+ *        (answered in the client, no round trip);
  * batch: N batches of BATCH requests (NO_CACHE) through predict_batch.
  * Prints one sample per line (ns per round trip, or per batch), then a
  * summary line: "done count=.. total_ns=.. fallbacks=.. cache_hits=..".
@@ -19,7 +21,7 @@
 int main(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(stderr, "usage: shmd_bench PREFIX CHANNEL miss|hit|batch N [BATCH] < request.bin\n");
+        fprintf(stderr, "usage: shmd_bench PREFIX CHANNEL miss|hit|local|batch N [BATCH] < request.bin\n");
         return 2;
     }
     const char *mode = argv[3];
@@ -30,9 +32,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "shmd_bench: need N > 0, BATCH > 0 and one request record on stdin\n");
         return 2;
     }
-    if (strcmp(mode, "hit") != 0)
+    int local = strcmp(mode, "local") == 0;
+    if (strcmp(mode, "hit") != 0 && !local)
         tmpl.flags |= SHMD_REQ_NO_CACHE;
-    struct shmd_client_config cfg = {.prefix = argv[1], .channel = argv[2], .timeout_ms = 5000};
+    struct shmd_client_config cfg = {
+        .prefix = argv[1], .channel = argv[2], .timeout_ms = 5000, .edge_cache_entries = local ? 1024 : 0,
+    };
     struct shmd_client *c = shmd_client_new(&cfg);
     if (!c || shmd_client_state(c) != SHMD_BREAKER_CLOSED) {
         fprintf(stderr, "shmd_bench: cannot attach: %s\n", c ? shmd_client_last_error(c) : "bad arguments");
@@ -55,7 +60,9 @@ int main(int argc, char **argv)
         for (unsigned j = 0; j < batch; j++)
             reqs[j] = tmpl;
         uint64_t t0 = shmd_now_ns();
-        int rc = shmd_client_predict_batch(c, reqs, resps, batch);
+        int rc = local ? shmd_client_predict(c, reqs, resps) : shmd_client_predict_batch(c, reqs, resps, batch);
+        if (local && rc >= 0)
+            rc = rc == SHMD_SOURCE_FALLBACK; /* the count of fallback answers, as predict_batch returns */
         samples[i] = shmd_now_ns() - t0;
         if (rc < 0) {
             fprintf(stderr, "shmd_bench: %s: %s\n", shmd_strerror(rc), shmd_client_last_error(c));

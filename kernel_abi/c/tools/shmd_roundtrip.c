@@ -17,6 +17,13 @@
  *       Attaches every CHANNEL at once (one process holding many), prints
  *       "held N" and detaches; exit 3 if an attach failed (its message on stderr).
  *
+ *   shmd_roundtrip edge PREFIX CHANNEL ENTRIES   < request.bin
+ *       With an edge cache of ENTRIES, predicts the one request twice, prints
+ *       a line per answer, stops itself (SIGSTOP: the test changes the daemon
+ *       meanwhile and sends SIGCONT), predicts it twice more and prints:
+ *         source=N flags=F status=S out0=X   (source: SHMD_SOURCE_*)
+ *       then "stats local_hits=.. local_misses=.. daemon=..".
+ *
  *   shmd_roundtrip hash STRING...
  *       Prints shmd_hash_str of each argument in hex, one per line.
  */
@@ -155,6 +162,40 @@ static int cmd_watch(const char *prefix, const char *channel, double seconds)
     return 0;
 }
 
+static int cmd_edge(const char *prefix, const char *channel, uint32_t entries)
+{
+    struct shmd_request tmpl;
+    if (read_requests(&tmpl, 1) != 1) {
+        fprintf(stderr, "edge: expected one request record on stdin\n");
+        return 2;
+    }
+    struct shmd_client_config cfg = {
+        .prefix = prefix, .channel = channel, .fallback = marker_fallback, .timeout_ms = 5000,
+        .edge_cache_entries = entries,
+    };
+    struct shmd_client *c = shmd_client_new(&cfg);
+    if (!c || shmd_client_state(c) != SHMD_BREAKER_CLOSED) {
+        fprintf(stderr, "edge: cannot attach: %s\n", c ? shmd_client_last_error(c) : "bad arguments");
+        shmd_client_free(c);
+        return 2;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (i == 2) {
+            fflush(stdout);
+            raise(SIGSTOP); /* the test clears the daemon's cache, then SIGCONTs us */
+        }
+        struct shmd_request req = tmpl;
+        struct shmd_response resp;
+        int rc = shmd_client_predict(c, &req, &resp);
+        printf("source=%d flags=%u status=%u out0=%.17g\n", rc, resp.flags, resp.status, resp.outputs[0]);
+    }
+    const struct shmd_client_stats *s = shmd_client_stats(c);
+    printf("stats local_hits=%llu local_misses=%llu daemon=%llu\n", (unsigned long long)s->local_hits,
+           (unsigned long long)s->local_misses, (unsigned long long)s->daemon_answers);
+    shmd_client_free(c);
+    return 0;
+}
+
 static int cmd_hold(const char *prefix, char **channels, int n)
 {
     struct shmd_channel *chs = calloc((size_t)n, sizeof *chs);
@@ -186,10 +227,13 @@ int main(int argc, char **argv)
     }
     if (argc >= 4 && strcmp(argv[1], "hold") == 0)
         return cmd_hold(argv[2], argv + 3, argc - 3);
+    if (argc >= 5 && strcmp(argv[1], "edge") == 0)
+        return cmd_edge(argv[2], argv[3], (uint32_t)atol(argv[4]));
     if (argc >= 5 && strcmp(argv[1], "watch") == 0)
         return cmd_watch(argv[2], argv[3], atof(argv[4]));
     fprintf(stderr, "usage: shmd_roundtrip rt PREFIX CHANNEL [batch] < requests.bin\n"
                     "       shmd_roundtrip watch PREFIX CHANNEL SECONDS < request.bin\n"
+                    "       shmd_roundtrip edge PREFIX CHANNEL ENTRIES < request.bin\n"
                     "       shmd_roundtrip hold PREFIX CHANNEL...\n");
     return 2;
 }
