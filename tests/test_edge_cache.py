@@ -147,7 +147,7 @@ def test_async_client_serves_locally_too(daemon: DaemonProcess) -> None:
     assert "local" not in first and second["local"] is True and hits == 1
 
 
-def test_c_client_edge_cache_serves_locally_until_the_generation_changes(daemon: DaemonProcess) -> None:
+def test_c_client_edge_cache_serves_locally_until_the_generation_changes(daemon: DaemonProcess, tmp_path: Path) -> None:
     """``shmd_roundtrip edge`` (ASan build): two calls, a cache clear while it is stopped, two more."""
     proc = subprocess.run(["make", "-s", "-C", str(C_DIR), "asan"], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"make asan failed:\n{proc.stdout}\n{proc.stderr}"
@@ -155,14 +155,15 @@ def test_c_client_edge_cache_serves_locally_until_the_generation_changes(daemon:
     record = np.zeros(1, REQUESTS[mid])
     record["payload"] = _codec.encode_payloads(mid, [_fresh("threat", 31337.0)])
     record["model_id"], record["abi_version"], record["payload_len"] = mid, ABI_VERSION, PAYLOADS[mid].itemsize
-    tool = subprocess.Popen(
-        [str(C_DIR / "build" / "asan" / "shmd_roundtrip"), "edge", daemon.prefix, "b", "64"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=False, env=SAN_ENV,
-    )  # fmt: skip
+    request = tmp_path / "request.bin"
+    request.write_bytes(record.tobytes())
+    with request.open("rb") as stdin:
+        tool = subprocess.Popen(
+            [str(C_DIR / "build" / "asan" / "shmd_roundtrip"), "edge", daemon.prefix, "b", "64"],
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=SAN_ENV,
+        )  # fmt: skip
     try:
-        assert tool.stdin is not None and tool.stdout is not None
-        tool.stdin.write(record.tobytes())
-        tool.stdin.close()
+        assert tool.stdout is not None
         lines = [tool.stdout.readline().decode() for _ in range(2)]  # printed before it stops itself
         deadline = time.monotonic() + 30
         while Path(f"/proc/{tool.pid}/stat").read_text().split()[2] != "T":
