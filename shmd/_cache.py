@@ -15,8 +15,9 @@ into a miss: one hit in RECHECK_EVERY, so drift is seen even while entries
 live long), it is compared with the entry first: what a hit would have
 answered. Equal within the model's tolerance (stable data) lengthens the TTL
 by 1/8; different (drifting) halves it; both within the configured bounds.
-The TTL lives in the stats segment (``cache_ttl_ns``), so readers and the
-clients' edge caches see it at once. With exact keys the same features
+The TTL lives in the stats segment (``cache_ttl_ns``), so readers see it at
+once; the daemon republishes it in every channel header for the clients' edge
+caches each housekeeping (``Daemon.publish_cache``). With exact keys the same features
 always give the same answer, so only a quantised cache (``quantum`` > 0) or
 a changed model ever sees drift.
 """
