@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import struct
 import time
 from typing import Any
 
@@ -141,10 +140,7 @@ class Shim:
         assert got is not None  # None only for an empty body with empty= given
         raw, kind = got
         values = decode_item(mid, raw) if kind == "json" else None
-        try:
-            records = _wire.PAYLOAD[mid].request(values) if values is not None else None
-        except struct.error:  # an integer past u64: the general path names it
-            records = None
+        records = _wire.PAYLOAD[mid].request(values) if values is not None else None
         if records is None:
             fields = parse(raw, kind)
             try:

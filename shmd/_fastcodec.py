@@ -94,6 +94,7 @@ def _types(mid: ModelId) -> tuple[type, msgspec.json.Decoder, msgspec.json.Decod
 
 _TYPES = {mid: _types(mid) for mid in _FIELDS}
 _REFUSED = (msgspec.ValidationError, msgspec.DecodeError, UnicodeEncodeError)
+_U64_MAX = 2**64 - 1
 
 
 def _values(model: ModelId, item: Any) -> dict[str, Any]:
@@ -115,9 +116,17 @@ def decode_item(model: ModelId, body: bytes) -> dict[str, Any] | None:
     if types is None:
         return None
     try:
-        return _values(model, types[1].decode(body))
+        values = _values(model, types[1].decode(body))
     except _REFUSED:
         return None
+    return values if all(_within_u64(v) for v in values.values()) else None
+
+
+def _within_u64(value: Any) -> bool:
+    """msgspec's integer bounds stop at int64, so the u64 fields' upper bound is checked here."""
+    if isinstance(value, list):
+        return all(map(_within_u64, value))
+    return not isinstance(value, int) or value <= _U64_MAX
 
 
 # Per model, per payload field in struct order: (its index in _FIELDS, hashed?, array?, default).
