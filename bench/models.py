@@ -129,15 +129,14 @@ def _int8_study(mid, max_calls: int, budget: float) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
     from models import (
-        MODEL_NAMES,
         _layers,  # noqa: F401  (registers the custom layers)
         postprocess,
     )
-    from models._artifacts import default_models_dir
     from models._data import split
     from models._evaluate import evaluate
+    from models._repository import latest_version, version_dir
 
-    directory = default_models_dir() / MODEL_NAMES[mid]
+    directory = version_dir(None, mid, latest_version(None, mid))
     rec, x, lab = split(mid, 7, "test", 5000)
     _, x_rep, train_lab = split(mid, 7, "train", 2000)
     conv = tf.lite.TFLiteConverter.from_keras_model(keras.saving.load_model(directory / "model.keras", compile=False))

@@ -25,6 +25,7 @@ from shmd._errors import DaemonError, InvalidFields
 from shmd._fastcodec import decode_batch, decode_item
 from shmd._stats_segment import CMD_CLEAR_CACHE, CMD_RESET_METRICS, DONE, StatsSegment
 
+from . import _models_api
 from ._channel import ShimChannel
 from ._codec import MAX_BODY, parse, read_body, read_raw, respond
 from ._errors import HttpError, http_error
@@ -116,9 +117,9 @@ class Shim:
                 return answers
         results: list[Any] = []
         for i in range(len(records) // REQUEST.itemsize):
-            status, flags, outputs = _wire.read(responses, i)
+            status, flags, version, outputs = _wire.read(responses, i)
             if status == Status.OK:
-                results.append(_records.prediction(mid, outputs, flags))
+                results.append(_records.prediction(mid, outputs, flags, version))
                 continue
             resp = np.frombuffer(responses, RESPONSE, count=1, offset=i * RESPONSE.itemsize)[0]
             sent = np.frombuffer(records, REQUESTS[mid], count=1, offset=i * REQUEST.itemsize)[0]
@@ -285,8 +286,8 @@ class Shim:
         )
 
     async def ready(self, request: web.Request) -> web.Response:
-        ok, problems = _snapshot.readiness(self._seg())
-        body = {"success": ok, "ready": ok, "problems": problems}
+        ok, problems, per_model = _snapshot.readiness(self._seg())
+        body = {"success": ok, "ready": ok, "problems": problems, "models": per_model}
         if not ok:
             body["error"] = "; ".join(problems)
         return respond(request, body, 200 if ok else 503)
@@ -323,6 +324,7 @@ def create_app(
     r.add_get("/ready", shim.ready)
     r.add_get("/metrics", shim.prometheus)
     r.add_get("/openapi.json", shim.openapi)
+    _models_api.register(app, shim)
     return app
 
 

@@ -204,6 +204,10 @@ PREDICTIONS: dict[str, dict[str, Any]] = {
     ),
 }
 
+for _p in PREDICTIONS.values():  # every answer says which version of the model computed it
+    _p["properties"]["modelVersion"] = _int(1, 0xFFFF, "version of the model that answered (GET /api/ml/models)")
+    _p["required"].append("modelVersion")
+
 _LAT = {k: _num(0) for k in ("min", "avg", "max", "p50", "p95", "p99")}
 _COUNT = _int(0)
 
@@ -232,6 +236,16 @@ COMPONENTS: dict[str, Any] = {
             "batches": _COUNT,
             "serviceLatencyMs": _obj(_LAT, list(_LAT), "drain-to-publish time inside the daemon"),
             "batchSizes": {"type": "object", "additionalProperties": _COUNT, "description": "by power of two"},
+            "versions": {
+                "type": "object",
+                "description": "per model version (key: the version): its counters and end-to-end latency",
+                "additionalProperties": _obj(
+                    {k: _COUNT for k in ("requests", "modelInferences", "cacheHits", "errors")}
+                    | {k: _num(0) for k in ("averageLatencyMs", "p50LatencyMs", "p99LatencyMs")},
+                    ["requests", "modelInferences", "cacheHits", "errors", "averageLatencyMs", "p50LatencyMs",
+                     "p99LatencyMs"],
+                ),
+            },
         },
         [
             "modelName",
@@ -339,8 +353,21 @@ COMPONENTS["ReadyResponse"] = _obj(
         "ready": {"type": "boolean"},
         "problems": {"type": "array", "items": {"type": "string"}},
         "error": {"type": "string"},
+        "models": {
+            "type": "object",
+            "description": "per model: ready once a validated, warmed version serves (it stays ready while loading "
+            "another)",
+            "additionalProperties": _obj(
+                {
+                    "ready": {"type": "boolean"},
+                    "version": _COUNT,
+                    "state": {"type": "string", "enum": ["absent", "serving", "loading"]},
+                },
+                ["ready", "version", "state"],
+            ),
+        },
     },
-    ["success", "ready", "problems"],
+    ["success", "ready", "problems", "models"],
 )
 
 _JSON_AND_MSGPACK = ("application/json", "application/msgpack")
@@ -480,6 +507,8 @@ def _paths() -> dict[str, Any]:
 
 @functools.cache
 def _document() -> dict[str, Any]:
+    from . import _models_openapi  # it builds on this module's helpers
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -489,9 +518,9 @@ def _document() -> dict[str, Any]:
             "JSON by default; msgpack when Content-Type/Accept say application/msgpack.",
         },
         "servers": [{"url": "http://127.0.0.1:9005"}],
-        "paths": _paths(),
+        "paths": {**_paths(), **_models_openapi.PATHS},
         "components": {
-            "schemas": COMPONENTS,
+            "schemas": {**COMPONENTS, **_models_openapi.SCHEMAS},
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
     }

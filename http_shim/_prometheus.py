@@ -23,6 +23,8 @@ from shmd import _snapshot
 from shmd._metrics import EVICTIONS, HITS, INSERTS, MISSES, REFRESH_DRIFT, REFRESH_STABLE
 from shmd._stats_segment import StatsSegment
 
+from ._prometheus_versions import version_families
+
 LATENCY_BOUNDS_S: tuple[float, ...] = (
     10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6,
     1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0,
@@ -88,6 +90,8 @@ class StatsCollector(Collector):
                 total_s = float(a["summary"][mid, kind, met.SUM]) / 1e9
                 lat.add_metric([model, kind_name], latency_buckets(a["hist"][mid, kind]), total_s)
         yield lat
+
+        yield from version_families(a, latency_buckets)
 
         # Batch sizes: daemon bucket k holds sizes 2**k .. 2**(k+1)-1, so le = 2**(k+1)-1 is exact.
         batch = HistogramMetricFamily("shmd_batch_size", "Rows per model invocation.", labels=["model"])

@@ -8,8 +8,9 @@ Serving path (no TensorFlow import): ``encode_<model>`` (compiled, one record) -
 
 from typing import TYPE_CHECKING, Any
 
-from ._artifacts import ArtifactError, default_models_dir
+from ._artifacts import ArtifactError
 from ._program import Bank, Program, make_bank, scratch_for
+from ._repository import default_models_dir, latest_version, next_version, version_dir, versions_on_disk
 from ._runner import BACKENDS, CompiledRunner, LiteRTRunner, Runner, TFRunner, load_runner
 from ._spec import ENCODER_VERSION, MODEL_IDS, MODEL_NAMES, N_FEATURES, N_MODEL_SLOTS, N_RAW_OUTPUTS
 from ._validate import encode_batch, validate
@@ -63,9 +64,13 @@ __all__ = [
     "encode_threat",
     "encode_workload",
     "forward",
+    "latest_version",
     "load_runner",
     "make_bank",
+    "next_version",
     "postprocess",
     "scratch_for",
     "validate",
+    "version_dir",
+    "versions_on_disk",
 ]

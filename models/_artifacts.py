@@ -1,4 +1,4 @@
-"""Artifact directories: ``<models_dir>/<name>/{model.keras, model.tflite, manifest.json}``."""
+"""Artifact directories: ``<models_dir>/<name>/<version>/{model.keras, model.tflite, manifest.json}``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 from kernel_abi import ModelId
 
+from ._repository import MANIFEST, latest_version, model_dir, version_dir
 from ._spec import ENCODER_VERSION, MODEL_NAMES, N_FEATURES, N_RAW_OUTPUTS
 
-MANIFEST = "manifest.json"
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
 
@@ -23,25 +23,28 @@ class ArtifactError(Exception):
     """
 
 
-def default_models_dir() -> Path:
-    """The artifacts shipped inside the package."""
-    return Path(__file__).resolve().parent / "artifacts"
-
-
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_manifest(mid: ModelId, models_dir: Path | None, need: str) -> tuple[dict, Path]:
-    """The checked manifest of model ``mid`` and the path of its file ``need``.
+def load_manifest(mid: ModelId, models_dir: Path | None, need: str, version: int | None = None) -> tuple[dict, Path]:
+    """The checked manifest of ``version`` (default: the latest) of model ``mid`` and the path of its file ``need``.
 
-    Every file listed in the manifest must exist and match its sha256.
+    Every file listed in the manifest must exist and match its sha256, and the manifest's
+    version must be its directory's.
     """
-    directory = Path(models_dir if models_dir is not None else default_models_dir()) / MODEL_NAMES[mid]
+    if version is None:
+        version = latest_version(models_dir, mid)
+        if version is None:
+            raise ArtifactError(
+                f"model has no version: {model_dir(models_dir, mid)} holds no <version>/{MANIFEST} (layout "
+                f"<models-dir>/<model>/<version>/; train with `shmd train --model {MODEL_NAMES[mid]} --out DIR`)"
+            )
+    directory = version_dir(models_dir, mid, version)
     path = directory / MANIFEST
     if not path.is_file():
         raise ArtifactError(
-            f"model manifest is missing: {path} (train with `shmd train --model {MODEL_NAMES[mid]}`)"
+            f"model manifest is missing: {path} (train with `shmd train --model {MODEL_NAMES[mid]} --out DIR`)"
         )
     try:
         manifest = json.loads(path.read_text())
@@ -51,8 +54,8 @@ def load_manifest(mid: ModelId, models_dir: Path | None, need: str) -> tuple[dic
             "encoder_version": (manifest["encoder_version"], ENCODER_VERSION[mid]),
             "n_features": (manifest["input"]["shape"][1], N_FEATURES[mid]),
             "n_outputs": (manifest["output"]["shape"][1], N_RAW_OUTPUTS[mid]),
+            "version": (int(manifest["version"]), int(version)),
         }
-        int(manifest["version"])
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise ArtifactError(f"model manifest is corrupt: {path}: {exc!r}") from exc
     for key, (found, expected) in checks.items():

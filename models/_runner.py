@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +53,20 @@ class Runner(ABC):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Raw outputs ``float32[n, k]`` for ``batch`` ``float32[n, f]``."""
 
+    def warm(self, buckets: Iterable[int], owner: int | None = None) -> None:
+        """Run one batch of each size in ``buckets`` so no caller pays a first call (any thread may ask)."""
+        for bucket in buckets:
+            self.predict(np.zeros((bucket, self.n_features), np.float32))
+
 
 class LiteRTRunner(Runner):
     """One LiteRT interpreter per (thread, power-of-two batch bucket), allocated once.
 
     An interpreter is not thread-safe, and resizing one re-allocates its tensor arena,
     so each thread keeps one interpreter per bucket: after warm-up no call allocates
-    tensors; a batch is copied into the bucket's padded input buffer.
+    tensors; a batch is copied into the bucket's padded input buffer. ``warm`` builds and
+    runs a thread's interpreters from another thread (the daemon warms a new version for
+    its poll loop on its loader thread, while the loop serves the old one).
     """
 
     backend = "litert"
@@ -66,11 +74,19 @@ class LiteRTRunner(Runner):
     def __init__(self, mid: ModelId, manifest: dict, path: Path) -> None:
         super().__init__(mid, manifest)
         self._model = path.read_bytes()
-        self._local = threading.local()
+        self._slots: dict[tuple[int, int], tuple] = {}  # (thread ident, bucket) -> interpreter, in, out, buffer
+        from ai_edge_litert.interpreter import Interpreter
 
-    def _slot(self, bucket: int) -> tuple:
-        slots = self._local.__dict__.setdefault("slots", {})
-        slot = slots.get(bucket)
+        it = Interpreter(model_content=self._model, num_threads=1)
+        shapes = it.get_input_details()[0]["shape"][-1], it.get_output_details()[0]["shape"][-1]
+        if shapes != (self.n_features, self.n_outputs):
+            raise ArtifactError(
+                f"TFLite model shape does not match the ABI: {path}: [{shapes[0]}] -> [{shapes[1]}], "
+                f"expected [{self.n_features}] -> [{self.n_outputs}]"
+            )
+
+    def _slot(self, bucket: int, owner: int) -> tuple:
+        slot = self._slots.get((owner, bucket))
         if slot is None:
             from ai_edge_litert.interpreter import Interpreter
 
@@ -78,8 +94,19 @@ class LiteRTRunner(Runner):
             inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
             it.resize_tensor_input(inp, [bucket, self.n_features], strict=True)
             it.allocate_tensors()
-            slot = slots[bucket] = (it, inp, out, np.zeros((bucket, self.n_features), np.float32))
+            slot = self._slots[(owner, bucket)] = (it, inp, out, np.zeros((bucket, self.n_features), np.float32))
         return slot
+
+    def warm(self, buckets: Iterable[int], owner: int | None = None) -> None:
+        """Allocate and run the interpreters of thread ``owner`` (default: this one) for ``buckets``.
+
+        The owner must not call ``predict`` meanwhile (its interpreters are being built).
+        """
+        owner = threading.get_ident() if owner is None else owner
+        for bucket in buckets:
+            it, inp, _, buf = self._slot(bucket, owner)
+            it.set_tensor(inp, buf)
+            it.invoke()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if not (batch.dtype == np.float32 and batch.ndim == 2 and batch.flags.c_contiguous):
@@ -92,7 +119,7 @@ class LiteRTRunner(Runner):
         if n == 0:
             return np.zeros((0, self.n_outputs), np.float32)
         bucket = 1 << (n - 1).bit_length()
-        it, inp, out, buf = self._slot(bucket)
+        it, inp, out, buf = self._slot(bucket, threading.get_ident())
         if n == bucket:
             it.set_tensor(inp, batch)
         else:
@@ -164,21 +191,26 @@ class TFRunner(Runner):
 
 
 def load_runner(
-    mid: ModelId | int, *, backend: str = "litert", models_dir: Path | str | None = None
+    mid: ModelId | int,
+    *,
+    backend: str = "litert",
+    models_dir: Path | str | None = None,
+    version: int | None = None,
 ) -> Runner:
-    """Load model ``mid`` from ``models_dir`` (default: the shipped artifacts) with ``backend``.
+    """Load ``version`` (default: the latest) of model ``mid`` from the repository ``models_dir``
+    (default: the shipped artifacts) with ``backend``.
 
     Raises ``ArtifactError`` naming the file when an artifact is missing or corrupt.
     """
     mid = ModelId(mid)
     dirpath = Path(models_dir) if models_dir is not None else None
     if backend == "litert":
-        manifest, path = load_manifest(mid, dirpath, TFLITE_FILE)
+        manifest, path = load_manifest(mid, dirpath, TFLITE_FILE, version)
         return LiteRTRunner(mid, manifest, path)
     if backend == "compiled":
-        manifest, path = load_manifest(mid, dirpath, TFLITE_FILE)
+        manifest, path = load_manifest(mid, dirpath, TFLITE_FILE, version)
         return CompiledRunner(mid, manifest, path)
     if backend == "tf":
-        manifest, path = load_manifest(mid, dirpath, KERAS_FILE)
+        manifest, path = load_manifest(mid, dirpath, KERAS_FILE, version)
         return TFRunner(mid, manifest, path)
     raise ValueError(f"unknown backend: backend={backend!r} (use one of {', '.join(BACKENDS)})")

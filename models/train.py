@@ -2,8 +2,8 @@
 
 Per model: fit the task heads on the train split, fit the confidence head on the
 calibration split (everything else frozen), evaluate on the test split against naive
-baselines, then write ``<out>/<name>/`` (model.keras, model.tflite, manifest.json) and
-``<out>/heldout_metrics.json``.
+baselines, then write the next free version ``<out>/<name>/<version>/`` (model.keras,
+model.tflite, manifest.json with canaries) and ``<out>/heldout_metrics.json``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import numpy as np
 
 from kernel_abi import OUTPUT_NAMES, ModelId
 
-from ._artifacts import KERAS_FILE, TFLITE_FILE, default_models_dir, write_manifest
+from . import canary
+from ._artifacts import KERAS_FILE, TFLITE_FILE, write_manifest
 from ._data import split
 from ._evaluate import correct, evaluate
 from ._post import postprocess
+from ._repository import default_models_dir, next_version, version_dir
 from ._spec import ENCODER_VERSION, MODEL_IDS, MODEL_NAMES, N_FEATURES, N_RAW_OUTPUTS, RAW_COLUMNS
 
-MODEL_VERSION = 1
 EPOCHS = {ModelId.WORKLOAD: 40, ModelId.THREAT: 20, ModelId.FAILURE: 20, ModelId.MEMORY: 25}
 HEAD_EPOCHS = 25
 
@@ -120,8 +121,9 @@ def train_one(mid: ModelId, seed: int, out_dir: Path, rows: int) -> dict:
     raw = _raw(net.export, xte)
     metrics = evaluate(mid, rte, xte, raw, post(mid, raw), lte, ltr)
 
-    directory = out_dir / name
-    directory.mkdir(parents=True, exist_ok=True)
+    version = next_version(out_dir, mid)
+    directory = version_dir(out_dir, mid, version)
+    directory.mkdir(parents=True)
     net.export.save(directory / KERAS_FILE)
     tflite = tf.lite.TFLiteConverter.from_keras_model(net.export).convert()
     (directory / TFLITE_FILE).write_bytes(tflite)
@@ -132,7 +134,7 @@ def train_one(mid: ModelId, seed: int, out_dir: Path, rows: int) -> dict:
         {
             "name": name,
             "model_id": int(mid),
-            "version": MODEL_VERSION,
+            "version": version,
             "encoder_version": ENCODER_VERSION[mid],
             "input": {"name": "features", "dtype": "float32", "shape": [-1, N_FEATURES[mid]]},
             "output": {
@@ -150,6 +152,7 @@ def train_one(mid: ModelId, seed: int, out_dir: Path, rows: int) -> dict:
             },
             "heldout_metrics": metrics,
             "tflite_vs_keras_max_abs_diff": parity,
+            "canaries": canary.record(tflite, xte[: canary.N_CANARIES]),
         },
     )
     print(
@@ -187,7 +190,9 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="shmd train", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="all", choices=[*MODEL_IDS, "all"])
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=default_models_dir(), help="artifact directory")
+    ap.add_argument(
+        "--out", type=Path, default=default_models_dir(), help="model repository: writes <out>/<model>/<next version>/"
+    )
     ap.add_argument(
         "--rows", type=int, default=60_000, help="training rows per model (small for smoke tests)"
     )

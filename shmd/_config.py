@@ -3,9 +3,11 @@
 The TOML file holds the same keys as the flags (``spin_us = 50``) plus the
 per-model tables ``[cache.workload] ttl_ms = 100, enabled = true,
 quantum = 0.0`` (and the adaptive TTL's ``adaptive``, ``ttl_min_ms``,
-``ttl_max_ms``, ``tolerance``) and the channel priorities ``[priorities]
-security = 3``. Environment variables are ``SHMD_`` plus the key in upper
-case (``SHMD_SPIN_US=20``, ``SHMD_CHANNELS=a,b``,
+``ttl_max_ms``, ``tolerance``), the channel priorities ``[priorities]
+security = 3`` and the version policy ``[model_versions] workload = 2`` (a
+pinned version; ``"latest"``, the default, serves the highest version in the
+repository and moves on SIGHUP). Environment variables are ``SHMD_`` plus the
+key in upper case (``SHMD_SPIN_US=20``, ``SHMD_CHANNELS=a,b``,
 ``SHMD_PRIORITIES=security=3,scheduler=0``).
 """
 
@@ -105,6 +107,7 @@ class Config:
     adaptive_ttl: bool = False  # tune every model's TTL (off: docs/MODELS.md); [cache.X] adaptive overrides
     cache: dict[str, CacheConfig] = field(default_factory=_default_cache)
     priorities: dict[str, int] = field(default_factory=dict)  # channel -> priority, over DEFAULT_PRIORITIES
+    model_versions: dict[str, int] = field(default_factory=dict)  # pinned versions; a model absent = latest
 
     def priority(self, channel: str) -> int:
         """The drain priority of ``channel`` (higher first): configured, else the default table's, else 1."""
@@ -165,6 +168,9 @@ class Config:
                 grp.getgrnam(self.group)
             except KeyError:
                 raise ConfigError(f"group does not exist: group={self.group!r}; create it or fix the name") from None
+        unknown = set(self.model_versions) - set(DEFAULT_TTL_MS)
+        if unknown:
+            raise ConfigError(f"model_versions has unknown models: {', '.join(sorted(unknown))}")
         unknown = set(self.cache) - set(DEFAULT_TTL_MS)
         if unknown:
             raise ConfigError(f"cache has unknown models: {', '.join(sorted(unknown))}")
@@ -197,7 +203,7 @@ def _power_of_two(key: str, value: int, lo: int, hi: int) -> None:
         raise ConfigError(f"{key} must be a power of two in [{lo}, {hi}]: {key}={value}")
 
 
-_SCALARS = {f.name: f for f in fields(Config) if f.name not in ("cache", "priorities")}
+_SCALARS = {f.name: f for f in fields(Config) if f.name not in ("cache", "priorities", "model_versions")}
 _TABLES = ("priorities",)  # settings that are {name: value} tables; from env and flags as "a=1,b=2"
 
 
@@ -217,6 +223,19 @@ def _priorities(value: Any, source: str) -> dict[str, int]:
         except ValueError:
             raise ConfigError(f"{source}: priorities must be channel=integer pairs: priorities={value!r}") from None
     return out
+
+
+MAX_MODEL_VERSION = 0xFFFF  # the response slot's u16
+
+
+def _policy(source: str, model: str, value: Any) -> int | None:
+    """A ``model_versions`` entry: None for ``"latest"``, else a version in [1, 65535]."""
+    if value == "latest":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_MODEL_VERSION:
+        return value
+    raise ConfigError(f"{source}: model_versions.{model} must be \"latest\" or a version in [1, "
+                      f"{MAX_MODEL_VERSION}]: model_versions.{model}={value!r}")  # fmt: skip
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -256,6 +275,17 @@ def _merge(cfg: Config, values: dict[str, Any], source: str) -> Config:
             updates["cache"] = merged
         elif key == "priorities":
             updates["priorities"] = {**cfg.priorities, **_priorities(value, source)}
+        elif key == "model_versions":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: model_versions must be a table of models")
+            pinned = dict(cfg.model_versions)
+            for model, policy in value.items():
+                version = _policy(source, model, policy)
+                if version is None:
+                    pinned.pop(model, None)
+                else:
+                    pinned[model] = version
+            updates["model_versions"] = pinned
         elif key in _SCALARS:
             updates[key] = _coerce(key, value)
         else:

@@ -59,6 +59,15 @@ def bucket_midpoints() -> np.ndarray:
 _MIDPOINTS = bucket_midpoints()
 
 
+def percentile_ms(hist_row: np.ndarray, q: float, lo: float = 0.0, hi: float = float("inf")) -> float:
+    """The ``q`` quantile of one latency histogram row, in ms (0 when empty), clamped to ``[lo, hi]`` ns."""
+    cum = np.cumsum(hist_row)
+    if not cum.size or cum[-1] <= 0:
+        return 0.0
+    idx = int(np.searchsorted(cum, q * cum[-1], side="left"))
+    return min(max(float(_MIDPOINTS[idx]), lo), hi) / 1e6
+
+
 @dataclass
 class MetricsArrays:
     """Every counter of a daemon; rows indexed by model id / channel index."""
@@ -94,12 +103,10 @@ class MetricsArrays:
         count = int(s[COUNT])
         if count == 0:
             return {k: 0.0 for k in ("min", "avg", "max", "p50", "p95", "p99")}
-        cum = np.cumsum(self.hist[model, kind])
         lo, hi = float(s[MIN]), float(s[MAX])
 
         def pct(q: float) -> float:
-            idx = int(np.searchsorted(cum, q * cum[-1], side="left"))
-            return min(max(float(_MIDPOINTS[idx]), lo), hi) / 1e6
+            return percentile_ms(self.hist[model, kind], q, lo, hi)
 
         return {
             "min": lo / 1e6,

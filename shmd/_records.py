@@ -62,9 +62,9 @@ def pack_request(mid: ModelId, fields: Mapping[str, Any], buf: Any, *, flags: in
 
 def read_answer(mid: ModelId, buf: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
     """The API ``prediction`` of the RESPONSE record at the start of ``buf``, or raise its DaemonError."""
-    status, flags, outputs = _wire.read(buf, 0)
+    status, flags, version, outputs = _wire.read(buf, 0)
     if status == Status.OK:
-        return prediction(mid, outputs, flags)
+        return prediction(mid, outputs, flags, version)
     return read_response(mid, np.frombuffer(buf, RESPONSE, count=1)[0], fields)
 
 
@@ -89,13 +89,14 @@ def read_response(
                 )  # fmt: skip
             err.field, err.detail = detail.field, detail.rule
         raise err
-    return prediction(mid, resp["outputs"], int(resp["flags"]))
+    return prediction(mid, resp["outputs"], int(resp["flags"]), int(resp["model_version"]))
 
 
-def prediction(mid: ModelId, outputs: Sequence[float], flags: int) -> dict[str, Any]:
-    """The API ``prediction`` of an OK response's ``outputs`` and ``flags``."""
+def prediction(mid: ModelId, outputs: Sequence[float], flags: int, version: int) -> dict[str, Any]:
+    """The API ``prediction`` of an OK response's ``outputs``, ``flags`` and ``model_version``."""
     result = _codec.decode_outputs(mid, outputs)
     result["cacheHit"] = bool(flags & RESP_CACHE_HIT)
+    result["modelVersion"] = version
     return result
 
 
@@ -150,8 +151,9 @@ def columns(mid: ModelId, responses: np.ndarray) -> list[dict[str, Any]] | None:
         else:
             keys.append(name)
             columns.append(column.tolist())
-    keys.append("cacheHit")
+    keys += ["cacheHit", "modelVersion"]
     columns.append(((responses["flags"] & RESP_CACHE_HIT) != 0).tolist())
+    columns.append(responses["model_version"].tolist())
     return list(map(_dict_maker(tuple(keys)), *columns))
 
 

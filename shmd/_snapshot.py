@@ -21,6 +21,7 @@ import numpy as np
 from kernel_abi import ModelId, Status
 
 from . import _metrics as met
+from . import _model_states as ms
 from ._metrics import ADAPT_MAX_NS, EVICTIONS, HITS, INSERTS, MISSES, REFRESH_DRIFT, REFRESH_STABLE
 from ._stats_segment import StatsSegment
 
@@ -68,7 +69,7 @@ def model_snapshot(seg: StatsSegment, name: str, arrays: dict[str, np.ndarray] |
     e2e = _latency(m, mid, met.E2E)
     return {
         "modelName": name,
-        "modelVersion": int(seg.meta.get("models", {}).get(name, 0)),
+        "modelVersion": int(a["model_state"][mid, ms.MS_VERSION]),
         # The seed counts an answer served from the cache as an inference too.
         "totalInferences": hits + int(counters[met.INFERENCES]),
         "cacheHits": hits,
@@ -86,6 +87,7 @@ def model_snapshot(seg: StatsSegment, name: str, arrays: dict[str, np.ndarray] |
         "batches": int(counters[met.BATCHES]),
         "serviceLatencyMs": _latency(m, mid, met.SERVICE),
         "batchSizes": _batch_sizes(a["batch_hist"][mid]),
+        "versions": ms.version_snapshot(a, mid),
     }
 
 
@@ -147,23 +149,38 @@ def daemon_snapshot(seg: StatsSegment, arrays: dict[str, np.ndarray] | None = No
         "pid": int(seg.meta.get("pid", 0)),
         "prefix": seg.meta.get("prefix", ""),
         "backend": seg.meta.get("backend", ""),
-        "models": dict(seg.meta.get("models", {})),
+        "models": {m.name.lower(): int(a["model_state"][m, ms.MS_VERSION]) for m in ModelId},
         "passes": passes,
         "heartbeatAgeMs": _round(age_ns / 1e6) if age_ns >= 0 else -1.0,
         "heartbeatFresh": 0 <= age_ns < HEARTBEAT_FRESH_NS,
     }
 
 
-def readiness(seg: StatsSegment) -> tuple[bool, list[str]]:
+def model_readiness(a: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Per model: ready (a validated, warmed version serves), that version and the state."""
+    out = {}
+    for m in ModelId:
+        state = a["model_state"][m]
+        version = int(state[ms.MS_VERSION])
+        out[m.name.lower()] = {
+            "ready": version > 0 and int(state[ms.MS_STATE]) != ms.STATE_ABSENT,
+            "version": version,
+            "state": ms.STATES[int(state[ms.MS_STATE])],
+        }
+    return out
+
+
+def readiness(seg: StatsSegment) -> tuple[bool, list[str], dict[str, dict[str, Any]]]:
     """Ready when every model is loaded, the loop's heartbeat is fresh and no channel is corrupt.
 
-    The second item lists what is wrong (empty when ready).
+    Then what is wrong (empty when ready) and ``model_readiness``. A model loading a new
+    version stays ready: its serving version answers until the swap.
     """
     a = _copy(seg)
     problems: list[str] = []
-    versions = seg.meta.get("models", {})
-    for name in MODEL_NAMES:
-        if not versions.get(name):
+    per_model = model_readiness(a)
+    for name, m in per_model.items():
+        if not m["ready"]:
             problems.append(f"model {name} is not loaded")
     d = daemon_snapshot(seg, a)
     if not d["heartbeatFresh"]:
@@ -171,7 +188,7 @@ def readiness(seg: StatsSegment) -> tuple[bool, list[str]]:
     for c, name in enumerate(seg.meta.get("channels", [])):
         if a["gauges"][c][1]:
             problems.append(f"channel {name} is marked corrupt")
-    return not problems, problems
+    return not problems, problems, per_model
 
 
 def snapshot(seg: StatsSegment) -> dict[str, Any]:
@@ -191,6 +208,7 @@ __all__ = [
     "cache_snapshot",
     "channel_snapshot",
     "daemon_snapshot",
+    "model_readiness",
     "model_snapshot",
     "readiness",
     "snapshot",

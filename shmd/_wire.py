@@ -82,13 +82,14 @@ RESPONSE_STRUCT = struct.Struct(_RESPONSE_FMT)
 assert RESPONSE_STRUCT.size == RESPONSE.itemsize
 _STATUS = RESPONSE_FIELDS.index("status")
 _FLAGS = RESPONSE_FIELDS.index("flags")
+_VERSION = RESPONSE_FIELDS.index("model_version")
 _OUTPUTS = RESPONSE_FIELDS.index("outputs")  # the first of the outputs: they are last
 
 
-def read(responses: bytes, i: int) -> tuple[int, int, tuple[float, ...]]:
-    """(status, flags, outputs) of the ``i``-th RESPONSE record in ``responses``."""
+def read(responses: bytes, i: int) -> tuple[int, int, int, tuple[float, ...]]:
+    """(status, flags, model_version, outputs) of the ``i``-th RESPONSE record in ``responses``."""
     row = RESPONSE_STRUCT.unpack_from(responses, i * RESPONSE.itemsize)
-    return row[_STATUS], row[_FLAGS], row[_OUTPUTS:]
+    return row[_STATUS], row[_FLAGS], row[_VERSION], row[_OUTPUTS:]
 
 
 __all__ = ["PAYLOAD", "RESPONSE_FIELDS", "RESPONSE_STRUCT", "Payload", "read"]

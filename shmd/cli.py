@@ -1,4 +1,4 @@
-"""The ``shmd`` command: serve, train, status."""
+"""The ``shmd`` command: serve, train, status, models."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ def main(argv: list[str] | None = None) -> int:
         "serve": ("shmd.daemon", "run the daemon in the foreground"),
         "train": ("models.train", "train the four models and write their artifacts"),
         "status": ("shmd.status", "print a running daemon's metrics"),
+        "models": ("shmd.models_cmd", "list model versions, load one while serving"),
     }
     if not argv or argv[0] not in commands:
-        print("usage: shmd {serve,train,status} [options]\n", file=sys.stderr)
+        print("usage: shmd {serve,train,status,models} [options]\n", file=sys.stderr)
         for name, (_, what) in commands.items():
             print(f"  {name:<7} {what}", file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2

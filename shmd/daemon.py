@@ -32,12 +32,13 @@ import numpy as np
 import ringbuf
 from kernel_abi import ModelId, Status
 
-from . import _config, _lock, _loop, _notify, _pass, _readiness
+from . import _config, _lifecycle, _lock, _loop, _notify, _pass, _readiness
 from . import _metrics as met
+from . import _model_states as ms
 from ._cache import ADAPT_WORDS, N_STATS, CacheArrays
 from ._errors import ShmdError
 from ._http_child import HttpChild
-from ._pass_layout import PASS_SPIN_NS
+from ._pass_layout import PASS_ROOM, PASS_SPIN_NS
 from ._stats_segment import (
     ARGUMENT,
     CMD_CLEAR_CACHE,
@@ -122,27 +123,44 @@ class Daemon:
     # --- start-up ----------------------------------------------------------------
 
     def _load_models(self) -> None:
+        """Every model at the version its policy names, validated and warmed up like a hot load."""
         import models
 
         self.runners: dict[int, Any] = {}
         self.versions = np.zeros(_loop.N_MODELS, np.uint16)
         for mid in ModelId:
-            try:
-                runner = models.load_runner(mid, backend=self.cfg.backend, models_dir=self.cfg.models_dir)
-                for size in (1, 16, 256):  # warm the batch buckets the loop will use
-                    runner.predict(np.zeros((size, models.N_FEATURES[mid]), np.float32))
-            except models.ArtifactError:
-                raise
-            except Exception as err:  # a file that passes its checksum and still does not load or run
+            version = self._policy_version(mid)
+            if version is None:
+                pinned = self.cfg.model_versions.get(mid.name.lower())
+                where = models.version_dir(self.cfg.models_dir, mid, pinned) if pinned else None
                 raise models.ArtifactError(
-                    f"model {mid.name.lower()} does not load or run on backend {self.cfg.backend}: {err!r}"
-                ) from err
+                    f"model {mid.name.lower()} is pinned to version {pinned}, which is not in the repository: {where}"
+                    if pinned else f"model has no version: {models.version_dir(self.cfg.models_dir, mid, 1).parent} "
+                    "holds no <version>/manifest.json"
+                )  # fmt: skip
+            runner = _lifecycle.prepare(mid, version, backend=self.cfg.backend, models_dir=self.cfg.models_dir,
+                                        max_batch=self.cfg.max_batch)  # fmt: skip
             self.runners[int(mid)] = runner
             self.versions[mid] = int(runner.version)
         self.n_features = {int(m): models.N_FEATURES[m] for m in ModelId}
         self.n_raw = {int(m): models.N_RAW_OUTPUTS[m] for m in ModelId}
+        self._python_runners()
+
+    def _python_runners(self) -> None:
+        import models
+
         # Runners the pass cannot call itself (litert, tf): Python runs them between passes.
         self.python_runners = {m: r for m, r in self.runners.items() if not isinstance(r, models.CompiledRunner)}
+
+    def _policy_version(self, mid: ModelId) -> int | None:
+        """The version model ``mid`` should serve: its pinned one, else the latest on disk (None: not there)."""
+        import models
+
+        pinned = self.cfg.model_versions.get(mid.name.lower())
+        on_disk = models.versions_on_disk(self.cfg.models_dir, mid)
+        if pinned is not None:
+            return pinned if pinned in on_disk else None
+        return on_disk[-1] if on_disk else None
 
     def _make_stats(self) -> None:
         n_ch = len(self.names)
@@ -158,6 +176,7 @@ class Daemon:
             "cache_adapt": ((np.float64), (_loop.N_MODELS, ADAPT_WORDS)),  # its bounds; ADAPT_MAX_NS 0: fixed
             "cache_entries": ((np.int64), (_loop.N_MODELS,)),
             "control": ((np.int64), (4,)),
+            **ms.arrays(_loop.N_MODELS),
             "heartbeat": ((np.int64), (2,)),  # last housekeeping ns, passes
             "loop": ((np.int64), (_pass.N_LOOP_COUNTERS,)),  # _pass_layout.LOOP_*
         }
@@ -167,6 +186,7 @@ class Daemon:
             "channels": self.names,
             "models": {m.name.lower(): int(self.versions[m]) for m in ModelId},
             "backend": self.cfg.backend,
+            "models_dir": str(self.cfg.models_dir or ""),  # "" = the shipped repository
             "admin_token_set": self.cfg.admin_token is not None,
             "cache_capacity": self.cfg.cache_capacity,
         }
@@ -188,6 +208,17 @@ class Daemon:
                     lo, hi = cc.bounds_ms()
                     self.cache.adapt[mid] = (lo * 1e6, hi * 1e6, cc.tolerance)
         self.cache.on_clear = self.publish_cache
+        now = time.time_ns()
+        for mid in ModelId:
+            ms.begin_period(a, int(mid), int(self.versions[mid]))
+            state = a["model_state"][mid]
+            state[[ms.MS_STATE, ms.MS_VERSION, ms.MS_LOADED_AT_NS]] = (ms.STATE_SERVING, self.versions[mid], now)
+            state[ms.MS_PINNED] = self.cfg.model_versions.get(mid.name.lower(), 0)
+        self.seen_requests = np.zeros(_loop.N_MODELS, np.int64)
+        self.loader = _lifecycle.Loader(backend=self.cfg.backend, models_dir=self.cfg.models_dir,
+                                        max_batch=self.cfg.max_batch)  # fmt: skip
+        self.swaps: list[_lifecycle.Candidate] = []  # prepared, waiting for the loop to swap them in
+        self.rescan = False  # SIGHUP: re-scan the repository and apply the policy
 
     def _make_channels(self) -> None:
         prefix = self.cfg.prefix
@@ -320,6 +351,7 @@ class Daemon:
         if seq != control[DONE]:
             self._control(int(control[COMMAND]), int(control[ARGUMENT]))
             self.last_cache_count = 0  # count now: a cleared cache reads empty once the command is done
+        self._lifecycle_requests()
         if now - self.last_cache_count >= CACHE_COUNT_NS:  # a full scan: not every 10 ms
             self.last_cache_count = now
             for mid in ModelId:
@@ -344,6 +376,8 @@ class Daemon:
         model = argument if argument in {int(m) for m in ModelId} else None
         if command == CMD_RESET_METRICS:
             self.metrics.reset(model)
+            for mid in ModelId if model is None else (model,):
+                ms.reset(self.stats.arrays, int(mid))
             if model is None:
                 self.cache.stats[...] = 0
             else:
@@ -352,6 +386,95 @@ class Daemon:
             self.cache.clear(model)
             self.last_cache_count = 0  # recount now: whoever asked reads the entries next
         log("control", self.cfg.log_format, command=command, model=argument)
+
+    # --- model versions ------------------------------------------------------------------
+
+    def _lifecycle_requests(self) -> None:
+        """Start the loads asked for (control words, SIGHUP), collect the prepared ones for a swap."""
+        import models
+
+        a = self.stats.arrays
+        state = a["model_state"]
+        for mid in ModelId:
+            seq = int(state[mid, ms.MS_REQ_SEQ])
+            if seq != self.seen_requests[mid]:
+                self.seen_requests[mid] = seq
+                self._want(int(mid), int(state[mid, ms.MS_REQ_VERSION]), seq)
+        if self.rescan:
+            self.rescan = False
+            log("rescan", self.cfg.log_format, models_dir=self.cfg.models_dir or models.default_models_dir())
+            for mid in ModelId:
+                version = self._policy_version(mid)
+                if version is not None and version != self.loader.pending.get(int(mid), self.versions[mid]):
+                    self._want(int(mid), version, 0)
+        for cand in self.loader.finished():
+            if cand.error:
+                self._answer(cand.mid, cand.seq, ms.RESULT_REFUSED, cand.error)
+                log("model_refused", self.cfg.log_format, model=ModelId(cand.mid).name.lower(),
+                    version=cand.version, reason=cand.error)  # fmt: skip
+            else:
+                self.swaps.append(cand)
+
+    def _want(self, mid: int, version: int, seq: int) -> None:
+        """Serve ``version`` of ``mid``: prepare it beside the serving one (request ``seq``; 0: the policy)."""
+        import models
+
+        name = ModelId(mid).name.lower()
+        on_disk = models.versions_on_disk(self.cfg.models_dir, mid)
+        if version not in on_disk:
+            where = models.version_dir(self.cfg.models_dir, mid, max(version, 1))
+            self._answer(mid, seq, ms.RESULT_NOT_FOUND, f"version: {name} has no version {version} in the repository "
+                         f"({where} has no manifest.json; versions on disk: {on_disk})")  # fmt: skip
+        elif version == self.versions[mid] and mid not in self.loader.pending:
+            self._answer(mid, seq, ms.RESULT_UNCHANGED, f"{name} version {version} is already serving")
+        else:
+            self.stats.arrays["model_state"][mid, ms.MS_STATE] = ms.STATE_LOADING
+            self.stats.arrays["model_state"][mid, ms.MS_LOADING] = version
+            self.loader.submit(mid, version, seq)
+            log("model_loading", self.cfg.log_format, model=name, version=version, serving=int(self.versions[mid]))
+
+    def _answer(self, mid: int, seq: int, result: int, reason: str) -> None:
+        a = self.stats.arrays
+        state = a["model_state"][mid]
+        if mid not in self.loader.pending:
+            state[ms.MS_STATE], state[ms.MS_LOADING] = ms.STATE_SERVING, 0
+        ms.write_reason(a, mid, reason)
+        state[ms.MS_RESULT] = result
+        if seq:
+            state[ms.MS_DONE_SEQ] = seq  # last: the requester reads the rest once it sees this
+
+    def _flush(self, n: int) -> int:
+        """Finish the pass in hand and drain nothing: afterwards no request is in flight."""
+        if n:
+            room = int(self.batch.state[PASS_ROOM])
+            self.batch.state[PASS_ROOM] = 0
+            try:
+                self.step(n, 0, 0)
+            finally:
+                self.batch.state[PASS_ROOM] = room
+        return 0
+
+    def _swap(self, cand: _lifecycle.Candidate) -> None:
+        """Serve ``cand`` from the next pass on; no pass may be in flight (``_flush``)."""
+        mid, a = cand.mid, self.stats.arrays
+        previous = int(self.versions[mid])
+        self.runners[mid] = cand.runner
+        self.versions[mid] = cand.version
+        self._python_runners()
+        self.models = _pass.new_models(self.batch, self.runners)
+        self.cache.clear(mid)  # answers of the old version are never served again
+        ms.begin_period(a, mid, cand.version)
+        state = a["model_state"][mid]
+        state[ms.MS_VERSION] = cand.version
+        state[ms.MS_LOADED_AT_NS] = time.time_ns()
+        state[ms.MS_SWAP_NS] = time.monotonic_ns() - cand.requested_ns
+        self._answer(mid, cand.seq, ms.RESULT_SWAPPED, f"{ModelId(mid).name.lower()} version {cand.version} serving "
+                     f"(was {previous})")  # fmt: skip
+        self.last_cache_count = 0
+        log("model_swapped", self.cfg.log_format, model=ModelId(mid).name.lower(), version=cand.version,
+            previous=previous, load_ms=round(state[ms.MS_SWAP_NS] / 1e6, 1))  # fmt: skip
+
+    # --- the loop, continued ---------------------------------------------------------------
 
     def serve_forever(self) -> None:
         n = self.pending
@@ -368,6 +491,11 @@ class Daemon:
                 if n:
                     self.infer()
             self.housekeeping()
+            if self.swaps:  # between two passes: the one in hand finishes on the version it started with
+                n = self._flush(n)
+                for cand in self.swaps:
+                    self._swap(cand)
+                self.swaps = []
         if n:  # publish what the last pass drained (what this drains again stays in the SQ)
             self.step(n, 0, 0)
 
@@ -406,8 +534,13 @@ def main(argv: list[str]) -> int:
         daemon.stopping = True
         daemon.notifier.stopping()
 
+    def rescan(signum: int, _frame: Any) -> None:
+        daemon.rescan = True
+        daemon.last_housekeeping = 0  # at the next housekeeping, not up to 10 ms later
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, rescan)
     log_event = lambda event, **kv: log(event, cfg.log_format, **kv)  # noqa: E731
     if cfg.http:
         daemon.http = HttpChild(cfg, log_event)

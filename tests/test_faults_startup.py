@@ -64,7 +64,7 @@ def _artifacts_copy(tmp_path: Path) -> Path:
 
 def test_corrupt_artifact_is_one_line_naming_the_file_and_the_fix(tmp_path: Path, prefix: str) -> None:
     models_dir = _artifacts_copy(tmp_path)
-    tflite = models_dir / "threat" / "model.tflite"
+    tflite = models_dir / "threat" / "1" / "model.tflite"
     data = bytearray(tflite.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
     tflite.write_bytes(bytes(data))
@@ -88,9 +88,9 @@ def test_artifact_that_passes_its_checksum_but_does_not_load(
 ) -> None:
     """Garbage with a matching manifest: the runtime's own error, still one line and exit 2."""
     models_dir = _artifacts_copy(tmp_path)
-    tflite = models_dir / "memory" / "model.tflite"
+    tflite = models_dir / "memory" / "1" / "model.tflite"
     tflite.write_bytes(b"not a flatbuffer" * 64)
-    manifest_path = models_dir / "memory" / "manifest.json"
+    manifest_path = models_dir / "memory" / "1" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["files"]["model.tflite"] = hashlib.sha256(tflite.read_bytes()).hexdigest()
     manifest_path.write_text(json.dumps(manifest))

@@ -20,7 +20,7 @@ MIDS = list(ModelId)
 
 
 def _features(mid: ModelId, n: int) -> tuple:
-    manifest = json.loads((default_models_dir() / load_runner(mid).name / "manifest.json").read_text())
+    manifest = json.loads((default_models_dir() / load_runner(mid).name / "1" / "manifest.json").read_text())
     rec, x, lab = split(mid, manifest["training"]["seed"], "test", n)
     _, _, train_lab = split(mid, manifest["training"]["seed"], "train", 2000)
     return manifest, rec, x, lab, train_lab
@@ -30,7 +30,7 @@ def _features(mid: ModelId, n: int) -> tuple:
 def test_shipped_artifact_loads_and_is_small(mid):
     runner = load_runner(mid)
     assert runner.version >= 1 and runner.name == runner.manifest["name"]
-    directory = default_models_dir() / runner.name
+    directory = default_models_dir() / runner.name / str(runner.version)
     assert sum(p.stat().st_size for p in directory.iterdir()) < 400_000
     out = runner.predict(np.zeros((3, N_FEATURES[mid]), np.float32))
     assert out.shape == (3, N_RAW_OUTPUTS[mid]) and out.dtype == np.float32
@@ -38,15 +38,17 @@ def test_shipped_artifact_loads_and_is_small(mid):
 
 def test_corrupt_and_missing_artifacts_are_named(tmp_path):
     shutil.copytree(default_models_dir() / "threat", tmp_path / "threat")
-    tfl = tmp_path / "threat" / "model.tflite"
+    tfl = tmp_path / "threat" / "1" / "model.tflite"
     tfl.write_bytes(tfl.read_bytes()[:-1] + b"\0")
     with pytest.raises(
         ArtifactError, match=r"^model file is corrupt: .*model\.tflite: sha256 expected [0-9a-f]{64}, found"
     ):
         load_runner(ModelId.THREAT, models_dir=tmp_path)
-    with pytest.raises(ArtifactError, match=r"^model manifest is missing: .*workload/manifest\.json"):
+    with pytest.raises(ArtifactError, match=r"^model has no version: .*workload holds no <version>/manifest\.json"):
         load_runner(ModelId.WORKLOAD, models_dir=tmp_path)
-    (tmp_path / "threat" / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"^model manifest is missing: .*threat/2/manifest\.json"):
+        load_runner(ModelId.THREAT, models_dir=tmp_path, version=2)
+    (tmp_path / "threat" / "1" / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match=r"^model manifest is corrupt: "):
         load_runner(ModelId.THREAT, models_dir=tmp_path)
 
@@ -94,9 +96,10 @@ def test_litert_buckets_pad_and_cache_interpreters():
     ones = np.concatenate([runner.predict(x[i : i + 1]) for i in range(5)])
     assert np.array_equal(full[:5], ones)
     three_a = runner.predict(x[:3])
-    slots = dict(runner._local.slots)
+    slots = dict(runner._slots)
+    me = threading.get_ident()
     three_b = runner.predict(x[3:6])
-    assert runner._local.slots[4] is slots[4]  # batch of 3 reuses the allocated bucket-4 interpreter
+    assert runner._slots[(me, 4)] is slots[(me, 4)]  # batch of 3 reuses the allocated bucket-4 interpreter
     assert np.array_equal(np.concatenate([three_a, three_b]), full[:6])
     big = np.concatenate([x] * 4)  # 1,200 rows: more than the largest bucket
     assert np.array_equal(runner.predict(big), np.concatenate([full] * 4))
@@ -111,7 +114,7 @@ def test_litert_runner_gives_each_thread_its_own_interpreters():
     def work():
         for _ in range(20):
             results.append(np.array_equal(runner.predict(x), expected))
-        interps.append(runner._local.slots[64][0])
+        interps.append(runner._slots[(threading.get_ident(), 64)][0])
 
     threads = [threading.Thread(target=work) for _ in range(2)]
     for t in threads:

@@ -83,7 +83,7 @@ def _assert_same_answers(mid: ModelId, x: np.ndarray) -> None:
 @pytest.mark.parametrize("mid", MIDS)
 def test_compiled_matches_litert_on_the_heldout_set(mid):
     """5,000 held-out rows of each model: every raw output within 1e-5, same API answers."""
-    seed = json.loads((default_models_dir() / _runner(mid, "litert").name / "manifest.json").read_text())
+    seed = json.loads((default_models_dir() / _runner(mid, "litert").name / "1" / "manifest.json").read_text())
     x = split(mid, seed["training"]["seed"], "test", 5000)[1]
     _assert_same_answers(mid, x)
 
@@ -195,7 +195,7 @@ def test_backend_names_agree_and_unknown_backend_is_named():
 def test_compiled_backend_checks_the_manifest_and_refuses_unknown_ops(tmp_path):
     """A corrupt file is refused by sha256; a graph with an op it lacks, by the op's name."""
     shutil.copytree(default_models_dir() / "threat", tmp_path / "threat")
-    tfl = tmp_path / "threat" / "model.tflite"
+    tfl = tmp_path / "threat" / "1" / "model.tflite"
     good = tfl.read_bytes()
     tfl.write_bytes(good[:-1] + b"\0")
     with pytest.raises(ArtifactError, match=r"^model file is corrupt: .*model\.tflite: sha256"):
@@ -212,9 +212,9 @@ def test_compiled_backend_checks_the_manifest_and_refuses_unknown_ops(tmp_path):
     b = flatbuffers.Builder(0)
     b.Finish(model.Pack(b), file_identifier=b"TFL3")
     tfl.write_bytes(bytes(b.Output()))
-    manifest = json.loads((tmp_path / "threat" / "manifest.json").read_text())
-    write_manifest(tmp_path / "threat", manifest)
+    manifest = json.loads((tmp_path / "threat" / "1" / "manifest.json").read_text())
+    write_manifest(tmp_path / "threat" / "1", manifest)
     refused = r"cannot run this TFLite model: .*op=TANH \(serve it with --backend litert\)"
     with pytest.raises(ArtifactError, match=refused):
         load_runner(ModelId.THREAT, backend="compiled", models_dir=tmp_path)
-    assert program_from_tflite(default_models_dir() / "threat" / "model.tflite").ops[:, o.OP_KIND].min() > 0
+    assert program_from_tflite(default_models_dir() / "threat" / "1" / "model.tflite").ops[:, o.OP_KIND].min() > 0
