@@ -33,10 +33,10 @@ class Daemon:
     """``shmd serve`` in a subprocess; ``stop()`` SIGTERMs it and checks /dev/shm is clean."""
 
     def __init__(self, prefix: str, *, port: int | None = None, channels: str = "scheduler,shim",
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.prefix = prefix
         self.port = port
-        argv = [sys.executable, "-m", "shmd.cli", "serve", "--prefix", prefix, "--channels", channels]
+        argv = [sys.executable, "-m", "shmd.cli", "serve", "--prefix", prefix, "--channels", channels, *args]
         argv += ["--host", "127.0.0.1", "--port", str(port)] if port else ["--no-http"]
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"{prefix}.log"
         self._log = open(self.log_path, "w+b")  # noqa: SIM115 -- lives as long as the daemon

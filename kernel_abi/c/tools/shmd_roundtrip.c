@@ -13,6 +13,12 @@
  *       then a final "stats ..." line (also on SIGTERM, which ends it early).
  *       Used by the circuit-breaker and fault tests.
  *
+ *   shmd_roundtrip versions PREFIX CHANNEL SECONDS   < request.bin
+ *       Predicts the one request (no cache) every 200 us for SECONDS, or until
+ *       SIGTERM, and prints one line per answer:  t_us version status lat_us source
+ *       (t_us: CLOCK_MONOTONIC at the call; source daemon|fallback), then
+ *       "stats calls=N". Used by the model-swap tests.
+ *
  *   shmd_roundtrip hold PREFIX CHANNEL...
  *       Attaches every CHANNEL at once (one process holding many), prints
  *       "held N" and detaches; exit 3 if an attach failed (its message on stderr).
@@ -192,6 +198,39 @@ static int cmd_edge(const char *prefix, const char *channel, uint32_t entries)
     const struct shmd_client_stats *s = shmd_client_stats(c);
     printf("stats local_hits=%llu local_misses=%llu daemon=%llu\n", (unsigned long long)s->local_hits,
            (unsigned long long)s->local_misses, (unsigned long long)s->daemon_answers);
+
+static int cmd_versions(const char *prefix, const char *channel, double seconds)
+{
+    signal(SIGTERM, on_term);
+    struct shmd_request tmpl;
+    if (read_requests(&tmpl, 1) != 1) {
+        fprintf(stderr, "versions: expected one request record on stdin\n");
+        return 2;
+    }
+    struct shmd_client *c = client_for(prefix, channel, 100);
+    if (!c)
+        return 2;
+    uint64_t start = shmd_now_ns(), end = start + (uint64_t)(seconds * 1e9);
+    unsigned long calls = 0;
+    while (!watch_stop && shmd_now_ns() < end) {
+        struct shmd_request req = tmpl;
+        struct shmd_response resp;
+        req.flags |= SHMD_REQ_NO_CACHE;
+        uint64_t t0 = shmd_now_ns();
+        int rc = shmd_client_predict(c, &req, &resp);
+        uint64_t t1 = shmd_now_ns();
+        calls++;
+        if (rc < 0) {
+            fprintf(stderr, "predict: %s: %s\n", shmd_strerror(rc), shmd_client_last_error(c));
+            break;
+        }
+        printf("%llu %u %u %llu %s\n", (unsigned long long)(t0 / 1000), resp.model_version, resp.status,
+               (unsigned long long)((t1 - t0) / 1000), rc == SHMD_SOURCE_DAEMON ? "daemon" : "fallback");
+        struct timespec pause = {0, 200000};
+        nanosleep(&pause, NULL);
+    }
+    printf("stats calls=%lu\n", calls);
+    fflush(stdout);
     shmd_client_free(c);
     return 0;
 }
@@ -231,9 +270,12 @@ int main(int argc, char **argv)
         return cmd_edge(argv[2], argv[3], (uint32_t)atol(argv[4]));
     if (argc >= 5 && strcmp(argv[1], "watch") == 0)
         return cmd_watch(argv[2], argv[3], atof(argv[4]));
+    if (argc >= 5 && strcmp(argv[1], "versions") == 0)
+        return cmd_versions(argv[2], argv[3], atof(argv[4]));
     fprintf(stderr, "usage: shmd_roundtrip rt PREFIX CHANNEL [batch] < requests.bin\n"
                     "       shmd_roundtrip watch PREFIX CHANNEL SECONDS < request.bin\n"
                     "       shmd_roundtrip edge PREFIX CHANNEL ENTRIES < request.bin\n"
+                    "       shmd_roundtrip versions PREFIX CHANNEL SECONDS < request.bin\n"
                     "       shmd_roundtrip hold PREFIX CHANNEL...\n");
     return 2;
 }
