@@ -127,6 +127,7 @@ def test_roundtrip_matches_python_client(built: dict[str, Path], daemon: DaemonP
     for (status, source, outs), want in zip(rows, expected, strict=True):
         assert (status, source) == (0, "daemon")
         want.pop("cacheHit")
+        assert want.pop("modelVersion") == 1
         assert _codec.decode_outputs(mid, outs) == want
 
 

@@ -104,6 +104,7 @@ def test_roundtrip_equals_python_and_c(built: Path, daemon: DaemonProcess, model
     for (status, source, outs), (_, _, c_outs), want in zip(rust_rows, c_rows, expected, strict=True):
         assert (status, source) == (0, "daemon")
         want.pop("cacheHit")
+        assert want.pop("modelVersion") == 1
         assert _codec.decode_outputs(mid, outs) == _codec.decode_outputs(mid, c_outs) == want
 
 
