@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("ring", "models", "daemon", "http", "native", "pace", "faults", "soak", "priorities", "ttl", "report")
+BENCHMARKS = ("ring", "models", "daemon", "http", "native", "pace", "faults", "soak", "priorities", "ttl", "lifecycle", "report")
 
 
 def main(argv: list[str] | None = None) -> int:

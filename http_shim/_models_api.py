@@ -50,6 +50,8 @@ class ModelsApi:
         mid = _model_id(request)
         body = await read_body(request)
         version = body.get("version") if isinstance(body, dict) else None
+        if isinstance(version, float) and version.is_integer():  # JSON has one number type: 2.0 is 2
+            version = int(version)
         if not (isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= MAX_VERSION):
             raise HttpError(400, f"version: is required and must be an integer in [1, {MAX_VERSION}], got {version!r}")
         seg = self.shim._seg()

@@ -44,8 +44,11 @@ def prepare(mid: ModelId, version: int, *, backend: str, models_dir: str | Path 
 
     try:
         runner = models.load_runner(mid, backend=backend, models_dir=models_dir, version=version)
+        time.sleep(0)  # yield the GIL between steps: the poll loop needs it between its passes
         canary.check(runner)
-        runner.warm(buckets(max_batch), owner)
+        for size in buckets(max_batch):
+            time.sleep(0)
+            runner.warm([size], owner)
     except models.ArtifactError:
         raise
     except Exception as err:  # a file that passes its checksum and still does not load or run

@@ -30,6 +30,7 @@ from shmd import _metrics_compiled as met_jit
 from ._http_daemon import MODELS, Daemon, unique_prefix, valid
 
 TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Shim:
@@ -228,6 +229,10 @@ def test_bad_batch_item_is_named_by_index(shim: Shim) -> None:
                                               "headers": {"Content-Type": "application/json"}}, 413),
         ("POST", "/api/ml/metrics/reset", {}, 401),
         ("POST", "/api/ml/cache/clear", {"headers": {"Authorization": "Bearer wrong"}}, 401),
+        ("POST", "/api/ml/models/workload/load", {"json": {"version": 1}}, 401),
+        ("POST", "/api/ml/models/nomodel/load", {"json": {"version": 1}, "headers": AUTH}, 404),
+        ("POST", "/api/ml/models/workload/load", {"json": {"version": 0}, "headers": AUTH}, 400),
+        ("POST", "/api/ml/models/workload/load", {"json": {"version": 7}, "headers": AUTH}, 404),
         ("GET", "/api/ml/predict/workload", {}, 405),
     ],
 )  # fmt: skip
@@ -248,7 +253,6 @@ def test_chunked_body_over_the_limit_is_413(shim: Shim) -> None:
 
 # --- metrics, cache, control ---------------------------------------------------------------
 
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def test_metrics_shapes(shim: Shim) -> None:

@@ -13,6 +13,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -263,3 +264,26 @@ def test_sighup_loads_a_new_latest_version_and_leaves_a_pinned_model(served: tup
     ready = call(daemon, "GET", "/ready")[1]
     assert ready["ready"] and ready["models"]["threat"] == {"ready": True, "version": 2, "state": "serving"}, ready
     assert daemon.alive()
+
+
+def test_cli_lists_and_loads_through_the_stats_segment(served: tuple[Daemon, Path]) -> None:
+    daemon, _ = served
+
+    def shmd(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "shmd.cli", "models", *args, "--prefix", daemon.prefix],
+                              capture_output=True, text=True, timeout=WAIT_S, cwd=ROOT)  # fmt: skip
+
+    listed = shmd("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    workload = next(m for m in json.loads(listed.stdout) if m["model"] == "workload")
+    assert (workload["servingVersion"], workload["policy"]) == (1, 1), workload
+    loaded = shmd("load", "workload", "2")
+    assert loaded.returncode == 0 and "workload version 2 serving" in loaded.stdout, loaded
+    assert serving(daemon)["workload"] == 2
+    assert shmd("load", "workload", "1").returncode == 0
+    missing = shmd("load", "workload", "99")
+    assert missing.returncode == 1 and "workload has no version 99 in the repository" in missing.stderr, missing
+    # Started only once the start-up probe went through every model and path: event=ready says so, /health is 200.
+    assert "event=ready" in daemon.log() and "probe=ok" in daemon.log()
+    status, health = call(daemon, "GET", "/health")
+    assert (status, health["status"], health["daemon"]["started"]) == (200, "ok", True), health
