@@ -185,7 +185,6 @@ class Daemon:
             "pid": os.getpid(),
             "prefix": self.cfg.prefix,
             "channels": self.names,
-            "models": {m.name.lower(): int(self.versions[m]) for m in ModelId},
             "backend": self.cfg.backend,
             "models_dir": str(self.cfg.models_dir or ""),  # "" = the shipped repository
             "admin_token_set": self.cfg.admin_token is not None,
