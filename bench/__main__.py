@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("ring", "models", "daemon", "http", "native", "pace", "faults", "soak", "priorities", "ttl", "lifecycle", "report")
+BENCHMARKS = (
+    "ring", "models", "daemon", "http", "native", "pace", "faults", "soak", "priorities", "ttl", "lifecycle", "report",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
