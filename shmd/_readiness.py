@@ -1,15 +1,15 @@
-"""When is ``shmd serve`` ready? When every path a first request takes has run once.
+"""When is ``shmd serve`` ready? When it has answered a real prediction.
 
-Models are loaded, validated and warmed (every batch bucket) before the loop starts, and
-the loop's compiled code is loaded. What is left runs only with the loop running: the
-first drain, model call, finish and wake-up on real records, and, with the HTTP shim, the
-shim's handlers, decoders and channel. So once the loop runs, ``start`` probes on a
-thread: every model through the path callers take (over HTTP: one prediction and one
-batch per model, on ``2 x workers`` fresh connections so SO_REUSEPORT spreads them over
-the workers; without HTTP, a ``Client`` on the first channel no caller holds, for the few
-ms of the probe: a caller attaching in that window gets ``ChannelBusy`` naming the
-daemon's pid, and retries). Only then does the daemon log ``event=ready``, answer
-``/health`` with 200 and send systemd ``READY=1``.
+Logging ``event=ready`` means the channels exist and the shim listens; a
+service manager should hear ``READY=1`` only once a request has gone the
+whole way: ring (or HTTP), drain, model, completion. ``announce`` runs that
+probe on a thread once the poll loop runs, then notifies.
+
+With the HTTP shim the probe is one ``POST /api/ml/predict/workload`` (the
+path HTTP callers take, through whichever shim worker answers); without it,
+a ``Client`` on the first channel no caller holds, for the few ms of one
+prediction (a caller attaching in that window gets ``ChannelBusy`` naming the
+daemon's pid, and retries).
 """
 
 from __future__ import annotations
@@ -23,25 +23,20 @@ from collections.abc import Callable
 from . import samples
 from ._config import Config
 from ._errors import ChannelBusy
+from ._notify import Notifier
 
 PROBE_TIMEOUT_S = 30.0  # the start timeout of the unit (TimeoutStartSec) is longer
-
-
-def _post(url: str, body: object) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=PROBE_TIMEOUT_S) as resp:
-        answer = json.load(resp)
-    if not answer.get("success"):
-        raise RuntimeError(f"probe prediction over HTTP failed: {url}: {answer}")
-    return answer
+PROBE_MODEL = "workload"
 
 
 def _probe_http(cfg: Config) -> str:
-    base = f"http://{cfg.host}:{cfg.port}/api/ml/predict"
-    for _ in range(2 * cfg.workers):
-        for model, body in samples.SAMPLES.items():
-            _post(f"{base}/{model}", body)
-            _post(f"{base}/{model}/batch", {"features": [body, body, body]})
+    url = f"http://{cfg.host}:{cfg.port}/api/ml/predict/{PROBE_MODEL}"
+    body = json.dumps(samples.WORKLOAD).encode()
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=PROBE_TIMEOUT_S) as resp:
+        answer = json.load(resp)
+    if not answer.get("success"):
+        raise RuntimeError(f"probe prediction over HTTP failed: {answer}")
     return f"http {cfg.host}:{cfg.port}"
 
 
@@ -51,9 +46,7 @@ def _probe_channel(cfg: Config) -> str:
     for channel in cfg.channels:
         try:
             with Client(channel, cfg.prefix, timeout=PROBE_TIMEOUT_S) as client:
-                for model, body in samples.SAMPLES.items():
-                    client.predict(model, body, no_cache=True)
-                    client.predict_many(model, [body, body, body], no_cache=True)
+                client.predict(PROBE_MODEL, samples.WORKLOAD, no_cache=True)
             return f"channel {channel}"
         except ChannelBusy:
             continue  # a caller holds it: it is being served, try the next
@@ -61,23 +54,31 @@ def _probe_channel(cfg: Config) -> str:
 
 
 def probe(cfg: Config) -> str:
-    """Every model through the running daemon, as callers reach it; the ``STATUS=`` line. Raises if unanswered."""
+    """One real prediction through the running daemon; the ``STATUS=`` line. Raises if unanswered."""
     t0 = time.monotonic()
     via = _probe_http(cfg) if cfg.http else _probe_channel(cfg)
     ms = (time.monotonic() - t0) * 1e3
     return f"serving prefix {cfg.prefix}: channels {','.join(cfg.channels)}; probe answered via {via} in {ms:.1f} ms"
 
 
-def start(cfg: Config, done: Callable[[str, str], None]) -> threading.Thread:
-    """Probe on a thread (the poll loop must run to answer it), then ``done(status, error)``: one is ""."""
+def announce(notifier: Notifier, cfg: Config, log: Callable[..., None]) -> threading.Thread | None:
+    """Probe on a thread (the poll loop must run to answer it), then send ``READY=1``.
+
+    Without ``$NOTIFY_SOCKET`` nothing is probed. If the probe fails READY is
+    never sent: systemd's start timeout then fails the unit, which is the truth.
+    """
+    if not notifier.enabled:
+        return None
 
     def run() -> None:
         try:
             status = probe(cfg)
         except Exception as err:  # any failure means "not ready": say why, never crash the daemon
-            done("", repr(err))
+            log("not_ready", error=repr(err))
+            notifier.send(status=f"readiness probe failed: {err}")
             return
-        done(status, "")
+        notifier.ready(status)
+        log("notified", ready=1, status=status)
 
     thread = threading.Thread(target=run, name="shmd-readiness", daemon=True)
     thread.start()

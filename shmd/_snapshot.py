@@ -153,7 +153,6 @@ def daemon_snapshot(seg: StatsSegment, arrays: dict[str, np.ndarray] | None = No
         "passes": passes,
         "heartbeatAgeMs": _round(age_ns / 1e6) if age_ns >= 0 else -1.0,
         "heartbeatFresh": 0 <= age_ns < HEARTBEAT_FRESH_NS,
-        "started": bool(a["ready"][0]),
     }
 
 

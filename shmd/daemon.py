@@ -178,7 +178,6 @@ class Daemon:
             "control": ((np.int64), (4,)),
             **ms.arrays(_loop.N_MODELS),
             "heartbeat": ((np.int64), (2,)),  # last housekeeping ns, passes
-            "ready": ((np.int64), (1,)),  # 1 once the readiness probe has been through every path
             "loop": ((np.int64), (_pass.N_LOOP_COUNTERS,)),  # _pass_layout.LOOP_*
         }
         meta = {
@@ -550,28 +549,13 @@ def main(argv: list[str]) -> int:
             daemon.close()
             print(f"shmd serve: {err}", file=sys.stderr)
             return 2
-    t0 = time.monotonic()
-
-    def ready(status: str, error: str) -> None:
-        """The probe is done: ``/health`` answers 200, ``event=ready``, then READY=1 if it succeeded."""
-        daemon.stats.arrays["ready"][0] = 1
-        log(
-            "ready", cfg.log_format, pid=os.getpid(), prefix=cfg.prefix, channels=",".join(daemon.names),
-            models=",".join(f"{m.name.lower()}@{daemon.versions[m]}" for m in ModelId),
-            backend=cfg.backend, startup_ms=round((daemon.startup_s + time.monotonic() - t0) * 1000, 1),
-            probe_ms=round((time.monotonic() - t0) * 1000, 1), probe="ok" if status else error,
-            http=f"{cfg.host}:{cfg.port}" if cfg.http else "off", http_workers=cfg.workers if cfg.http else 0,
-        )  # fmt: skip
-        if not daemon.notifier.enabled:
-            return
-        if error:  # READY is never sent: systemd's start timeout then fails the unit, which is the truth
-            log_event("not_ready", error=error)
-            daemon.notifier.send(status=f"readiness probe failed: {error}")
-        else:
-            daemon.notifier.ready(status)
-            log_event("notified", ready=1, status=status)
-
-    _readiness.start(cfg, ready)
+    log(
+        "ready", cfg.log_format, pid=os.getpid(), prefix=cfg.prefix, channels=",".join(daemon.names),
+        models=",".join(f"{m.name.lower()}@{daemon.versions[m]}" for m in ModelId),
+        backend=cfg.backend, startup_ms=round(daemon.startup_s * 1000, 1),
+        http=f"{cfg.host}:{cfg.port}" if cfg.http else "off", http_workers=cfg.workers if cfg.http else 0,
+    )  # fmt: skip
+    _readiness.announce(daemon.notifier, cfg, log_event)
     try:
         daemon.serve_forever()
     finally:

@@ -283,7 +283,3 @@ def test_cli_lists_and_loads_through_the_stats_segment(served: tuple[Daemon, Pat
     assert shmd("load", "workload", "1").returncode == 0
     missing = shmd("load", "workload", "99")
     assert missing.returncode == 1 and "workload has no version 99 in the repository" in missing.stderr, missing
-    # Started only once the start-up probe went through every model and path: event=ready says so, /health is 200.
-    assert "event=ready" in daemon.log() and "probe=ok" in daemon.log()
-    status, health = call(daemon, "GET", "/health")
-    assert (status, health["status"], health["daemon"]["started"]) == (200, "ok", True), health
