@@ -139,7 +139,7 @@ def test_batch_answers_are_the_per_record_predictions(model: ModelId, rows: list
     for r in resp:
         try:
             assert int(r["status"]) == Status.OK
-            expected.append(prediction(model, r["outputs"], int(r["flags"])))
+            expected.append(prediction(model, r["outputs"], int(r["flags"]), int(r["model_version"])))
         except (AssertionError, ShmdError):
             expected = None
             break
