@@ -198,6 +198,9 @@ static int cmd_edge(const char *prefix, const char *channel, uint32_t entries)
     const struct shmd_client_stats *s = shmd_client_stats(c);
     printf("stats local_hits=%llu local_misses=%llu daemon=%llu\n", (unsigned long long)s->local_hits,
            (unsigned long long)s->local_misses, (unsigned long long)s->daemon_answers);
+    shmd_client_free(c);
+    return 0;
+}
 
 static int cmd_versions(const char *prefix, const char *channel, double seconds)
 {
