@@ -91,6 +91,9 @@ FAULT_NONE, FAULT_AFTER_PUBLISH, FAULT_AFTER_RELEASE = range(3)
 FAULT_POINTS = {"after_publish": FAULT_AFTER_PUBLISH, "after_release": FAULT_AFTER_RELEASE}
 FAULT_EXIT_CODE = 86  # what a daemon killed by its fault point exits with
 MAX_INNER_PASSES = 64  # passes ``step`` may finish before returning to Python (signals, housekeeping)
+# Heartbeat, gauges, watchdog and control commands at most this often (the daemon's housekeeping);
+# ``step`` returns to Python before sleeping again once a call has run this long.
+HOUSEKEEPING_NS = 10_000_000
 INITIAL_WAKE_NS = 20_000  # a futex wake-up on this VM, measured (docs/ARCHITECTURE.md); then learnt
 MIN_SPIN_NS = 2_000  # a window that grows starts here
 N_MODELS = N_MODEL_SLOTS  # arrays indexed by model id; row 0 unused
@@ -461,6 +464,7 @@ def step(rings, batch, models, cache_, counters, n_prev):
     n = n_prev
     spin = min(state[PASS_SPIN_NS], spin_max) if sleep_ns > 0 else spin_max
     idle_from = np.int64(0)
+    called = monotonic_ns()
     for _ in range(MAX_INNER_PASSES):
         # Spinning on after waking clients is fine: the spin yields the CPU after
         # a few µs (spin_pause), so a client woken onto this CPU runs at once.
@@ -473,6 +477,11 @@ def step(rings, batch, models, cache_, counters, n_prev):
         idle_from = 0
         spin = min(state[PASS_SPIN_NS], spin_max) if sleep_ns > 0 else spin_max
         if n == 0 and sleep_ns > 0:
+            # Sparse traffic wakes each sleep with one request: without this, a call would last
+            # MAX_INNER_PASSES of them (1.6 s at one request every 50 ms) and the heartbeat that
+            # clients trust would go stale. What was drained is published by now.
+            if started - called >= HOUSEKEEPING_NS:
+                break
             loop[LOOP_SLEEPS] += 1
             found, outcome = table_sleep(rings.table, rings.sq_state, rings.cq_state, rings.ready, rings.waiters,
                                          sleep_ns)  # fmt: skip

@@ -50,7 +50,7 @@ from ._stats_segment import (
     already_running,
 )
 
-HOUSEKEEPING_NS = 10_000_000  # heartbeat, gauges and control commands at most this often
+HOUSEKEEPING_NS = _loop.HOUSEKEEPING_NS  # heartbeat, gauges and control commands at most this often
 CACHE_COUNT_NS = 1_000_000_000  # live cache entries are counted this often
 
 
@@ -226,7 +226,9 @@ class Daemon:
             ch = ringbuf.Channel.create(
                 prefix, name, sq_capacity=self.cfg.sq_capacity, cq_capacity=self.cfg.cq_capacity, reuse=True, **own
             )
-            ch.header["daemon_pid"] = self.pid
+            # Alive from the start: a client attaching before the first housekeeping must not read
+            # heartbeat 0 as a daemon gone (the breakers trip on a stale heartbeat).
+            ch.header["daemon_pid"], ch.header["daemon_heartbeat_ns"] = self.pid, time.monotonic_ns()
             self.channels.append(ch)
         self.publish_cache()
         self.rings = ringbuf.ChannelTable(self.channels)
@@ -254,7 +256,7 @@ class Daemon:
             except (ringbuf.RingError, OSError) as err:  # e.g. someone took the name meanwhile: next round
                 log("channel_reset_failed", self.cfg.log_format, channel=old.name, error=str(err))
                 continue
-            fresh.header["daemon_pid"] = self.pid
+            fresh.header["daemon_pid"], fresh.header["daemon_heartbeat_ns"] = self.pid, time.monotonic_ns()
             self.channels[c] = fresh
             self.publish_cache()
             self.rings.bind(c, fresh)

@@ -71,3 +71,23 @@ def test_no_sleep_ends_by_timeout_with_work_waiting(prefix: str) -> None:
             assert loop[LOOP_TIMEOUT_RESCUES] == 0, f"{loop[LOOP_TIMEOUT_RESCUES]} wake-ups rescued by the timeout"
         finally:
             seg.close()
+
+
+@pytest.mark.parametrize("no_cache", [True, False], ids=["miss", "hit"])
+def test_sparse_traffic_keeps_the_heartbeat_fresh(prefix: str, no_cache: bool) -> None:
+    """One request every 60 ms wakes every sleep of the loop; housekeeping (the heartbeat clients
+    trust, the watchdog, control commands) must still run every few housekeeping periods.
+
+    A compiled pass never returns to Python by itself, so a ``step`` call that slept and woke
+    MAX_INNER_PASSES times kept the heartbeat ~1.5 s stale here (the clients' limit is 2 s).
+    """
+    with DaemonProcess(prefix, "--channels", "a"), Client("a", prefix=prefix) as c:
+        header = c.channel.header
+        c.predict("workload", SAMPLES["workload"])
+        oldest = 0.0
+        for _ in range(25):
+            time.sleep(0.06)
+            c.predict("workload", SAMPLES["workload"], no_cache=no_cache)
+            oldest = max(oldest, (time.monotonic_ns() - int(header["daemon_heartbeat_ns"])) / 1e9)
+        # Fresh is ~0.1 s (a housekeeping period plus one sleep); generous for a loaded machine.
+        assert oldest < 0.75, f"the daemon's heartbeat was {oldest:.3f} s old under sparse traffic"
