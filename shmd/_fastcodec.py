@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from itertools import chain
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import msgspec
 import numpy as np
@@ -119,14 +119,20 @@ def decode_item(model: ModelId, body: bytes) -> dict[str, Any] | None:
         values = _values(model, types[1].decode(body))
     except _REFUSED:
         return None
-    return values if all(_within_u64(v) for v in values.values()) else None
+    for field in _U64_FIELDS[model]:  # msgspec's integer bounds stop at int64: the u64 ceiling is here
+        value = values[field]
+        if (max(value) if isinstance(value, list) else value) > _U64_MAX:
+            return None
+    return values
 
 
-def _within_u64(value: Any) -> bool:
-    """msgspec's integer bounds stop at int64, so the u64 fields' upper bound is checked here."""
-    if isinstance(value, list):
-        return all(map(_within_u64, value))
-    return not isinstance(value, int) or value <= _U64_MAX
+def _holds_u64(kind: Any) -> bool:
+    """Whether a field's type is ``_Count`` or a list of them."""
+    args = get_args(kind)
+    return kind is _Count or (bool(args) and get_args(args[0]) == (_Count,))
+
+
+_U64_FIELDS = {mid: tuple(f for f, _, kind, _ in fields if _holds_u64(kind)) for mid, fields in _FIELDS.items()}
 
 
 # Per model, per payload field in struct order: (its index in _FIELDS, hashed?, array?, default).
