@@ -228,7 +228,7 @@ class Daemon:
             )
             # Alive from the start: a client attaching before the first housekeeping must not read
             # heartbeat 0 as a daemon gone (the breakers trip on a stale heartbeat).
-            ch.header["daemon_pid"], ch.header["daemon_heartbeat_ns"] = self.pid, time.monotonic_ns()
+            self._mark_alive(ch, time.monotonic_ns())
             self.channels.append(ch)
         self.publish_cache()
         self.rings = ringbuf.ChannelTable(self.channels)
@@ -256,7 +256,7 @@ class Daemon:
             except (ringbuf.RingError, OSError) as err:  # e.g. someone took the name meanwhile: next round
                 log("channel_reset_failed", self.cfg.log_format, channel=old.name, error=str(err))
                 continue
-            fresh.header["daemon_pid"], fresh.header["daemon_heartbeat_ns"] = self.pid, time.monotonic_ns()
+            self._mark_alive(fresh, time.monotonic_ns())
             self.channels[c] = fresh
             self.publish_cache()
             self.rings.bind(c, fresh)
@@ -327,6 +327,11 @@ class Daemon:
     def _channel_of(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.batch.offsets[1:], rows, side="right")
 
+    def _mark_alive(self, ch: ringbuf.Channel, now: int) -> None:
+        """The words clients check for a live daemon: ours to write, and rewritten at every
+        housekeeping since a holder may scribble on them."""
+        ch.header["daemon_pid"], ch.header["daemon_heartbeat_ns"] = self.pid, now
+
     def housekeeping(self) -> None:
         now = time.monotonic_ns()
         if now - self.last_housekeeping < HOUSEKEEPING_NS:
@@ -338,8 +343,7 @@ class Daemon:
         self.publish_cache()  # TTLs changed since (adaptive TTL) reach the clients within a housekeeping period
         corrupt = set(self.rings.corrupt().tolist())
         for c, ch in enumerate(self.channels):
-            ch.header["daemon_heartbeat_ns"] = now
-            ch.header["daemon_pid"] = self.pid  # ours to write; a holder may have scribbled on it
+            self._mark_alive(ch, now)
             tampered = self.rings.check_tampered(c)
             if tampered:  # served no more; re-created once its holder lets go
                 log("channel_tampered", self.cfg.log_format, channel=ch.name, what=tampered)
