@@ -117,7 +117,9 @@ def _p99_ms(lat_ns: list[int]) -> float:
 def test_swap_v1_v2_v1_under_load_from_c_python_and_http(served: tuple[Daemon, Path], tmp_path: Path) -> None:
     daemon, _ = served
     assert serving(daemon)["workload"] == 1  # pinned, although 2 is the latest on disk
-    body = valid("workload", 12345)
+    # currentCpu 0.995 is a cache key no load below makes (valid() gives k/100): the HTTP load caches its
+    # own keys under v2, and one of them equal to this body would make the "never served again" check a hit.
+    body = {**valid("workload"), "currentCpu": 0.995}
     first = [call(daemon, "POST", "/api/ml/predict/workload", body)[1]["prediction"] for _ in range(2)]
     assert [(p["modelVersion"], p["cacheHit"]) for p in first] == [(1, False), (1, True)]
 
