@@ -137,10 +137,16 @@ def test_overloaded_when_queued_too_long(daemon: DaemonProcess) -> None:
 
 
 def test_cache_hit_then_ttl_expiry(daemon: DaemonProcess) -> None:
-    fields = dict(SAMPLES["memory"], agentId="cache-test", localityScore=0.123)
     with Client("c", prefix=daemon.prefix) as c:
-        first = c.predict("memory", fields)
-        second = c.predict("memory", fields)
+        # memory's TTL is 50 ms: a pair of calls the machine stalled between for half of it proves
+        # nothing either way, so it is retried with a fresh key (bounded) rather than judged.
+        for attempt in range(5):
+            fields = dict(SAMPLES["memory"], agentId="cache-test", localityScore=0.123 + attempt / 1000)
+            t0 = time.monotonic()
+            first = c.predict("memory", fields)
+            second = c.predict("memory", fields)
+            if time.monotonic() - t0 < 0.025:
+                break
         assert (first["cacheHit"], second["cacheHit"]) == (False, True)
         assert second["nextAddress"] == first["nextAddress"]
         assert c.predict("memory", fields, no_cache=True)["cacheHit"] is False
@@ -285,16 +291,24 @@ def test_second_daemon_on_the_prefix_is_refused(daemon: DaemonProcess) -> None:
 
 
 def test_idle_daemon_uses_under_one_percent_of_a_core(daemon: DaemonProcess) -> None:
-    def cpu_seconds() -> float:
-        with open(f"/proc/{daemon.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def cpu_ns() -> int:  # every thread's run time, in ns (/proc/PID/stat counts 10 ms ticks)
+        total = 0
+        for task in os.listdir(f"/proc/{daemon.pid}/task"):
+            with open(f"/proc/{daemon.pid}/task/{task}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+        return total
 
     time.sleep(0.3)  # let earlier tests' work drain
-    before = cpu_seconds()
-    time.sleep(2.0)
-    used = cpu_seconds() - before
-    assert used / 2.0 < 0.01, f"idle daemon used {used / 2.0:.1%} of a core"
+    # The best of up to three 2 s windows: a busy machine can inflate one window's wake-up costs,
+    # but a daemon that polls or spins while idle exceeds 1% in every window.
+    shares = []
+    for _ in range(3):
+        before = cpu_ns()
+        time.sleep(2.0)
+        shares.append((cpu_ns() - before) / 2e9)
+        if shares[-1] < 0.01:
+            break
+    assert min(shares) < 0.01, f"idle daemon used {[f'{x:.2%}' for x in shares]} of a core"
 
 
 def test_full_completion_ring_stops_draining_and_loses_nothing(daemon: DaemonProcess) -> None:
