@@ -159,6 +159,36 @@ def _poke(prefix: str, offset: int, value: int) -> int:
         os.close(fd)
 
 
+_PRODUCED_AFTER_TAIL = RING_HEADER.fields["produced"][1] - RING_HEADER.fields["tail"][1]
+
+
+def _peek(prefix: str, offset: int) -> int:
+    fd = os.open(f"/dev/shm/{prefix}.scheduler", os.O_RDONLY)
+    try:
+        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as buf:
+            return int.from_bytes(buf[offset : offset + 8], "little")
+    finally:
+        os.close(fd)
+
+
+def _scribble_until_reported(watch: Watch, prefix: str, offset: int, value: int, timeout: float = 5.0) -> str:
+    """Write ``value`` at ``offset`` until the client reports a fallback; that line.
+
+    The daemon owns the completion tail and rewrites it on every publish: a scribble landing
+    while an answer is in flight can be overwritten before the client reads it, so one write
+    alone would make the test depend on timing.
+    """
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if _peek(prefix, offset) != value:
+            _poke(prefix, offset, value)
+        try:
+            return watch.expect("fallback", timeout=0.02)
+        except AssertionError:
+            continue
+    raise AssertionError(f"the client did not report the scribbled word within {timeout}s")
+
+
 def _cq_tail_offset(prefix: str) -> int:
     fd = os.open(f"/dev/shm/{prefix}.scheduler", os.O_RDONLY)
     try:
@@ -185,10 +215,11 @@ def test_hostile_segment_falls_back_not_panics(built: Path, prefix: str, what: s
                 _poke(prefix, 0, good)
             else:
                 offset = _cq_tail_offset(prefix)
-                good = _poke(prefix, offset, 1 << 40)
-                line = watch.expect("fallback", timeout=5)
+                line = _scribble_until_reported(watch, prefix, offset, 1 << 40)
                 assert "completion ring of" in line and "is corrupt" in line and f"tail={1 << 40}" in line, line
-                _poke(prefix, offset, good)  # the probe re-attaches and resumes from the head
+                # The daemon's own tail is its count of published answers (a copy taken before the
+                # scribble is stale if an answer was published since); the probe re-attaches from the head.
+                _poke(prefix, offset, _peek(prefix, offset + _PRODUCED_AFTER_TAIL))
             watch.expect("daemon", timeout=5)
             stats = watch.finish()  # exit 0, nothing on stderr: no panic
             assert "recoveries=1" in stats, stats
