@@ -44,9 +44,7 @@ class Runner(ABC):
 
     def _check(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim != 2 or batch.shape[1] != self.n_features:
-            raise ValueError(
-                f"{self.name} expects a float32[n, {self.n_features}] batch: shape={batch.shape}"
-            )
+            raise ValueError(f"{self.name} expects a float32[n, {self.n_features}] batch: shape={batch.shape}")
         return np.ascontiguousarray(batch, dtype=np.float32)
 
     @abstractmethod
@@ -67,6 +65,10 @@ class LiteRTRunner(Runner):
     tensors; a batch is copied into the bucket's padded input buffer. ``warm`` builds and
     runs a thread's interpreters from another thread (the daemon warms a new version for
     its poll loop on its loader thread, while the loop serves the old one).
+
+    A runner pickles as its manifest and model bytes, without interpreters (they belong to
+    a process and its threads): the daemon validates a version in a loader process and
+    receives the runner that passed, to build its own thread's interpreters.
     """
 
     backend = "litert"
@@ -84,6 +86,9 @@ class LiteRTRunner(Runner):
                 f"TFLite model shape does not match the ABI: {path}: [{shapes[0]}] -> [{shapes[1]}], "
                 f"expected [{self.n_features}] -> [{self.n_outputs}]"
             )
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_slots": {}}
 
     def _slot(self, bucket: int, owner: int) -> tuple:
         slot = self._slots.get((owner, bucket))
@@ -134,7 +139,9 @@ class CompiledRunner(Runner):
     """The ``.tflite`` graph as numba code: ``program`` (the ops and weights) in a one-model bank.
 
     ``program`` is what the daemon puts into the bank its compiled pass calls; ``predict``
-    is the same ``forward`` from Python, with one scratch tile per thread.
+    is the same ``forward`` from Python, with one scratch tile per thread. It pickles as its
+    manifest and program (the bank, scratch and compiled function are rebuilt on unpickling):
+    what a loader process validated is what the daemon serves, with no second parse.
     """
 
     backend = "compiled"
@@ -147,11 +154,21 @@ class CompiledRunner(Runner):
                 f"TFLite model shape does not match the manifest: {path}: "
                 f"[{self.program.n_in}] -> [{self.program.n_out}], expected [{self.n_features}] -> [{self.n_outputs}]"
             )
+        self._bind()
+
+    def _bind(self) -> None:
         self.bank = make_bank({int(self.model_id): (self.program, self.version)}, N_MODEL_SLOTS)
         self._local = threading.local()
         from ._forward import forward  # numba: loaded only by the backend that runs it
 
         self._forward = forward
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("bank", "_local", "_forward")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._bind()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if not (batch.dtype == np.float32 and batch.ndim == 2 and batch.flags.c_contiguous):

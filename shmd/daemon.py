@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -72,20 +71,13 @@ def log(event: str, fmt: str = "kv", **fields: Any) -> None:
 def _native_output_as_events(fmt: str) -> Iterator[None]:
     """Catch what native libraries print on fd 2 meanwhile (LiteRT's "INFO: Created ... delegate")
     and log each line as an ``event=native_log``, so stderr stays one event per line."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
+    lines: list[str] = []
+    try:
+        with _lifecycle.captured_fd2() as lines:
             yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            for line in caught.read().decode(errors="replace").splitlines():
-                if line.strip():
-                    log("native_log", fmt, line=line)
+    finally:
+        for line in lines:
+            log("native_log", fmt, line=line)
 
 
 class Daemon:
@@ -413,6 +405,8 @@ class Daemon:
                 if version is not None and version != self.loader.pending.get(int(mid), self.versions[mid]):
                     self._want(int(mid), version, 0)
         for cand in self.loader.finished():
+            for line in cand.native:  # printed in the loader process
+                log("native_log", self.cfg.log_format, line=line)
             if cand.error:
                 self._answer(cand.mid, cand.seq, ms.RESULT_REFUSED, cand.error)
                 log("model_refused", self.cfg.log_format, model=ModelId(cand.mid).name.lower(),
@@ -510,6 +504,8 @@ class Daemon:
         """Stop the shim, unmap everything; unlink what we own unless told to keep it."""
         if self.http is not None:
             self.http.stop()
+        if hasattr(self, "loader"):
+            self.loader.close()
         keep = self.cfg.keep_segments
         for ch in self.channels:
             ch.header["daemon_pid"] = 0
