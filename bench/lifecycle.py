@@ -110,12 +110,18 @@ def _first_and_warm(prefix: str, port: int, n: int) -> dict[str, Any]:
 
 
 def _children_rss_kb(pid: int) -> int:
-    """RSS of ``pid``'s child processes (the loader process; its resource tracker)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    """RSS of ``pid``'s multiprocessing children (the loader process, its resource tracker; not the HTTP shim)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():  # a thread's children: the loader thread spawns it
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:  # the thread exited meanwhile
+            pass
     total = 0
     for child in children:
         try:
-            total += _rss_kb(int(child))
+            if b"multiprocessing" in Path(f"/proc/{child}/cmdline").read_bytes():
+                total += _rss_kb(int(child))
         except OSError:  # gone meanwhile
             pass
     return total

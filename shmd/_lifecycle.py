@@ -25,9 +25,11 @@ second process costs seconds and a GB); so does start-up, where nothing is serve
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import queue
+import signal
 import sys
 import tempfile
 import threading
@@ -45,6 +47,7 @@ from kernel_abi import ModelId
 IN_PROCESS_BACKENDS = ("tf",)
 NICE = 10  # the loader process's and thread's CPU priority: serving keeps the cores (CFS weight 110 vs 1024)
 IDLE_S = 60.0  # the loader process exits after this long without a load (its memory back until the next)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def buckets(max_batch: int) -> list[int]:
@@ -108,8 +111,12 @@ def validated(mid: int, version: int, *, backend: str, models_dir: str | Path | 
     return runner, native
 
 
-def _lower_priority() -> None:
+def _init_loader_process(daemon_pid: int) -> None:
     os.setpriority(os.PRIO_PROCESS, 0, NICE)
+    # Die with the daemon (Linux): a killed daemon leaves no loader process waiting for work.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != daemon_pid:  # it died before the prctl
+        os._exit(0)
 
 
 @dataclass
@@ -195,7 +202,9 @@ class Loader:
             return prepare(ModelId(cand.mid), cand.version, owner=self.owner, **how)
         if self._pool is None:
             context = multiprocessing.get_context("spawn")  # not fork: this process has threads (loop, numba)
-            self._pool = ProcessPoolExecutor(1, mp_context=context, initializer=_lower_priority)
+            self._pool = ProcessPoolExecutor(
+                1, mp_context=context, initializer=_init_loader_process, initargs=(os.getpid(),)
+            )
         runner, cand.native = self._pool.submit(validated, cand.mid, cand.version, **how).result()
         runner.warm(buckets(self.max_batch), self.owner)  # the loop thread's own interpreters (LiteRT)
         return runner

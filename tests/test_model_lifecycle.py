@@ -32,7 +32,8 @@ from ._http_daemon import Daemon, free_port, unique_prefix, valid
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "kernel_abi" / "c" / "build" / "shmd_roundtrip"
-PHASE_S = 1.5  # steady load between two swaps
+PHASE_S = 1.5  # steady load between two swaps (for the latencies printed; correctness waits on MIN_ANSWERS)
+MIN_ANSWERS = 20  # answers every caller must get in a phase before the test moves on (waited for, never timed)
 WAIT_S = 30.0  # bound on any wait for the daemon
 
 
@@ -56,7 +57,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, P
     shutil.copytree(default_models_dir(), repo)
     add_version(repo, "workload", 2)
     config = repo.parent / "shmd.toml"
-    config.write_text("[model_versions]\nworkload = 1\n")
+    # A TTL no stall outlives: the miss-then-hit pair below must not depend on the time between two calls.
+    config.write_text("[model_versions]\nworkload = 1\n\n[cache.workload]\nttl_ms = 600000\n")
     prefix = unique_prefix("ml")
     daemon = Daemon(prefix, port=free_port(), channels="c,py",
                     args=("--models-dir", str(repo), "--config", str(config), "--http-workers", "1"))  # fmt: skip
@@ -81,6 +83,18 @@ def serving(daemon: Daemon) -> dict[str, int]:
     status, doc = call(daemon, "GET", "/api/ml/models")
     assert status == 200, doc
     return {m["model"]: m["servingVersion"] for m in doc["models"]}
+
+
+def until(done, what: str) -> None:
+    """Wait for ``done()`` (progress, not time); fail naming ``what`` after WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while not done():
+        assert time.monotonic() < deadline, f"no {what} within {WAIT_S} s"
+        time.sleep(0.02)
+
+
+def answered_since(load: Load, t_ns: int) -> int:
+    return sum(1 for t, _, _ in list(load.answers) if t >= t_ns)
 
 
 def runs(versions: list[int]) -> list[int]:
@@ -144,10 +158,21 @@ def test_swap_v1_v2_v1_under_load_from_c_python_and_http(served: tuple[Daemon, P
 
     web = Load(over_http)
     swaps = []
+
+    def c_completed() -> int:
+        return call(daemon, "GET", "/api/ml/metrics")[1]["channels"]["c"]["completed"]
+
+    def phase(since_ns: int, c_before: int) -> None:
+        """Steady load, until every caller (C counted by the daemon) has MIN_ANSWERS answers started since."""
+        time.sleep(PHASE_S)
+        until(lambda: c_completed() >= c_before + MIN_ANSWERS + 1  # +1: the call in flight at since_ns
+              and min(answered_since(py, since_ns), answered_since(web, since_ns)) >= MIN_ANSWERS,
+              f"{MIN_ANSWERS} answers on every channel")  # fmt: skip
+
     try:
         py.start()
         web.start()
-        time.sleep(PHASE_S)
+        phase(time.monotonic_ns(), c_completed())
         for version in (2, 1):
             t0 = time.monotonic_ns()
             status, doc = call(daemon, "POST", "/api/ml/models/workload/load", {"version": version})
@@ -156,7 +181,7 @@ def test_swap_v1_v2_v1_under_load_from_c_python_and_http(served: tuple[Daemon, P
             if version == 2:  # the v1 answer cached above is never served again
                 again = call(daemon, "POST", "/api/ml/predict/workload", body)[1]["prediction"]
                 assert (again["modelVersion"], again["cacheHit"]) == (2, False), again
-            time.sleep(PHASE_S)
+            phase(swaps[-1][1], c_completed())
     finally:
         py.stop.set()
         web.stop.set()
@@ -191,7 +216,7 @@ def test_swap_v1_v2_v1_under_load_from_c_python_and_http(served: tuple[Daemon, P
         steady = [lat for t, _, lat in answers if not any(a <= t <= b + 100_000_000 for a, b in swaps)]
         print(f"{name}: {len(answers)} answers; p99 during swaps {_p99_ms(during):.2f} ms ({len(during)}), "
               f"steady {_p99_ms(steady):.2f} ms; load requests took {took} ms")  # fmt: skip
-        assert max(lat for _, _, lat in answers) < 2e9, f"{name}: a call stalled"
+        assert max(lat for _, _, lat in answers) < 5e9, f"{name}: a call stalled"  # the clients' own timeout
 
 
 def _bad_sha(target: Path, manifest: dict) -> None:
@@ -233,7 +258,10 @@ def test_corrupt_version_is_refused_with_its_reason_while_the_old_one_serves(
     load = Load(lambda i: client.predict("workload", valid("workload", i), no_cache=True)["modelVersion"])
     load.start()
     try:
+        until(lambda: len(load.answers) >= MIN_ANSWERS, "answers before the load")
         status, doc = call(daemon, "POST", "/api/ml/models/workload/load", {"version": version})
+        refused_ns = time.monotonic_ns()
+        until(lambda: answered_since(load, refused_ns) >= MIN_ANSWERS, "answers after the refusal")
     finally:
         load.stop.set()
         load.join(WAIT_S)
@@ -255,12 +283,13 @@ def test_sighup_loads_a_new_latest_version_and_leaves_a_pinned_model(served: tup
     add_version(repo, "threat", 2)
     add_version(repo, "workload", 6)  # valid and the newest, but workload is pinned to 1
     daemon.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + WAIT_S
-    while serving(daemon)["threat"] != 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # The swap writes the serving version, then its state and its log line: wait for all three.
+    until(lambda: serving(daemon)["threat"] == 2 and "event=model_swapped model=threat version=2 previous=1"
+          in daemon.log() and call(daemon, "GET", "/ready")[1]["models"]["threat"]["state"] == "serving",
+          "swap of threat to version 2")  # fmt: skip
     now = serving(daemon)
     assert now["threat"] == 2 and now["workload"] == 1, now
-    assert "event=rescan" in daemon.log() and "event=model_swapped model=threat version=2 previous=1" in daemon.log()
+    assert "event=rescan" in daemon.log()
     with Client("py", daemon.prefix, timeout=5.0) as client:
         assert client.predict("threat", valid("threat"), no_cache=True)["modelVersion"] == 2
     ready = call(daemon, "GET", "/ready")[1]
@@ -285,3 +314,53 @@ def test_cli_lists_and_loads_through_the_stats_segment(served: tuple[Daemon, Pat
     assert shmd("load", "workload", "1").returncode == 0
     missing = shmd("load", "workload", "99")
     assert missing.returncode == 1 and "workload has no version 99 in the repository" in missing.stderr, missing
+
+
+def _loader_processes(pid: int) -> list[tuple[int, int]]:
+    """(pid, nice) of ``pid``'s children that are multiprocessing spawns (the loader process)."""
+    found = []
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():  # a thread's children: the loader thread spawns it
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:  # the thread exited meanwhile
+            pass
+    for child in children:
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        if b"spawn_main" in cmdline:
+            found.append((int(child), int(stat.rsplit(")", 1)[1].split()[16])))  # field 19: nice
+    return found
+
+
+def test_hot_loads_validate_in_a_low_priority_loader_process(served: tuple[Daemon, Path]) -> None:
+    """The GIL the poll loop takes between passes is never held by validation: it runs in a child process."""
+    from shmd import _lifecycle
+
+    daemon, _ = served
+    status, doc = call(daemon, "POST", "/api/ml/models/workload/load", {"version": 2})
+    assert status == 200 and doc["version"] == 2, doc
+    loaders = _loader_processes(daemon.proc.pid)
+    assert [nice for _, nice in loaders] == [_lifecycle.NICE], f"loader processes (pid, nice): {loaders}"
+    status, doc = call(daemon, "POST", "/api/ml/models/workload/load", {"version": 1})
+    assert status == 200 and doc["version"] == 1, doc
+    assert _loader_processes(daemon.proc.pid) == loaders, "the loader process is kept between loads"
+
+
+@pytest.mark.parametrize("backend", ["litert", "compiled"])
+def test_a_runner_pickles_to_one_that_computes_the_same(backend: str) -> None:
+    """What the loader process validated is what the daemon serves: the runner itself, pickled."""
+    import pickle
+
+    import models
+    from models import canary
+
+    runner = models.load_runner(ModelId.FAILURE, backend=backend)
+    copy = pickle.loads(pickle.dumps(runner))
+    assert (type(copy), copy.version, copy.manifest) == (type(runner), runner.version, runner.manifest)
+    canary.check(copy)  # raises on any output more than 1e-5 from the recorded one
+    x = np.random.default_rng(3).random((33, runner.n_features), np.float32)
+    assert np.array_equal(copy.predict(x), runner.predict(x))
