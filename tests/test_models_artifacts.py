@@ -110,11 +110,16 @@ def test_litert_runner_gives_each_thread_its_own_interpreters():
     x = _features(ModelId.FAILURE, 64)[2]
     expected = runner.predict(x)
     results, interps = [], []
+    # Both threads are alive together: a thread's ident is reused once it has ended, so two
+    # threads run one after the other (a loaded machine) could share a key without a bug.
+    together = threading.Barrier(2, timeout=60)
 
     def work():
+        together.wait()
         for _ in range(20):
             results.append(np.array_equal(runner.predict(x), expected))
         interps.append(runner._slots[(threading.get_ident(), 64)][0])
+        together.wait()
 
     threads = [threading.Thread(target=work) for _ in range(2)]
     for t in threads:
