@@ -20,6 +20,7 @@ import numpy as np
 
 from kernel_abi import ModelId
 
+from ._log1p import log1p
 from ._spec import ADDR_LINE, ADDR_TOL, MEM_LOG_SCALE, RANGES, RATE_LOG_SCALE, TIME_LOG_SCALE, field_index
 
 _W, _T, _F, _M = ModelId.WORKLOAD, ModelId.THREAT, ModelId.FAILURE, ModelId.MEMORY
@@ -67,6 +68,10 @@ _M_LOC = _rule(_M, "locality_score")
 #: Feature columns the networks read back (residual inputs and address candidates).
 W_CUR_CPU, W_CUR_MEM, W_CUR_GPU = 10, 22, 21
 M_CAND_START, M_N_CAND = 66, 4
+#: log1p arguments per record: workload's 10 historical memory values then the current one;
+#: threat's latency, message frequency, time since the last threat; failure's time since
+#: the last failure; memory's 24 signed address distances (features 0..23).
+W_N_LOGS, T_N_LOGS, F_N_LOGS, M_N_LOGS = 11, 3, 1, 24
 
 _LOG65 = math.log1p(64.0)
 _LOG_LINES = math.log1p(1.0 / ADDR_LINE)
@@ -81,24 +86,25 @@ _DAY_COS = np.array([math.cos(2.0 * math.pi * d / 7.0) for d in range(7)])
 _LOG_COUNT = np.array([math.log1p(k) / _LOG65 for k in range(65)])
 
 
-@numba.njit(nogil=True, cache=True)
+# Validation is branch-free per value (``&``/``|``, no early exit), so the loops over an
+# array field vectorise; the checks then name the first bad field in field order.
+@numba.njit(nogil=True, cache=True, inline="always")
 def _bad(x, lo, hi):
     v = np.float64(x)
-    return not (math.isfinite(v) and v >= lo and v <= hi)
+    return not ((v - v == 0.0) & (v >= lo) & (v <= hi))  # v - v == 0: finite
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")
 def _bad_arr(a, lo, hi):
-    # A plain loop: numba compiles it, not any() over a generator.
-    for j in range(a.shape[0]):  # noqa: SIM110
-        if _bad(a[j], lo, hi):
-            return True
-    return False
+    bad = False
+    for j in range(a.shape[0]):
+        bad |= _bad(a[j], lo, hi)
+    return bad
 
 
 @numba.njit(nogil=True, cache=True)
-def encode_workload(payloads, i, out):
-    p = payloads[i]
+def check_workload(p):
+    """0, or the 1-based index of the first invalid field of payload record ``p``."""
     hc, hm, hg = p.historical_cpu, p.historical_memory, p.historical_gpu
     if _bad_arr(hc, _W_HCPU[1], _W_HCPU[2]):
         return _W_HCPU[0]
@@ -116,18 +122,20 @@ def encode_workload(payloads, i, out):
         return _W_HOUR[0]
     if _bad(p.day_of_week, _W_DAY[1], _W_DAY[2]):
         return _W_DAY[0]
+    return 0
+
+
+@numba.njit(nogil=True, cache=True)
+def linear_workload(p, out, args):
+    """Every feature of valid ``p`` but the logarithmic ones; their log1p arguments into ``args``."""
+    hc, hm, hg = p.historical_cpu, p.historical_memory, p.historical_gpu
     for j in range(10):
         out[j] = hc[j]
         out[11 + j] = hg[j]
+        args[j] = np.float64(hm[j])
+    args[10] = np.float64(p.current_memory)
     out[10] = p.current_cpu
     out[21] = p.current_gpu
-    # Memory is scale-free relative to now (x10: a 10% change is ~1) plus one absolute
-    # log level, so agents of 64 MB and 16 GB share what the net learns.
-    lcur = math.log1p(np.float64(p.current_memory))
-    out[22] = lcur / MEM_LOG_SCALE
-    for j in range(10):
-        d = (math.log1p(np.float64(hm[j])) - lcur) * 10.0
-        out[23 + j] = min(max(d, -5.0), 5.0)
     hour = np.int64(p.time_of_day)  # validated: 0..23 and 0..6
     day = np.int64(p.day_of_week)
     out[33] = _HOUR_SIN[hour]
@@ -135,12 +143,37 @@ def encode_workload(payloads, i, out):
     out[35] = _DAY_SIN[day]
     out[36] = _DAY_COS[day]
     out[37] = 1.0 if p.day_of_week >= 5 else 0.0
+
+
+@numba.njit(nogil=True, cache=True)
+def logs_workload(logs, out):
+    """The logarithmic features from ``logs`` = log1p of ``linear_workload``'s ``args``."""
+    # Memory is scale-free relative to now (x10: a 10% change is ~1) plus one absolute
+    # log level, so agents of 64 MB and 16 GB share what the net learns.
+    lcur = logs[10]
+    out[22] = lcur / MEM_LOG_SCALE
+    for j in range(10):
+        d = (logs[j] - lcur) * 10.0
+        out[23 + j] = min(max(d, -5.0), 5.0)
+
+
+@numba.njit(nogil=True, cache=True)
+def encode_workload(payloads, i, out):
+    p = payloads[i]
+    err = check_workload(p)
+    if err != 0:
+        return err
+    logs = np.empty(W_N_LOGS, np.float64)
+    linear_workload(p, out, logs)
+    for k in range(W_N_LOGS):
+        logs[k] = log1p(logs[k])
+    logs_workload(logs, out)
     return 0
 
 
 @numba.njit(nogil=True, cache=True)
-def encode_threat(payloads, i, out):
-    p = payloads[i]
+def check_threat(p):
+    """0, or the 1-based index of the first invalid field of payload record ``p``."""
     if _bad(p.average_latency, _T_LAT[1], _T_LAT[2]):
         return _T_LAT[0]
     if _bad(p.error_rate, _T_ERR[1], _T_ERR[2]):
@@ -149,8 +182,7 @@ def encode_threat(payloads, i, out):
         return _T_RES[0]
     if _bad(p.message_frequency, _T_MSG[1], _T_MSG[2]):
         return _T_MSG[0]
-    h = p.historical_threats
-    if _bad_arr(h, _T_HIST[1], _T_HIST[2]):
+    if _bad_arr(p.historical_threats, _T_HIST[1], _T_HIST[2]):
         return _T_HIST[0]
     if _bad(p.time_since_last_threat, _T_TSL[1], _T_TSL[2]):
         return _T_TSL[0]
@@ -166,10 +198,21 @@ def encode_threat(payloads, i, out):
     dist = np.int64(p.distinct_anomaly_types)
     if _bad(dist, _T_DIST[1], _T_DIST[2]) or dist > cnt:
         return _T_DIST[0]
-    out[0] = min(math.log1p(np.float64(p.average_latency)) / RATE_LOG_SCALE, 2.0)
+    return 0
+
+
+@numba.njit(nogil=True, cache=True)
+def linear_threat(p, out, args):
+    """Every feature of valid ``p`` but the logarithmic ones; their log1p arguments into ``args``."""
+    h = p.historical_threats
+    cnt = np.int64(p.anomaly_count)  # counts validated: 0..64
+    sev = p.severity_counts
+    dist = np.int64(p.distinct_anomaly_types)
+    args[0] = np.float64(p.average_latency)
+    args[1] = np.float64(p.message_frequency)
+    args[2] = np.float64(p.time_since_last_threat)
     out[1] = p.error_rate
     out[2] = p.resource_usage
-    out[3] = min(math.log1p(np.float64(p.message_frequency)) / RATE_LOG_SCALE, 2.0)
     s = 0.0
     m = 0.0
     for j in range(10):
@@ -179,20 +222,40 @@ def encode_threat(payloads, i, out):
     out[14] = s / 10.0
     out[15] = m
     out[16] = h[9] - h[0]
-    out[17] = min(math.log1p(np.float64(p.time_since_last_threat)) / TIME_LOG_SCALE, 1.5)
-    out[18] = _LOG_COUNT[cnt]  # counts validated: 0..64
+    out[18] = _LOG_COUNT[cnt]
     denom = max(cnt, 1)
     for k in range(4):
         out[19 + k] = sev[k] / denom
         out[23 + k] = _LOG_COUNT[np.int64(sev[k])]
     out[27] = dist / denom
     out[28] = _LOG_COUNT[dist]
+
+
+@numba.njit(nogil=True, cache=True)
+def logs_threat(logs, out):
+    """The logarithmic features from ``logs`` = log1p of ``linear_threat``'s ``args``."""
+    out[0] = min(logs[0] / RATE_LOG_SCALE, 2.0)
+    out[3] = min(logs[1] / RATE_LOG_SCALE, 2.0)
+    out[17] = min(logs[2] / TIME_LOG_SCALE, 1.5)
+
+
+@numba.njit(nogil=True, cache=True)
+def encode_threat(payloads, i, out):
+    p = payloads[i]
+    err = check_threat(p)
+    if err != 0:
+        return err
+    logs = np.empty(T_N_LOGS, np.float64)
+    linear_threat(p, out, logs)
+    for k in range(T_N_LOGS):
+        logs[k] = log1p(logs[k])
+    logs_threat(logs, out)
     return 0
 
 
 @numba.njit(nogil=True, cache=True)
-def encode_failure(payloads, i, out):
-    p = payloads[i]
+def check_failure(p):
+    """0, or the 1-based index of the first invalid field of payload record ``p``."""
     if _bad(p.health_score, _F_HEALTH[1], _F_HEALTH[2]):
         return _F_HEALTH[0]
     if _bad(p.current_value, _F_CUR[1], _F_CUR[2]):
@@ -201,14 +264,21 @@ def encode_failure(payloads, i, out):
         return _F_BASE[0]
     if _bad(p.trend, _F_TREND[1], _F_TREND[2]):
         return _F_TREND[0]
-    h = p.historical_health
-    if _bad_arr(h, _F_HIST[1], _F_HIST[2]):
+    if _bad_arr(p.historical_health, _F_HIST[1], _F_HIST[2]):
         return _F_HIST[0]
     if _bad(p.time_since_last_failure, _F_TSL[1], _F_TSL[2]):
         return _F_TSL[0]
-    fh = p.failure_history
-    if _bad_arr(fh, _F_FHIST[1], _F_FHIST[2]):
+    if _bad_arr(p.failure_history, _F_FHIST[1], _F_FHIST[2]):
         return _F_FHIST[0]
+    return 0
+
+
+@numba.njit(nogil=True, cache=True)
+def linear_failure(p, out, args):
+    """Every feature of valid ``p`` but the logarithmic one; its log1p argument into ``args``."""
+    h = p.historical_health
+    fh = p.failure_history
+    args[0] = np.float64(p.time_since_last_failure)
     out[0] = p.health_score
     out[1] = p.trend
     s = 0.0
@@ -236,19 +306,43 @@ def encode_failure(payloads, i, out):
     cur = np.float64(p.current_value)
     base = np.float64(p.baseline)
     out[26] = (cur - base) / (abs(cur) + abs(base) + 1e-9)
-    out[27] = min(math.log1p(np.float64(p.time_since_last_failure)) / TIME_LOG_SCALE, 1.5)
     n = 0.0
     for j in range(10):
         out[28 + j] = fh[j]
         n += fh[j]
     out[38] = n / 10.0
+
+
+@numba.njit(nogil=True, cache=True)
+def logs_failure(logs, out):
+    """The logarithmic feature from ``logs`` = log1p of ``linear_failure``'s ``args``."""
+    out[27] = min(logs[0] / TIME_LOG_SCALE, 1.5)
+
+
+@numba.njit(nogil=True, cache=True)
+def encode_failure(payloads, i, out):
+    p = payloads[i]
+    err = check_failure(p)
+    if err != 0:
+        return err
+    logs = np.empty(F_N_LOGS, np.float64)
+    linear_failure(p, out, logs)
+    for k in range(F_N_LOGS):
+        logs[k] = log1p(logs[k])
+    logs_failure(logs, out)
     return 0
 
 
 @numba.njit(nogil=True, cache=True)
-def _enc_delta(d):
-    """A signed address distance on a log scale of lines: +-1 spans the whole space."""
-    v = math.log1p(abs(d) / ADDR_LINE) / _LOG_LINES
+def log_arg_memory(d):
+    """The log1p argument of signed address distance ``d``: |d| in lines."""
+    return abs(d) / ADDR_LINE
+
+
+@numba.njit(nogil=True, cache=True)
+def enc_delta_memory(log, d):
+    """Distance ``d`` on a log scale of lines (``log`` = log1p(|d| in lines)): +-1 spans the whole space."""
+    v = log / _LOG_LINES
     return v if d >= 0 else -v
 
 
@@ -258,31 +352,39 @@ def _same(x, y):
 
 
 @numba.njit(nogil=True, cache=True)
-def encode_memory(payloads, i, out):
-    p = payloads[i]
-    h = p.access_history
-    if _bad_arr(h, _M_ADDR[1], _M_ADDR[2]):
+def check_memory(p):
+    """0, or the 1-based index of the first invalid field of payload record ``p``."""
+    if _bad_arr(p.access_history, _M_ADDR[1], _M_ADDR[2]):
         return _M_ADDR[0]
-    ts = p.access_timestamps
-    if _bad_arr(ts, _M_TS[1], _M_TS[2]):
+    if _bad_arr(p.access_timestamps, _M_TS[1], _M_TS[2]):
         return _M_TS[0]
-    ty = p.access_types
-    if _bad_arr(ty, _M_TYPES[1], _M_TYPES[2]):
+    if _bad_arr(p.access_types, _M_TYPES[1], _M_TYPES[2]):
         return _M_TYPES[0]
     if _bad(p.current_address, _M_CUR[1], _M_CUR[2]):
         return _M_CUR[0]
     if _bad(p.locality_score, _M_LOC[1], _M_LOC[2]):
         return _M_LOC[0]
+    return 0
+
+
+@numba.njit(nogil=True, cache=True)
+def linear_memory(p, out, dists, a, s):
+    """Every feature of valid ``p`` but features 0..23, whose signed address distances go to ``dists``.
+
+    ``a`` (21) and ``s`` (20) are float64 scratch: the address sequence and its strides.
+    Feature k < 24 is ``enc_delta_memory(log1p(log_arg_memory(dists[k])), dists[k])``.
+    """
+    h = p.access_history
+    ts = p.access_timestamps
+    ty = p.access_types
     # The address sequence a[0..20] (history then current) and its 20 strides.
-    a = np.empty(21, np.float64)
     for j in range(20):
         a[j] = h[j]
     cur = np.float64(p.current_address)
     a[20] = cur
-    s = np.empty(20, np.float64)
     for j in range(20):
         s[j] = a[j + 1] - a[j]
-        out[j] = _enc_delta(s[j])
+        dists[j] = s[j]
     # Candidate next addresses; the network picks one (see docs/MODELS.md).
     c0 = cur + s[19]  # last stride
     period = 0  # smallest P whose stride pattern repeats over the last 12 strides
@@ -303,10 +405,10 @@ def encode_memory(payloads, i, out):
             break
     c2 = a[occ + 1] if occ >= 0 else c0
     c3 = cur
-    out[20] = _enc_delta(c0 - cur)
-    out[21] = _enc_delta(c1 - cur)
-    out[22] = _enc_delta(c2 - cur)
-    out[23] = _enc_delta(a[0] - cur)
+    dists[20] = c0 - cur
+    dists[21] = c1 - cur
+    dists[22] = c2 - cur
+    dists[23] = a[0] - cur
     out[24] = period / 8.0
     out[25] = 1.0 if occ >= 0 else 0.0
     out[26] = (20 - occ) / 20.0 if occ >= 0 else 0.0
@@ -356,6 +458,18 @@ def encode_memory(payloads, i, out):
     out[67] = c1
     out[68] = c2
     out[69] = c3
+
+
+@numba.njit(nogil=True, cache=True)
+def encode_memory(payloads, i, out):
+    p = payloads[i]
+    err = check_memory(p)
+    if err != 0:
+        return err
+    dists = np.empty(M_N_LOGS, np.float64)
+    linear_memory(p, out, dists, np.empty(21, np.float64), np.empty(20, np.float64))
+    for k in range(M_N_LOGS):
+        out[k] = enc_delta_memory(log1p(log_arg_memory(dists[k])), dists[k])
     return 0
 
 

@@ -1,8 +1,8 @@
 """What the daemon's compiled pass asks of the models, by model id: the one place that lists them.
 
 The pass stages raw request slots; ``payload_views`` gives it one typed view of the
-staging buffer per model (a tuple, in ``ModelId`` order), ``encode`` validates and encodes
-staged row ``j`` as model ``mid``, ``forward`` (``models._forward``) runs a model of a bank
+staging buffer per model (a tuple, in ``ModelId`` order), ``encode_rows`` validates and
+encodes a model's staged rows, all at once (``_encode_rows``), ``forward`` (``models._forward``) runs a model of a bank
 and ``postprocess`` maps its raw outputs. A fifth model is added here (and in kernel_abi),
 never in the daemon.
 """
@@ -14,7 +14,8 @@ from numba import njit
 
 from kernel_abi import PAYLOADS, REQUESTS, ModelId
 
-from ._encode import encode_failure, encode_memory, encode_threat, encode_workload
+from ._encode_rows import new_scratch as new_scratch  # the scratch encode_rows takes (re-exported)
+from ._encode_rows import rows_failure, rows_memory, rows_threat, rows_workload
 from ._spec import N_FEATURES, N_MODEL_SLOTS, N_RAW_OUTPUTS
 
 #: Widths of the per-model feature and raw-output buffers the pass keeps (the widest model's).
@@ -35,17 +36,20 @@ def payload_views(staging: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 @njit(nogil=True, cache=True)
-def encode(payloads, mid, j, out):
-    """Validate and encode staged row ``j`` as model ``mid`` into ``out``; 0 or the bad field (1-based).
+def encode_rows(payloads, mid, rows, n, out, err, scratch):
+    """Validate and encode staged rows ``rows[:n]`` as model ``mid`` into ``out[:n]``; ``err[r]``: 0 or the bad field.
 
-    ``payloads`` is ``payload_views(staging)``; -1 for a model id with no encoder.
+    ``payloads`` is ``payload_views(staging)``, ``scratch`` a ``new_scratch(room)``. False
+    for a model id with no encoder.
     """
     if mid == _W:
-        return encode_workload(payloads[0], j, out)
-    if mid == _T:
-        return encode_threat(payloads[1], j, out)
-    if mid == _F:
-        return encode_failure(payloads[2], j, out)
-    if mid == _M:
-        return encode_memory(payloads[3], j, out)
-    return -1
+        rows_workload(payloads[0], rows, n, out, err, scratch)
+    elif mid == _T:
+        rows_threat(payloads[1], rows, n, out, err, scratch)
+    elif mid == _F:
+        rows_failure(payloads[2], rows, n, out, err, scratch)
+    elif mid == _M:
+        rows_memory(payloads[3], rows, n, out, err, scratch)
+    else:
+        return False
+    return True

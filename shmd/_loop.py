@@ -12,8 +12,10 @@ drains as soon as it is woken: no Python runs between a wake-up and the drain.
 ``drain`` shares the pass's room between channels with work, higher priorities
 first without starving the lowest (``_share_room``), copies
 their records into a private staging buffer (the copy comes before any
-validation), answers bad records, deadlines and cache hits on the spot, and
-encodes the rest into per-model contiguous float32 batches. It takes from a
+validation), answers bad headers and deadlines on the spot, then encodes each
+model's records together into its contiguous float32 batch (``encode_rows``:
+column-wise, vectorised ``log1p``), answers invalid payloads and cache hits, and
+keeps the rest, in staging order, for inference. It takes from a
 channel only as many records as its completion ring has room for, so every
 answer of the pass is sure to fit.
 
@@ -45,7 +47,7 @@ from numba.extending import intrinsic
 from kernel_abi import ABI_VERSION, REQ_NO_CACHE, RESP_CACHE_HIT, Status
 from models import forward, postprocess
 from models._ops import MODEL_VERSION
-from models._serve import PAYLOAD_LEN, encode
+from models._serve import PAYLOAD_LEN, encode_rows
 from models._spec import N_MODEL_SLOTS
 from ringbuf import (
     TIMED_OUT,
@@ -254,17 +256,20 @@ def drain(rings, batch, models, cache_, counters, spin_ns):
         batch.alloc[c] = got
         counters.channel[c, met.SUBMITTED] += got
         for j in range(n, n + got):
-            _admit(j, c, now, batch, models, cache_, counters)
+            _admit(j, c, now, batch, models, counters)
         n += got
     batch.offsets[table.shape[0]] = n
+    for mid in range(1, N_MODELS):
+        if batch.counts[mid] > 0:
+            _encode_and_probe(mid, now, batch, models, cache_, counters)
     if n > 0:
         state[PASS_START] = (start + 1) % table.shape[0]
     return n
 
 
 @njit(nogil=True, cache=True)
-def _admit(j, c, now, batch, models, cache_, counters):
-    """Decide one staged record: answered now (status, cache hit) or queued for inference."""
+def _admit(j, c, now, batch, models, counters):
+    """Decide one staged record's header: answered now (a status) or queued for its model's encoder."""
     req = batch.reqs[j]
     resp = batch.responses[j]
     resp.request_id = req.request_id
@@ -298,23 +303,53 @@ def _admit(j, c, now, batch, models, cache_, counters):
         _answer(batch.responses, j, status, 0, counters.channel, c)
         return
     r = batch.counts[mid]
-    feats = batch.features[mid, r, : models.n_features[mid]]
-    err = encode(models.payloads, mid, j, feats)
-    if err != 0:
-        per_model[mid, met.ERRORS] += 1
-        _answer(batch.responses, j, Status.INVALID_INPUT, err, counters.channel, c)
-        return
-    if cache_.ttl_ns[mid] > 0 and (req.flags & REQ_NO_CACHE) == 0:
-        key = cache.feature_key(feats, cache_.quantum[mid])
-        hit = cache.cache_get(cache_.entries, cache_.stats, mid, key, now, resp.outputs)
-        if hit and not cache.recheck_hit(cache_.stats, cache_.adapt, mid):
-            resp.flags = RESP_CACHE_HIT
-            per_model[mid, met.CACHE_HITS] += 1
-            return
-        per_model[mid, met.CACHE_MISSES] += 1
-        batch.keys[j] = key
     batch.rows[mid, r] = j
     batch.counts[mid] = r + 1
+
+
+@njit(nogil=True, cache=True)
+def _channel_of(offsets, j):
+    """The channel staged record ``j`` came from (``offsets``: each channel's first staged index)."""
+    c = 0
+    while offsets[c + 1] <= j:
+        c += 1
+    return c
+
+
+@njit(nogil=True, cache=True)
+def _encode_and_probe(mid, now, batch, models, cache_, counters):
+    """Encode model ``mid``'s queued records at once; answer invalid ones and cache hits; keep the rest.
+
+    The rows kept for inference stay in staging order, their features moved up over the
+    rows answered here.
+    """
+    cnt = batch.counts[mid]
+    rows, feats, err = batch.rows[mid], batch.features[mid, :, : models.n_features[mid]], batch.enc_err
+    encode_rows(models.payloads, mid, rows, cnt, feats, err, batch.enc_scratch)
+    per_model = counters.model
+    cached = cache_.ttl_ns[mid] > 0
+    kept = 0
+    for r in range(cnt):
+        j = rows[r]
+        if err[r] != 0:
+            per_model[mid, met.ERRORS] += 1
+            _answer(batch.responses, j, Status.INVALID_INPUT, err[r], counters.channel, _channel_of(batch.offsets, j))
+            continue
+        if cached and (batch.reqs[j].flags & REQ_NO_CACHE) == 0:
+            key = cache.feature_key(feats[r], cache_.quantum[mid])
+            resp = batch.responses[j]
+            hit = cache.cache_get(cache_.entries, cache_.stats, mid, key, now, resp.outputs)
+            if hit and not cache.recheck_hit(cache_.stats, cache_.adapt, mid):
+                resp.flags = RESP_CACHE_HIT
+                per_model[mid, met.CACHE_HITS] += 1
+                continue
+            per_model[mid, met.CACHE_MISSES] += 1
+            batch.keys[j] = key
+        if kept != r:
+            feats[kept] = feats[r]
+        rows[kept] = j
+        kept += 1
+    batch.counts[mid] = kept
 
 
 @njit(nogil=True, cache=True)

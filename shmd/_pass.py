@@ -13,7 +13,7 @@ import numpy as np
 import models
 import ringbuf
 from kernel_abi import REQUEST, REQUEST_SLOT_SIZE, RESPONSE, ModelId
-from models._serve import MAX_FEATURES, MAX_OUTPUTS, payload_views
+from models._serve import MAX_FEATURES, MAX_OUTPUTS, new_scratch, payload_views
 
 from ._cache import CacheArrays
 from ._loop import INITIAL_WAKE_NS
@@ -76,6 +76,8 @@ def new_batch(
         post=np.zeros((room, 4), np.float64),
         counts=np.zeros(N_MODELS, np.int64),
         rows=np.zeros((N_MODELS, room), np.int64),
+        enc_err=np.zeros(room, np.int32),
+        enc_scratch=new_scratch(room),
         alloc=np.zeros(n_channels, np.int64),
         offsets=np.zeros(n_channels + 1, np.int64),
         wake=np.zeros(n_channels, np.bool_),

@@ -10,7 +10,8 @@ arrays; numba sees each as one typed tuple, and a field is reached by name
     Rings     the channels (ringbuf.ChannelTable's arrays): ring addresses, private ring
               states, ready counts, the futex wait list
     Batch     the pass's private buffers: staged request slots, their answers, per-model
-              feature and raw-output batches, the rows each model answers, and ``state``
+              feature and raw-output batches, the rows each model answers, the
+              encoders' scratch columns, and ``state``
               (the PASS_* words below: settings and what one pass tells the next)
     Models    what the models need: per-model payload views of the staging buffer, the
               served versions, the compiled bank and its scratch tile
@@ -76,6 +77,8 @@ class Batch(NamedTuple):
     post: np.ndarray  # float64[room, 4]: post-processed outputs of one model's batch
     counts: np.ndarray  # int64[models]: rows queued per model
     rows: np.ndarray  # int64[models, room]: staged index of each queued row
+    enc_err: np.ndarray  # int32[room]: per queued row of the model being encoded, 0 or its bad field
+    enc_scratch: np.ndarray  # float64: the encoders' columns (models._serve.new_scratch(room))
     alloc: np.ndarray  # int64[channels]: records taken from each channel
     offsets: np.ndarray  # int64[channels + 1]: first staged index of each channel's records
     wake: np.ndarray  # bool[channels]: the channel's client sleeps and was woken

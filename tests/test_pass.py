@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ringbuf
-from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, ModelId, Status
+from kernel_abi import ABI_VERSION, PAYLOADS, REQUEST, REQUESTS, RESP_CACHE_HIT, ModelId, Status
 from models import N_RAW_OUTPUTS, load_runner, postprocess
 from models._data import GENERATORS
 from shmd import _loop, _pass
@@ -119,6 +119,42 @@ def test_compiled_pass_answers_like_litert_and_releases_after_publishing(compile
     model = compiled.counters.model
     assert model[ModelId.WORKLOAD, met.INFERENCES] == 3 and model[ModelId.THREAT, met.BATCHES] == 1
     assert list(compiled.counters.channel[:, met.COMPLETED]) == [5, 1]
+
+
+def test_a_models_rows_are_encoded_together_and_keep_their_features_past_hits_and_bad_rows(compiled):
+    """Each model's records are encoded at once after the drain, then invalid ones and cache
+    hits are answered and the rest move up: every kept row's features must still be its
+    own record's, and a bad record is counted on its own channel (the second here)."""
+    w = _requests(ModelId.WORKLOAD, [1, 2, 3, 4, 5], seed=4).copy()
+    t = _requests(ModelId.THREAT, [6, 7], seed=5)
+    bad = w[1:2].copy()
+    bad.view(REQUESTS[ModelId.WORKLOAD])["payload"]["current_gpu"] = np.inf
+    compiled.cache.ttl_ns[ModelId.WORKLOAD] = 10**12
+    compiled.sq[0].produce(w[2:3])  # record 3 first, alone: cached
+    n = compiled.drain()
+    _loop.infer_compiled(compiled.batch, compiled.models)
+    compiled.finish(n)
+    first = compiled.cq[0].consume(1)[0]
+    compiled.sq[0].produce(np.concatenate([w[0:1], t[0:1], w[2:3], w[3:4]]))
+    compiled.sq[1].produce(np.concatenate([t[1:2], bad, w[4:5]]))
+    n = compiled.drain()
+    b = compiled.batch
+    assert n == 7 and list(b.counts[1:3]) == [3, 2]  # workload 1, 4, 5 (3 hit, 2 bad); threat 6, 7
+    assert [int(b.reqs[j]["request_id"]) for j in b.rows[ModelId.WORKLOAD, :3]] == [1, 4, 5]
+    from models import encode_batch
+
+    want, _ = encode_batch(ModelId.WORKLOAD, w[[0, 3, 4]].view(REQUESTS[ModelId.WORKLOAD])["payload"])
+    got = b.features[ModelId.WORKLOAD, :3, : want.shape[1]]
+    assert got.tobytes() == want.tobytes()
+    assert list(compiled.counters.channel[:, met.REJECTED + Status.INVALID_INPUT]) == [0, 1]
+    assert _loop.infer_compiled(b, compiled.models)
+    compiled.finish(n)
+    got_a, got_b = compiled.cq[0].consume(8), compiled.cq[1].consume(8)
+    by_id = {int(r["request_id"]): r for r in (*got_a, *got_b)}
+    assert by_id[3]["flags"] & RESP_CACHE_HIT and list(by_id[3]["outputs"]) == list(first["outputs"])
+    assert by_id[2]["status"] == Status.INVALID_INPUT and by_id[2]["error_field"] == 6  # current_gpu
+    np.testing.assert_allclose(np.stack([by_id[i]["outputs"] for i in (1, 4, 5)]),
+                               _expected(ModelId.WORKLOAD, w[[0, 3, 4]]), rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
 def test_drain_shares_the_room_between_channels(prefix):
