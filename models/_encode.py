@@ -102,6 +102,21 @@ def _bad_arr(a, lo, hi):
     return bad
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _encode_one(check, linear, logs_of, k, payloads, i, out):
+    """Record ``i``: ``check``, then ``linear`` (features and ``k`` log1p arguments), then ``logs_of``."""
+    p = payloads[i]
+    err = check(p)
+    if err != 0:
+        return err
+    logs = np.empty(k, np.float64)
+    linear(p, out, logs)
+    for j in range(k):
+        logs[j] = log1p(logs[j])
+    logs_of(logs, out)
+    return 0
+
+
 @numba.njit(nogil=True, cache=True)
 def check_workload(p):
     """0, or the 1-based index of the first invalid field of payload record ``p``."""
@@ -159,16 +174,7 @@ def logs_workload(logs, out):
 
 @numba.njit(nogil=True, cache=True)
 def encode_workload(payloads, i, out):
-    p = payloads[i]
-    err = check_workload(p)
-    if err != 0:
-        return err
-    logs = np.empty(W_N_LOGS, np.float64)
-    linear_workload(p, out, logs)
-    for k in range(W_N_LOGS):
-        logs[k] = log1p(logs[k])
-    logs_workload(logs, out)
-    return 0
+    return _encode_one(check_workload, linear_workload, logs_workload, W_N_LOGS, payloads, i, out)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -241,16 +247,7 @@ def logs_threat(logs, out):
 
 @numba.njit(nogil=True, cache=True)
 def encode_threat(payloads, i, out):
-    p = payloads[i]
-    err = check_threat(p)
-    if err != 0:
-        return err
-    logs = np.empty(T_N_LOGS, np.float64)
-    linear_threat(p, out, logs)
-    for k in range(T_N_LOGS):
-        logs[k] = log1p(logs[k])
-    logs_threat(logs, out)
-    return 0
+    return _encode_one(check_threat, linear_threat, logs_threat, T_N_LOGS, payloads, i, out)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -321,16 +318,7 @@ def logs_failure(logs, out):
 
 @numba.njit(nogil=True, cache=True)
 def encode_failure(payloads, i, out):
-    p = payloads[i]
-    err = check_failure(p)
-    if err != 0:
-        return err
-    logs = np.empty(F_N_LOGS, np.float64)
-    linear_failure(p, out, logs)
-    for k in range(F_N_LOGS):
-        logs[k] = log1p(logs[k])
-    logs_failure(logs, out)
-    return 0
+    return _encode_one(check_failure, linear_failure, logs_failure, F_N_LOGS, payloads, i, out)
 
 
 @numba.njit(nogil=True, cache=True)

@@ -61,55 +61,36 @@ def new_scratch(rows: int) -> np.ndarray:
 
 # error_model="numpy" throughout: python-model division checks for zero, and that early
 # exit stops LLVM from vectorising the loops over columns.
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def rows_workload(payloads, rows, n, out, err, scratch):
-    k = W_N_LOGS
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _rows(check, linear, logs, k, payloads, rows, n, out, err, scratch):
+    """The three passes for a model whose ``linear`` part leaves ``k`` log1p arguments per record."""
     for r in range(n):
         p = payloads[rows[r]]
-        e = check_workload(p)
+        e = check(p)
         err[r] = e
         if e == 0:
-            linear_workload(p, out[r], scratch[r * k : (r + 1) * k])
+            linear(p, out[r], scratch[r * k : (r + 1) * k])
         else:
             scratch[r * k : (r + 1) * k] = 0.0
     log1p_column(scratch, n * k)
     for r in range(n):
         if err[r] == 0:
-            logs_workload(scratch[r * k : (r + 1) * k], out[r])
+            logs(scratch[r * k : (r + 1) * k], out[r])
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def rows_workload(payloads, rows, n, out, err, scratch):
+    _rows(check_workload, linear_workload, logs_workload, W_N_LOGS, payloads, rows, n, out, err, scratch)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def rows_threat(payloads, rows, n, out, err, scratch):
-    k = T_N_LOGS
-    for r in range(n):
-        p = payloads[rows[r]]
-        e = check_threat(p)
-        err[r] = e
-        if e == 0:
-            linear_threat(p, out[r], scratch[r * k : (r + 1) * k])
-        else:
-            scratch[r * k : (r + 1) * k] = 0.0
-    log1p_column(scratch, n * k)
-    for r in range(n):
-        if err[r] == 0:
-            logs_threat(scratch[r * k : (r + 1) * k], out[r])
+    _rows(check_threat, linear_threat, logs_threat, T_N_LOGS, payloads, rows, n, out, err, scratch)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def rows_failure(payloads, rows, n, out, err, scratch):
-    k = F_N_LOGS
-    for r in range(n):
-        p = payloads[rows[r]]
-        e = check_failure(p)
-        err[r] = e
-        if e == 0:
-            linear_failure(p, out[r], scratch[r * k : (r + 1) * k])
-        else:
-            scratch[r * k : (r + 1) * k] = 0.0
-    log1p_column(scratch, n * k)
-    for r in range(n):
-        if err[r] == 0:
-            logs_failure(scratch[r * k : (r + 1) * k], out[r])
+    _rows(check_failure, linear_failure, logs_failure, F_N_LOGS, payloads, rows, n, out, err, scratch)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
