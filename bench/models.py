@@ -5,7 +5,9 @@ and rows/s, against a numpy forward pass of the same weights measured in the sam
 Backends: ``litert`` and ``tf`` (``predict`` from Python), ``compiled`` (``predict``
 from Python) and ``compiled-njit`` (the same ``forward`` timed inside compiled code, as
 the daemon's pass calls it: no Python call in the figure). Also per model: encoding 256
-payload records (the compiled batch encoder, timed inside compiled code). Loops are
+payload records, timed inside compiled code, by the encoder the daemon's pass runs
+(``encode_rows``: staged rows of the staging buffer's strided view, column-wise log1p)
+and by the per-record encoder (its reference, one record at a time). Loops are
 bounded by both a call count and a time budget per configuration.
 
 ``--int8``: also quantise each shipped Keras model (dynamic range + representative
@@ -53,6 +55,46 @@ def _encode_ns(encode, payloads, out, err, calls, budget_ns, samples):
         samples[k] = core.monotonic_ns() - t0
         k += 1
     return k
+
+
+@njit(nogil=True, cache=True)
+def _encode_rows_ns(encode, payloads, rows, out, err, scratch, calls, budget_ns, samples):
+    end = core.monotonic_ns() + budget_ns
+    k = 0
+    while k < calls and core.monotonic_ns() < end:
+        t0 = core.monotonic_ns()
+        encode(payloads, rows, rows.shape[0], out, err, scratch)
+        samples[k] = core.monotonic_ns() - t0
+        k += 1
+    return k
+
+
+def _encoding(mid, records: np.ndarray, max_calls: int, budget_s: float) -> list[dict]:
+    """µs to encode ``records`` (256): the pass's row encoder over a staging view, and the per-record one."""
+    import kernel_abi as ka
+    from models import MODEL_NAMES, N_FEATURES
+    from models._encode import BATCH_ENCODERS
+    from models._encode_rows import ROW_ENCODERS, new_scratch
+
+    n = len(records)
+    staging = np.zeros(n, ka.REQUEST)
+    view = staging.view(ka.REQUESTS[mid])["payload"]
+    view[:] = records
+    rows = np.arange(n, dtype=np.int64)
+    feats = np.zeros((n, N_FEATURES[mid]), np.float32)
+    err = np.zeros(n, np.int32)
+    samples = np.zeros(max_calls, np.int64)
+    scratch = new_scratch(n)
+    out = []
+    ROW_ENCODERS[mid](view, rows, n, feats, err, scratch)
+    k = _encode_rows_ns(ROW_ENCODERS[mid], view, rows, feats, err, scratch, max_calls, int(budget_s * 1e9), samples)
+    name = MODEL_NAMES[mid]
+    out.append({"model": name, "encoder": "pass (encode_rows)", "records": n, **_summary_us(samples[:k], n)})
+    payloads = np.ascontiguousarray(records)
+    BATCH_ENCODERS[mid](payloads, feats, err)
+    k = _encode_ns(BATCH_ENCODERS[mid], payloads, feats, err, max_calls, int(budget_s * 1e9), samples)
+    out.append({"model": name, "encoder": "per record", "records": n, **_summary_us(samples[:k], n)})
+    return out
 
 
 def _summary_us(samples_ns: np.ndarray, rows: int) -> dict:
@@ -189,9 +231,8 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     from bench._stats import write_json
     from kernel_abi import ModelId
-    from models import MODEL_NAMES, N_FEATURES, N_RAW_OUTPUTS, load_runner, scratch_for
+    from models import MODEL_NAMES, N_RAW_OUTPUTS, load_runner, scratch_for
     from models._data import split
-    from models._encode import BATCH_ENCODERS
 
     max_calls, budget = (300, 0.3) if args.quick else (5000, 2.0)
     results, baseline, ratios, encoding, parity, int8 = [], [], [], [], [], {}
@@ -236,15 +277,10 @@ def main(argv: list[str]) -> int:
                 speedup = round(base["median_us"] / r["median_us"], 3)
                 ratios.append({"model": name, "backend": backend, "batch": batch, "speedup_vs_numpy": speedup})
                 row(name, backend, batch, r, speedup)
-        payloads = np.ascontiguousarray(rec_all[:256])
-        feats = np.zeros((256, N_FEATURES[mid]), np.float32)
-        err = np.zeros(256, np.int32)
-        samples = np.zeros(max_calls, np.int64)
-        BATCH_ENCODERS[mid](payloads, feats, err)
-        k = _encode_ns(BATCH_ENCODERS[mid], payloads, feats, err, max_calls, int(budget * 1e9), samples)
-        enc = {"model": name, "records": 256, **_summary_us(samples[:k], 256)}
-        encoding.append(enc)
-        print(f"{name:<9} encode 256 records: median {enc['median_us']:.2f} us, p99 {enc['p99_us']:.2f} us")
+        for enc in _encoding(mid, rec_all[:256], max_calls, budget):
+            encoding.append(enc)
+            print(f"{name:<9} encode 256 records, {enc['encoder']}: median {enc['median_us']:.2f} us, "
+                  f"p99 {enc['p99_us']:.2f} us")  # fmt: skip
         if args.int8:
             int8[name] = _int8_study(mid, max_calls, budget)
             q = int8[name]
