@@ -35,7 +35,7 @@ from ._segment import (
 )
 
 if TYPE_CHECKING:
-    from ._atomics import cpu_relax, monotonic_ns, spin_pause
+    from ._atomics import cpu_relax, monotonic_ns, spin_pause, yield_cpu
     from ._core import CORRUPT, ring_nudge, ring_peek, ring_produce, ring_release, ring_wait
     from ._ends import DEFAULT_SPIN_US, Consumer, Producer
     from ._table import (
@@ -62,6 +62,7 @@ _LAZY = {
     "cpu_relax": "_atomics",
     "monotonic_ns": "_atomics",
     "spin_pause": "_atomics",
+    "yield_cpu": "_atomics",
     **dict.fromkeys(
         (
             "INTERRUPTED", "TIMED_OUT", "WOKEN", "ChannelTable", "table_answer", "table_peek", "table_ready",
@@ -126,4 +127,5 @@ __all__ = [
     "table_release",
     "table_sleep",
     "table_wake",
+    "yield_cpu",
 ]

@@ -39,7 +39,8 @@ PASS_SPIN_MAX_NS = 6  # longest idle spin before sleeping (``spin_us``)
 PASS_SLEEP_NS = 7  # longest sleep on the SQs' wake-up words; 0 = return instead of sleeping
 PASS_SPIN_NS = 8  # the adaptive idle spin window now (``_loop._adapt_spin``)
 PASS_WAKE_NS = 9  # the wake-up cost it has learnt
-PASS_STATE_WORDS = 10
+PASS_HANDOFF = 10  # 1: the pass in hand began with a wake-up; its ``finish`` yields the CPU to the client
+PASS_STATE_WORDS = 11
 
 # --- Batch.channels: int64[channels, CHAN_WORDS], one row per channel -----------------------
 CHAN_PRIORITY = 0  # drain priority (higher first; ``_loop._share_room``)
@@ -54,7 +55,8 @@ LOOP_WAKES = 2  # clients woken after their answers were published
 LOOP_SPIN_NS = 3  # the adaptive spin window now (ns)
 LOOP_WAKE_NS = 4  # the wake-up cost learnt (ns)
 LOOP_COMPILED_PASSES = 5  # passes whose models all ran inside the compiled pass
-N_LOOP_COUNTERS = 6
+LOOP_HANDOFFS = 6  # passes a wake-up began that yielded the CPU once answered (``_loop.finish``)
+N_LOOP_COUNTERS = 7
 
 
 class Rings(NamedTuple):

@@ -15,7 +15,8 @@ import pytest
 
 from kernel_abi import RING_NEED_WAKEUP
 from ringbuf import _core as core
-from shmd._loop import LOOP_SLEEPS, LOOP_TIMEOUT_RESCUES
+from shmd._config import Config
+from shmd._loop import LOOP_HANDOFFS, LOOP_SLEEPS, LOOP_TIMEOUT_RESCUES
 from shmd._stats_segment import StatsSegment
 from shmd.client import Client
 from shmd.samples import SAMPLES
@@ -26,6 +27,13 @@ pytestmark = pytest.mark.timeout(120)
 
 SAFETY_NET_MS = 10_000  # the daemon's sleep timeout here: a lost wake-up costs 10 s
 TRIPS = 20
+
+
+def _await_sleep(c: Client) -> None:
+    deadline = time.monotonic() + 5
+    while not c.channel.sq.hdr32[core.FLAGS] & RING_NEED_WAKEUP:  # asleep, so only the doorbell wakes it
+        assert time.monotonic() < deadline, "the idle daemon never set NEED_WAKEUP"
+        time.sleep(0.001)
 
 
 def test_an_idle_daemon_announces_its_sleep_on_every_sq(prefix: str) -> None:
@@ -44,15 +52,38 @@ def test_requests_to_a_sleeping_daemon_wake_it(prefix: str) -> None:
         c.predict("memory", SAMPLES["memory"], no_cache=True)
         slowest = 0.0
         for _ in range(TRIPS):
-            deadline = time.monotonic() + 5
-            while not c.channel.sq.hdr32[core.FLAGS] & RING_NEED_WAKEUP:  # asleep, so only the doorbell wakes it
-                assert time.monotonic() < deadline, "the idle daemon never set NEED_WAKEUP"
-                time.sleep(0.001)
+            _await_sleep(c)
             t0 = time.monotonic()
             c.predict("memory", SAMPLES["memory"], no_cache=True)
             slowest = max(slowest, time.monotonic() - t0)
         # A generous bound: a woken daemon answers in well under a millisecond; a lost wake-up takes 10 s.
         assert slowest < 2.0, f"a round trip to a sleeping daemon took {slowest:.3f} s: a lost wake-up"
+
+
+def test_the_pass_a_wake_up_began_hands_the_cpu_back_and_no_other(prefix: str) -> None:
+    """The hand-off rule (``_loop.finish``): a pass that a client's wake-up began ends with one
+    yield of the CPU (the wake-up put the daemon on that client's CPU, where the client waits);
+    the passes after it, which drain what is already there, do not yield.
+
+    Each trip wakes the sleeping daemon with more records than one pass takes: two passes, the
+    first begun by the wake-up, the second by records already waiting.
+    """
+    env = {"SHMD_SLEEP_TIMEOUT_MS": str(SAFETY_NET_MS)}  # no timeout ends a sleep in this test
+    batch = Config().max_batch + 7  # two passes (the SQ and CQ hold both: 1,024 each)
+    with DaemonProcess(prefix, "--channels", "a", env=env), Client("a", prefix=prefix, timeout=30) as c:
+        items = [SAMPLES["memory"]] * batch
+        c.predict_many("memory", items)
+        seg = StatsSegment.attach(prefix)
+        try:
+            loop = seg.arrays["loop"]
+            before = int(loop[LOOP_HANDOFFS])
+            for _ in range(5):
+                _await_sleep(c)
+                assert len(c.predict_many("memory", items, no_cache=True)) == batch
+            handoffs = int(loop[LOOP_HANDOFFS]) - before
+        finally:
+            seg.close()
+    assert handoffs == 5, f"5 trips that each woke the daemon for two passes: {handoffs} hand-offs (expected 5)"
 
 
 def test_no_sleep_ends_by_timeout_with_work_waiting(prefix: str) -> None:
