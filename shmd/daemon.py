@@ -476,6 +476,9 @@ class Daemon:
     # --- the loop, continued ---------------------------------------------------------------
 
     def serve_forever(self) -> None:
+        # The heartbeat written when the channels were made is as old as the start-up's compile
+        # (29 s on a cold numba cache under load): a C client attaching now read it as a hung daemon.
+        self.housekeeping()
         n = self.pending
         if n:
             self.infer()
