@@ -92,8 +92,8 @@ from ._pass_layout import (
 )
 
 # The test-only fault point (see ``fault_state``): which step of ``finish`` to die after.
-FAULT_NONE, FAULT_AFTER_PUBLISH, FAULT_AFTER_RELEASE = range(3)
-FAULT_POINTS = {"after_publish": FAULT_AFTER_PUBLISH, "after_release": FAULT_AFTER_RELEASE}
+FAULT_NONE, FAULT_AFTER_PUBLISH, FAULT_AFTER_RELEASE, FAULT_RAISE = range(4)
+FAULT_POINTS = {"after_publish": FAULT_AFTER_PUBLISH, "after_release": FAULT_AFTER_RELEASE, "raise": FAULT_RAISE}
 FAULT_EXIT_CODE = 86  # what a daemon killed by its fault point exits with
 MAX_INNER_PASSES = 64  # passes ``step`` may finish before returning to Python (signals, housekeeping)
 # Heartbeat, gauges, watchdog and control commands at most this often (the daemon's housekeeping);
@@ -133,13 +133,15 @@ def fault_state(spec: str) -> tuple[int, int]:
     ``after_publish:N`` / ``after_release:N``: the N-th time ``finish`` has just
     published a channel's answers / released its SQ slots, the daemon ``_exit``s
     with FAULT_EXIT_CODE. The crash-safety tests use it to kill the daemon between
-    the two steps whose order makes a crash lose nothing.
+    the two steps whose order makes a crash lose nothing. ``raise:N``: the N-th
+    publish raises ``RuntimeError`` out of the compiled pass instead (a bug in the
+    pass), which the daemon must report as ``event=loop_failed`` and exit on.
     """
     if not spec:
         return FAULT_NONE, 0
     point, _, count = spec.partition(":")
     if point not in FAULT_POINTS or not count.isdigit() or int(count) < 1:
-        raise ConfigError(f"SHMD_TEST_FAULT must be after_publish:N or after_release:N (N >= 1): {spec!r}")
+        raise ConfigError(f"SHMD_TEST_FAULT must be after_publish:N, after_release:N or raise:N (N >= 1): {spec!r}")
     return FAULT_POINTS[point], int(count)
 
 
@@ -148,6 +150,8 @@ def _fault_point(state, point):
     if state[PASS_FAULT] == point:
         state[PASS_FAULT_COUNTDOWN] -= 1
         if state[PASS_FAULT_COUNTDOWN] == 0:
+            if point == FAULT_RAISE:
+                raise RuntimeError("SHMD_TEST_FAULT=raise: injected failure in finish, after a CQ publish")
             _exit_now(FAULT_EXIT_CODE)
 
 
@@ -425,6 +429,7 @@ def finish(rings, batch, models, cache_, counters, n):
         first = batch.offsets[c]
         wake[c] = table_answer(table, rings.cq_state, c, batch.resp_bytes[first : first + k], k)
         _fault_point(state, FAULT_AFTER_PUBLISH)
+        _fault_point(state, FAULT_RAISE)
         wakes += wake[c]
         counters.channel[c, met.COMPLETED] += k
         # Only now may the client reuse the request slots: the answers are out.

@@ -23,8 +23,9 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -49,6 +50,8 @@ from ._stats_segment import (
     already_running,
 )
 
+EXIT_START_FAILED = 2  # ``shmd serve`` could not start (config, artifacts, segments, HTTP port): it says why
+EXIT_LOOP_FAILED = 3  # the poll loop raised while serving: ``event=loop_failed`` says what; segments are removed
 HOUSEKEEPING_NS = _loop.HOUSEKEEPING_NS  # heartbeat, gauges and control commands at most this often
 CACHE_COUNT_NS = 1_000_000_000  # live cache entries are counted this often
 
@@ -520,6 +523,27 @@ class Daemon:
             self.stats.unlink()
 
 
+def _loop_failed(daemon: Daemon, err: Exception) -> NoReturn:
+    """The poll loop raised: say what and where in one event, remove the segments, exit at once.
+
+    Serving on is not an option (the pass that raised may have left a channel half
+    answered) and neither is lingering: a service manager restarts the daemon only
+    once the process is gone, so it ``_exit``s with EXIT_LOOP_FAILED, skipping an
+    interpreter shutdown that could wait on native thread pools.
+    """
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f"{os.path.relpath(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else "?"
+    log("loop_failed", daemon.cfg.log_format, error=f"{type(err).__name__}: {err}", where=where, passes=daemon.passes,
+        exit_code=EXIT_LOOP_FAILED, traceback="".join(traceback.format_exception(err)))  # fmt: skip
+    daemon.notifier.send(status=f"poll loop failed: {type(err).__name__}: {err}")
+    try:
+        daemon.close()
+    except Exception as close_err:  # still exit with the loop's code; say what was left behind
+        log("cleanup_failed", daemon.cfg.log_format, error=repr(close_err))
+    sys.stderr.flush()
+    os._exit(EXIT_LOOP_FAILED)
+
+
 def main(argv: list[str]) -> int:
     from models import ArtifactError
 
@@ -528,11 +552,11 @@ def main(argv: list[str]) -> int:
         daemon = Daemon(cfg)
     except (ShmdError, ringbuf.RingError) as err:
         print(f"shmd serve: {err}", file=sys.stderr)
-        return 2
+        return EXIT_START_FAILED
     except ArtifactError as err:
         print(f"shmd serve: {err}; rebuild the artifacts with `shmd train --out DIR` and pass --models-dir DIR, "
               "or reinstall shmd", file=sys.stderr)  # fmt: skip
-        return 2
+        return EXIT_START_FAILED
 
     def stop(signum: int, _frame: Any) -> None:
         daemon.stopping = True
@@ -553,7 +577,7 @@ def main(argv: list[str]) -> int:
         except ShmdError as err:
             daemon.close()
             print(f"shmd serve: {err}", file=sys.stderr)
-            return 2
+            return EXIT_START_FAILED
     log(
         "ready", cfg.log_format, pid=os.getpid(), prefix=cfg.prefix, channels=",".join(daemon.names),
         models=",".join(f"{m.name.lower()}@{daemon.versions[m]}" for m in ModelId),
@@ -563,9 +587,11 @@ def main(argv: list[str]) -> int:
     _readiness.announce(daemon.notifier, cfg, log_event)
     try:
         daemon.serve_forever()
-    finally:
+    except Exception as err:
+        _loop_failed(daemon, err)
+    finally:  # a clean stop (SIGTERM/SIGINT); _loop_failed never gets here
         daemon.close()
-        log("stopped", cfg.log_format, passes=daemon.passes)
+    log("stopped", cfg.log_format, passes=daemon.passes)
     return 0
 
 
