@@ -274,15 +274,18 @@ class Shim:
 
     async def health(self, request: web.Request) -> web.Response:
         daemon = _snapshot.daemon_snapshot(self._seg())
+        # 503 "starting" until the daemon's readiness probe has been through every path (event=ready)
+        status = "degraded" if not daemon["heartbeatFresh"] else "ok" if daemon["started"] else "starting"
         return respond(
             request,
             {
-                "success": True,
-                "status": "ok" if daemon["heartbeatFresh"] else "degraded",
+                "success": status != "starting",
+                "status": status,
                 "service": "shmd",
                 "uptimeS": round(time.time() - self.started, 3),
                 "daemon": daemon,
             },
+            503 if status == "starting" else 200,
         )
 
     async def ready(self, request: web.Request) -> web.Response:

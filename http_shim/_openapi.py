@@ -299,8 +299,9 @@ COMPONENTS: dict[str, Any] = {
             "passes": _COUNT,
             "heartbeatAgeMs": _num(-1),
             "heartbeatFresh": {"type": "boolean"},
+            "started": {"type": "boolean", "description": "the start-up probe has been through every model and path"},
         },
-        ["pid", "prefix", "backend", "models", "passes", "heartbeatAgeMs", "heartbeatFresh"],
+        ["pid", "prefix", "backend", "models", "passes", "heartbeatAgeMs", "heartbeatFresh", "started"],
     ),
 }
 for _m in MODELS:
@@ -340,8 +341,8 @@ COMPONENTS["ModelSelector"] = _obj(
 COMPONENTS["ModelSelector"]["type"] = ["object", "null"]
 COMPONENTS["HealthResponse"] = _obj(
     {
-        "success": {"type": "boolean"},
-        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "success": {"type": "boolean", "description": "false while starting"},
+        "status": {"type": "string", "enum": ["ok", "degraded", "starting"]},
         "service": {"type": "string"},
         "uptimeS": _num(0),
         "daemon": _ref("Daemon"),
@@ -477,7 +478,8 @@ def _paths() -> dict[str, Any]:
     paths["/api/ml/metrics/reset"] = admin("resetMetrics", "zero the metrics of one model or all")
     paths["/api/ml/cache/stats"] = get("getCacheStats", "result cache statistics per model", "CacheStatsResponse")
     paths["/api/ml/cache/clear"] = admin("clearCache", "forget cached results of one model or all")
-    paths["/health"] = get("health", "the shim is up; the daemon's heartbeat", "HealthResponse")
+    starting = {"description": "the start-up probe is not through", "content": _content(_ref("HealthResponse"))}
+    paths["/health"] = get("health", "the shim is up; the daemon's heartbeat", "HealthResponse", {"503": starting})
     paths["/ready"] = get(
         "ready",
         "models loaded, poll loop heartbeat < 1 s old, no corrupt channel",

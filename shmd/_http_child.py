@@ -26,6 +26,7 @@ import selectors
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 
@@ -101,6 +102,11 @@ class HttpChild:
         try:
             with urllib.request.urlopen(url, timeout=0.5) as resp:
                 return json.load(resp).get("daemon", {}).get("pid") == os.getpid()
+        except urllib.error.HTTPError as err:  # 503 "starting": ours until the readiness probe is through
+            try:
+                return err.code == 503 and json.load(err).get("daemon", {}).get("pid") == os.getpid()
+            except (OSError, ValueError, AttributeError):
+                return False
         except (OSError, ValueError, AttributeError):
             return False
 

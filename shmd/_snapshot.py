@@ -153,6 +153,7 @@ def daemon_snapshot(seg: StatsSegment, arrays: dict[str, np.ndarray] | None = No
         "passes": passes,
         "heartbeatAgeMs": _round(age_ns / 1e6) if age_ns >= 0 else -1.0,
         "heartbeatFresh": 0 <= age_ns < HEARTBEAT_FRESH_NS,
+        "started": bool(a["startup"][0]),  # the start-up probe is through (event=ready)
     }
 
 

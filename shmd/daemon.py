@@ -20,17 +20,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import numpy as np
 
 import ringbuf
-from kernel_abi import ModelId, Status
+from kernel_abi import MAX_CHANNELS, ModelId, Status
 
 from . import _config, _lifecycle, _lock, _loop, _notify, _pass, _readiness
 from . import _metrics as met
@@ -38,7 +39,7 @@ from . import _model_states as ms
 from ._cache import ADAPT_WORDS, N_STATS, CacheArrays
 from ._errors import ShmdError
 from ._http_child import HttpChild
-from ._pass_layout import PASS_ROOM, PASS_SPIN_NS
+from ._pass_layout import PASS_FAULT, PASS_FAULT_COUNTDOWN, PASS_ROOM, PASS_SPIN_NS
 from ._stats_segment import (
     ARGUMENT,
     CMD_CLEAR_CACHE,
@@ -54,6 +55,7 @@ EXIT_START_FAILED = 2  # ``shmd serve`` could not start (config, artifacts, segm
 EXIT_LOOP_FAILED = 3  # the poll loop raised while serving: ``event=loop_failed`` says what; segments are removed
 HOUSEKEEPING_NS = _loop.HOUSEKEEPING_NS  # heartbeat, gauges and control commands at most this often
 CACHE_COUNT_NS = 1_000_000_000  # live cache entries are counted this often
+STARTUP_SLEEP_NS = 1_000_000  # the loop's longest sleep until the start-up probe is through: ready soon after it
 
 
 def _kv(value: Any) -> str:
@@ -86,7 +88,8 @@ def _native_output_as_events(fmt: str) -> Iterator[None]:
 class Daemon:
     """Everything ``shmd serve`` owns, from start-up to a clean stop."""
 
-    def __init__(self, cfg: _config.Config) -> None:
+    def __init__(self, cfg: _config.Config, *, probe: bool = False) -> None:
+        """``probe``: ready only after a start-up probe (``main``); otherwise serving at once (in-process tests)."""
         self.cfg = cfg
         self.stopping = False
         self.pid = os.getpid()
@@ -94,6 +97,14 @@ class Daemon:
         self.notifier = _notify.Notifier()  # systemd's $NOTIFY_SOCKET, if any
         self.channels: list[ringbuf.Channel] = []
         self.names = list(cfg.channels) + (list(_config.http_channels(cfg.workers)) if cfg.http else [])
+        # Without the shim the start-up probe needs a channel no caller can hold: this one, served
+        # last, unlinked as soon as it exists and never listed in the stats segment (_readiness).
+        own_channel = probe and not cfg.http and len(self.names) < MAX_CHANNELS
+        self.probe_name = f"startup-probe-{secrets.token_hex(4)}" if own_channel else None
+        self.served = self.names + ([self.probe_name] if self.probe_name else [])
+        self.probed: _readiness.Outcome | None = None  # set by the probe's thread
+        self.started = False  # start_serving ran: callers are served, metrics count, the fault point is armed
+        self.on_started: Callable[[_readiness.Outcome], None] = lambda outcome: None  # main(): event=ready
         self.access = ringbuf.Access.for_group(cfg.group)  # mode and group of everything we create
         t0 = time.monotonic()
         pid = StatsSegment.serving_pid(cfg.prefix)  # refuse before the slow part; create() re-checks
@@ -108,6 +119,8 @@ class Daemon:
             # Load (or compile) the loop's code now, not on the first request; a
             # restarted daemon may find requests already waiting: keep their count.
             self.pending = self.step(0, 0, 0)
+            if not probe:
+                self.start_serving(_readiness.Outcome("serving", "", 0, 0.0))
         except BaseException as err:
             self.close()
             if isinstance(err, ringbuf.SegmentNoSpace | OSError):
@@ -158,7 +171,7 @@ class Daemon:
         return on_disk[-1] if on_disk else None
 
     def _make_stats(self) -> None:
-        n_ch = len(self.names)
+        n_ch = len(self.served)
         spec = {
             "model": ((np.int64), (_loop.N_MODELS, met.N_MODEL_COUNTERS)),
             "hist": ((np.int64), (_loop.N_MODELS, 2, met.N_BUCKETS)),
@@ -173,6 +186,7 @@ class Daemon:
             "control": ((np.int64), (4,)),
             **ms.arrays(_loop.N_MODELS),
             "heartbeat": ((np.int64), (2,)),  # last housekeeping ns, passes
+            "startup": ((np.int64), (2,)),  # 1 once the start-up probe is through; predictions it had answered
             "loop": ((np.int64), (_pass.N_LOOP_COUNTERS,)),  # _pass_layout.LOOP_*
         }
         meta = {
@@ -217,7 +231,7 @@ class Daemon:
     def _make_channels(self) -> None:
         prefix = self.cfg.prefix
         own = {"access": self.access, "replace_untrusted": self.cfg.replace_untrusted}
-        for name in self.names:
+        for name in self.served:
             ch = ringbuf.Channel.create(
                 prefix, name, sq_capacity=self.cfg.sq_capacity, cq_capacity=self.cfg.cq_capacity, reuse=True, **own
             )
@@ -225,6 +239,8 @@ class Daemon:
             # heartbeat 0 as a daemon gone (the breakers trip on a stale heartbeat).
             self._mark_alive(ch, time.monotonic_ns())
             self.channels.append(ch)
+            if name == self.probe_name:
+                ch.unlink()  # the probe uses this mapping: no caller may ever attach
         self.publish_cache()
         self.rings = ringbuf.ChannelTable(self.channels)
         for c, ch in enumerate(self.channels):
@@ -259,10 +275,11 @@ class Daemon:
             log("channel_reset", self.cfg.log_format, channel=old.name, reason="corrupt")
 
     def _make_buffers(self) -> None:
-        fault = os.environ.get("SHMD_TEST_FAULT", "")  # test-only: see _loop.fault_state
+        # Test-only (see _loop.fault_state); armed by start_serving: the probe's passes never count.
+        self.fault = _loop.fault_state(os.environ.get("SHMD_TEST_FAULT", ""))
         self.batch = _pass.new_batch(
             self.cfg.max_batch, len(self.channels), max_queue_ns=int(self.cfg.max_queue_ms * 1e6),
-            fault=_loop.fault_state(fault), priorities=[self.cfg.priority(name) for name in self.names],
+            priorities=[self.cfg.priority(name) for name in self.served],
         )  # fmt: skip
         # The idle spin's upper bound; the loop learns the window below it. With one CPU
         # to run on, a spinning loop would only keep the client it waits for off that CPU.
@@ -375,17 +392,43 @@ class Daemon:
     def _control(self, command: int, argument: int) -> None:
         model = argument if argument in {int(m) for m in ModelId} else None
         if command == CMD_RESET_METRICS:
-            self.metrics.reset(model)
-            for mid in ModelId if model is None else (model,):
-                ms.reset(self.stats.arrays, int(mid))
-            if model is None:
-                self.cache.stats[...] = 0
-            else:
-                self.cache.stats[model] = 0
+            self._reset_metrics(model)
         elif command == CMD_CLEAR_CACHE:
             self.cache.clear(model)
             self.last_cache_count = 0  # recount now: whoever asked reads the entries next
         log("control", self.cfg.log_format, command=command, model=argument)
+
+    @property
+    def probe_channel(self) -> ringbuf.Channel | None:
+        """The start-up probe's channel (the last one), when it has one (``--no-http``)."""
+        return self.channels[-1] if self.probe_name else None
+
+    def _reset_metrics(self, model: int | None) -> None:
+        """Zero the counters of ``model`` (None: every model and channel) and its cache statistics."""
+        self.metrics.reset(model)
+        for mid in ModelId if model is None else (model,):
+            ms.reset(self.stats.arrays, int(mid))
+        if model is None:
+            self.cache.stats[...] = 0
+        else:
+            self.cache.stats[model] = 0
+
+    def start_serving(self, outcome: _readiness.Outcome) -> None:
+        """The start-up probe is through: serve callers from the next pass on, then ``on_started``.
+
+        Runs on the loop's thread between two passes (``serve_forever``), so none of the
+        probe's passes is still in ``finish`` when the fault point is armed: the probe never
+        counts toward ``SHMD_TEST_FAULT``. Metrics and cache start empty, as if the probe's
+        predictions had never been made; ``startup`` in the stats segment keeps their number.
+        """
+        if outcome.requests:
+            self._reset_metrics(None)
+            self.cache.clear(None)
+            self.last_cache_count = 0
+        self.stats.arrays["startup"][:] = (1, outcome.requests)
+        self.batch.state[PASS_FAULT_COUNTDOWN], self.batch.state[PASS_FAULT] = self.fault[1], self.fault[0]
+        self.started = True
+        self.on_started(outcome)
 
     # --- model versions ------------------------------------------------------------------
 
@@ -486,7 +529,7 @@ class Daemon:
         if n:
             self.infer()
         while not self.stopping:
-            n = self.step(n, self.spin_ns, self.sleep_ns)
+            n = self.step(n, self.spin_ns, self.sleep_ns if self.started else min(self.sleep_ns, STARTUP_SLEEP_NS))
             if n:
                 self.infer()
                 if time.monotonic_ns() - self.last_housekeeping < HOUSEKEEPING_NS:
@@ -501,6 +544,9 @@ class Daemon:
                 for cand in self.swaps:
                     self._swap(cand)
                 self.swaps = []
+            if not self.started and self.probed is not None:  # between two passes, as a swap
+                n = self._flush(n)
+                self.start_serving(self.probed)
         if n:  # publish what the last pass drained (what this drains again stays in the SQ)
             self.step(n, 0, 0)
 
@@ -549,7 +595,7 @@ def main(argv: list[str]) -> int:
 
     try:
         cfg = _config.load(argv)
-        daemon = Daemon(cfg)
+        daemon = Daemon(cfg, probe=True)
     except (ShmdError, ringbuf.RingError) as err:
         print(f"shmd serve: {err}", file=sys.stderr)
         return EXIT_START_FAILED
@@ -578,13 +624,29 @@ def main(argv: list[str]) -> int:
             daemon.close()
             print(f"shmd serve: {err}", file=sys.stderr)
             return EXIT_START_FAILED
-    log(
-        "ready", cfg.log_format, pid=os.getpid(), prefix=cfg.prefix, channels=",".join(daemon.names),
-        models=",".join(f"{m.name.lower()}@{daemon.versions[m]}" for m in ModelId),
-        backend=cfg.backend, startup_ms=round(daemon.startup_s * 1000, 1),
-        http=f"{cfg.host}:{cfg.port}" if cfg.http else "off", http_workers=cfg.workers if cfg.http else 0,
-    )  # fmt: skip
-    _readiness.announce(daemon.notifier, cfg, log_event)
+    t0 = time.monotonic()
+
+    def started(outcome: _readiness.Outcome) -> None:
+        """On the loop's thread once the probe is through: ``event=ready``, then READY=1 if it succeeded."""
+        log(
+            "ready", cfg.log_format, pid=os.getpid(), prefix=cfg.prefix, channels=",".join(daemon.names),
+            models=",".join(f"{m.name.lower()}@{daemon.versions[m]}" for m in ModelId),
+            backend=cfg.backend, startup_ms=round((daemon.startup_s + time.monotonic() - t0) * 1000, 1),
+            probe="ok" if outcome.status else outcome.error, probe_requests=outcome.requests,
+            probe_ms=round(outcome.ms, 1),
+            http=f"{cfg.host}:{cfg.port}" if cfg.http else "off", http_workers=cfg.workers if cfg.http else 0,
+        )  # fmt: skip
+        if not daemon.notifier.enabled:
+            return
+        if outcome.error:  # READY is never sent: systemd's start timeout then fails the unit, which is the truth
+            log_event("not_ready", error=outcome.error)
+            daemon.notifier.send(status=f"readiness probe failed: {outcome.error}")
+        else:
+            daemon.notifier.ready(outcome.status)
+            log_event("notified", ready=1, status=outcome.status)
+
+    daemon.on_started = started
+    _readiness.start(cfg, daemon.probe_channel, lambda outcome: setattr(daemon, "probed", outcome))
     try:
         daemon.serve_forever()
     except Exception as err:
