@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _ops as o
+from . import _program_cache
 from ._artifacts import ArtifactError
 
 
@@ -51,13 +52,13 @@ def _pad(n: int) -> int:
 class _Builder:
     """Walks the graph's operators once, giving every activation tensor a scratch column range."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, data: bytes) -> None:
         from ai_edge_litert import schema_py_generated as schema
 
         self.path = path
         self.schema = schema
         try:
-            model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+            model = schema.ModelT.InitFromPackedBuf(data, 0)
         except Exception as exc:  # flatbuffers raises plain errors on a damaged file
             raise ArtifactError(f"cannot parse TFLite model: {path}: {exc!r}") from exc
         if len(model.subgraphs) != 1:
@@ -292,9 +293,36 @@ class _Builder:
                   OP_A_WIDTH=hi - lo)  # fmt: skip
 
 
+_LAYOUT = ("n_in", "n_out", "in_col", "out_col", "stride")
+
+
 def program_from_tflite(path: Path) -> Program:
-    """The forward pass of the ``.tflite`` at ``path`` as a program (raises ``ArtifactError``)."""
-    return _Builder(Path(path)).build()
+    """The forward pass of the ``.tflite`` at ``path`` as a program (raises ``ArtifactError``).
+
+    Built once per file content and code version, then read from ``_program_cache``.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    entry = _program_cache.key(data)
+    cached = _program_cache.load(entry)
+    if cached is not None and (prog := _from_arrays(cached)) is not None:
+        return prog
+    prog = _Builder(path, data).build()
+    _program_cache.store(entry, {"ops": prog.ops, "consts": prog.consts,
+                                 "layout": np.array([getattr(prog, f) for f in _LAYOUT], np.int64)})  # fmt: skip
+    return prog
+
+
+def _from_arrays(a: dict[str, np.ndarray]) -> Program | None:
+    """A cached program, or None when the entry is not one this code wrote."""
+    ops, consts, layout = a.get("ops"), a.get("consts"), a.get("layout")
+    if (
+        ops is None or consts is None or layout is None or ops.dtype != np.int64 or ops.ndim != 2
+        or ops.shape[1] != o.OP_COLUMNS or consts.dtype != np.float32 or consts.ndim != 1
+        or layout.dtype != np.int64 or layout.shape != (len(_LAYOUT),)
+    ):  # fmt: skip
+        return None
+    return Program(ops, consts, **{f: int(v) for f, v in zip(_LAYOUT, layout, strict=True)})
 
 
 _CONST_COLUMNS = (o.OP_W, o.OP_BIAS, o.OP_PARAM)

@@ -58,6 +58,19 @@ CACHE_COUNT_NS = 1_000_000_000  # live cache entries are counted this often
 STARTUP_SLEEP_NS = 1_000_000  # the loop's longest sleep until the start-up probe is through: ready soon after it
 
 
+def _ms_since(t0: float) -> float:
+    return round((time.monotonic() - t0) * 1000, 1)
+
+
+def _process_age_ms() -> float:
+    """Milliseconds since this process was exec'd (kernel clock ticks: 10 ms resolution)."""
+    with open("/proc/self/stat") as f:
+        start_ticks = int(f.read().rpartition(")")[2].split()[19])
+    with open("/proc/uptime") as f:
+        uptime_s = float(f.read().split()[0])
+    return round((uptime_s - start_ticks / os.sysconf("SC_CLK_TCK")) * 1000, 1)
+
+
 def _kv(value: Any) -> str:
     text = str(value)
     return json.dumps(text) if not text or any(c in text for c in ' "=\n') else text
@@ -112,13 +125,18 @@ class Daemon:
             raise already_running(cfg.prefix, pid)
         with _native_output_as_events(cfg.log_format):
             self._load_models()
+        self.phases_ms = {"models_ms": _ms_since(t0)}  # start-up's breakdown, logged with event=ready
         try:  # from the first segment on, a failure leaves nothing behind
+            t1 = time.monotonic()
             self._make_stats()
             self._make_channels()
             self._make_buffers()
+            self.phases_ms["segments_ms"] = _ms_since(t1)
+            t1 = time.monotonic()
             # Load (or compile) the loop's code now, not on the first request; a
             # restarted daemon may find requests already waiting: keep their count.
             self.pending = self.step(0, 0, 0)
+            self.phases_ms["loop_ms"] = _ms_since(t1)
             if not probe:
                 self.start_serving(_readiness.Outcome("serving", "", 0, 0.0))
         except BaseException as err:
@@ -618,12 +636,14 @@ def main(argv: list[str]) -> int:
     log_event = lambda event, **kv: log(event, cfg.log_format, **kv)  # noqa: E731
     if cfg.http:
         daemon.http = HttpChild(cfg, log_event)
+        t1 = time.monotonic()
         try:
             daemon.http.start()
         except ShmdError as err:
             daemon.close()
             print(f"shmd serve: {err}", file=sys.stderr)
             return EXIT_START_FAILED
+        daemon.phases_ms["http_ms"] = _ms_since(t1)
     t0 = time.monotonic()
 
     def started(outcome: _readiness.Outcome) -> None:
@@ -633,7 +653,7 @@ def main(argv: list[str]) -> int:
             models=",".join(f"{m.name.lower()}@{daemon.versions[m]}" for m in ModelId),
             backend=cfg.backend, startup_ms=round((daemon.startup_s + time.monotonic() - t0) * 1000, 1),
             probe="ok" if outcome.status else outcome.error, probe_requests=outcome.requests,
-            probe_ms=round(outcome.ms, 1),
+            **daemon.phases_ms, probe_ms=round(outcome.ms, 1), process_age_ms=_process_age_ms(),
             http=f"{cfg.host}:{cfg.port}" if cfg.http else "off", http_workers=cfg.workers if cfg.http else 0,
         )  # fmt: skip
         if not daemon.notifier.enabled:

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 import ringbuf
-from shmd import _metrics as met
 from shmd._notify import Notifier
 from shmd._stats_segment import StatsSegment
 
@@ -97,11 +96,12 @@ def _serve(prefix: str, notify_socket: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _answered(prefix: str) -> int:
-    """Predictions the daemon has published so far, from its stats segment."""
+def _probed(prefix: str) -> int:
+    """Predictions the start-up probe had answered (0: not through), from the daemon's stats segment."""
     stats = StatsSegment.attach(prefix)
     try:
-        return int(stats.arrays["channel"][:, met.COMPLETED].sum())
+        started, answered = (int(v) for v in stats.arrays["startup"])
+        return answered if started else 0
     finally:
         stats.close()
 
@@ -124,8 +124,8 @@ def test_ready_after_a_prediction_then_watchdog_then_stopping_over_http() -> Non
     proc = _serve(prefix, "@" + sock.address[1:], "--port", str(port))
     try:
         ready, before = sock.until("READY", START_TIMEOUT_S)
-        # READY=1 only once a prediction went the whole way (HTTP, ring, model, answer).
-        assert _answered(prefix) >= 1
+        # READY=1 only once every model went the whole way (HTTP, ring, model, answer).
+        assert _probed(prefix) >= 16
         assert ready.fields["READY"] == "1"
         assert "probe answered via http 127.0.0.1" in ready.fields["STATUS"]
         assert all(m.pid == proc.pid for m in before)
@@ -157,14 +157,14 @@ def test_ready_after_a_prediction_then_watchdog_then_stopping_over_http() -> Non
     assert not ringbuf.remove_leftovers(prefix)
 
 
-def test_ready_without_http_probes_a_free_channel_over_a_path_socket(tmp_path: Path) -> None:
+def test_ready_without_http_probes_its_own_channel_over_a_path_socket(tmp_path: Path) -> None:
     prefix = unique_prefix("nt")
     sock = NotifySocket(str(tmp_path / "notify"))
     proc = _serve(prefix, sock.address, "--no-http")
     try:
         ready, _ = sock.until("READY", START_TIMEOUT_S)
-        assert _answered(prefix) >= 1
-        assert "probe answered via channel a" in ready.fields["STATUS"]
+        assert _probed(prefix) == 16  # every model, one row then three
+        assert "probe answered via the startup-probe channel" in ready.fields["STATUS"]
         assert ready.pid == proc.pid
     finally:
         code, err = _stop(proc)

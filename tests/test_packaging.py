@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shmd.daemon import EXIT_LOOP_FAILED, EXIT_START_FAILED
+
 from ._http_daemon import Daemon, free_port, unique_prefix
 
 pytestmark = pytest.mark.timeout(120)
@@ -75,6 +77,10 @@ def test_unit_is_a_notify_service_with_watchdog_restart_and_its_own_user() -> No
     assert keys["Restart"] == ["on-failure"] and keys["StartLimitBurst"] and keys["WatchdogSec"]
     assert keys["User"] == ["shmd"] and keys["NoNewPrivileges"] == ["yes"] and keys["CapabilityBoundingSet"] == [""]
     assert "MemoryDenyWriteExecute" not in keys  # numba's JIT needs executable pages: explained in the unit
+    # The daemon's failure exits (a failed loop, a failed start) must restart it, never count as success.
+    for code in (EXIT_LOOP_FAILED, EXIT_START_FAILED):
+        assert not any(str(code) in v.split() for v in keys.get("SuccessExitStatus", [])), keys["SuccessExitStatus"]
+        assert not any(str(code) in v.split() for v in keys.get("RestartPreventExitStatus", []))
 
 
 def _exprs() -> dict[str, str]:
