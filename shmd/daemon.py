@@ -297,7 +297,7 @@ class Daemon:
         self.fault = _loop.fault_state(os.environ.get("SHMD_TEST_FAULT", ""))
         self.batch = _pass.new_batch(
             self.cfg.max_batch, len(self.channels), max_queue_ns=int(self.cfg.max_queue_ms * 1e6),
-            priorities=[self.cfg.priority(name) for name in self.served],
+            priorities=self._priorities(),
         )  # fmt: skip
         # The idle spin's upper bound; the loop learns the window below it. With one CPU
         # to run on, a spinning loop would only keep the client it waits for off that CPU.
@@ -415,6 +415,12 @@ class Daemon:
             self.cache.clear(model)
             self.last_cache_count = 0  # recount now: whoever asked reads the entries next
         log("control", self.cfg.log_format, command=command, model=argument)
+
+    def _priorities(self) -> list[int]:
+        """Each served channel's priority; the probe channel takes the lowest callers' level, so it adds
+        no level of its own (a level's rank sets where it sheds: ``_pass.new_batch``)."""
+        levels = [self.cfg.priority(name) for name in self.names]
+        return levels + [min(levels)] * (len(self.served) - len(self.names))
 
     @property
     def probe_channel(self) -> ringbuf.Channel | None:
