@@ -11,7 +11,8 @@ import importlib
 import sys
 
 BENCHMARKS = (
-    "ring", "models", "daemon", "http", "native", "pace", "faults", "soak", "priorities", "ttl", "lifecycle", "report",
+    "ring", "models", "daemon", "http", "native", "pace", "faults", "soak", "priorities", "ttl", "lifecycle", "startup",
+    "report",
 )  # fmt: skip
 
 

@@ -312,7 +312,8 @@ def _open_loop_child(prefix: str, channel: str, rate: float, n: int) -> list[flo
 # --- the daemon under test ------------------------------------------------------------
 
 
-def _start_daemon(prefix: str, channels: str, *extra: str) -> tuple[subprocess.Popen, float]:
+def _start_daemon(prefix: str, channels: str, *extra: str, stderr: Any = subprocess.DEVNULL,
+                  ) -> tuple[subprocess.Popen, float]:  # fmt: skip
     """Start ``shmd serve``; seconds until the first prediction was answered.
 
     The daemon is killed if it does not answer within 120 s or anything else goes
@@ -325,7 +326,7 @@ def _start_daemon(prefix: str, channels: str, *extra: str) -> tuple[subprocess.P
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "shmd.cli", "serve", "--prefix", prefix, "--no-http", "--channels", channels, *extra],
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
     )
     try:
         deadline = t0 + 120
