@@ -87,14 +87,18 @@ def _py_rtt(prefix: str, channel: str, n: int, miss: bool, edge_cache: int = 0) 
     from shmd.client import Client
     from shmd.samples import WORKLOAD
 
+    # The edge cache keeps only answers the daemon computed: its run asks what the daemon has not cached.
+    fields = dict(WORKLOAD, currentMemory=secrets.randbelow(2**40)) if edge_cache else WORKLOAD
     out = []
     with Client(channel, prefix, timeout=5, edge_cache=edge_cache) as c:
         for _ in range(100):
-            c.predict("workload", WORKLOAD, no_cache=miss)
+            c.predict("workload", fields, no_cache=miss)
         for _ in range(n):
             t0 = time.perf_counter_ns()
-            c.predict("workload", WORKLOAD, no_cache=miss)
+            c.predict("workload", fields, no_cache=miss)
             out.append((time.perf_counter_ns() - t0) / 1000.0)
+        if edge_cache and c.stats["local_hits"] < n:
+            raise RuntimeError(f"edge-cache run answered locally {c.stats['local_hits']} of {n + 100} calls")
     return out
 
 

@@ -3,12 +3,20 @@
 An exact-match cache in the client process (kernel_abi/_rendezvous.py, "Edge
 caches", states the protocol the C client follows too):
 
-- The key is the model and the exact bytes of the request's API fields as
-  ``marshal`` writes them (binary floats, types kept: ``1``, ``1.0`` and
-  ``True`` differ). The payload is a deterministic function of those fields,
-  so equal keys mean equal payloads, and the key costs ~2 µs where encoding
-  and validating the payload costs 30-80 µs on this host. Fields ``marshal``
-  cannot write (numpy values, custom mappings) are simply not cached.
+- The key is the model and the request's API fields as msgspec writes them in
+  MessagePack (binary floats, types kept: ``1``, ``1.0`` and ``True`` differ).
+  The payload is a deterministic function of those fields, so equal keys mean
+  equal payloads, and the key costs ~0.4 µs where validating and encoding the
+  payload costs several µs. Only a ``dict`` whose values are plain data (str,
+  int, float, bool, None, list, dict: checked exactly, one pass over the
+  values) is cached; anything else (a numpy value, a tuple, a mapping proxy,
+  an enum member or a date as a field) goes to the daemon every time. Inside
+  the arrays and objects the key is msgspec's encoding: an enum member, a date
+  or a decimal nested there is written as the plain value it stands for, so
+  such a request (which the codecs refuse) could get that plain twin's local
+  answer instead of InvalidFields while the twin's entry lives. The API's
+  fields are plain data; checking every nested value would cost more than the
+  key itself.
 - Lifetime and invalidation come from the daemon, in the channel header it
   writes: ``cache_ttl_ns[model]`` (0: the daemon does not cache this model,
   so neither does the client) and ``cache_generation[model]``, which the
@@ -25,17 +33,19 @@ it; the client counts its own (``hits``, ``misses``).
 
 from __future__ import annotations
 
-import marshal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import numpy as np
 
-Key = tuple[int, bytes]  # model id, marshal bytes of the fields
+Key = tuple[int, bytes]  # model id, MessagePack bytes of the fields
 Stamp = tuple[int, int, int]  # generation, ttl_ns, submit ns
 
-_MARSHAL_VERSION = 2  # no back-references (version 3+): the same value always gives the same bytes
+_PLAIN = frozenset({str, int, float, bool, type(None), list, dict})  # exact types, not subclasses
+_encode = msgspec.msgpack.Encoder().encode
+_UNKEYABLE = (TypeError, ValueError, OverflowError)  # what msgspec raises for values it cannot write
 
 
 class EdgeCache:
@@ -52,21 +62,33 @@ class EdgeCache:
         self.hits = 0
         self.misses = 0
 
-    def lookup(self, mid: int, fields: Mapping[str, Any]) -> tuple[Key | None, dict[str, Any] | None]:
-        """``(key, answer)``: a valid local answer, or None and the key to ``store`` the daemon's under."""
+    @staticmethod
+    def key(mid: int, fields: Mapping[str, Any]) -> Key | None:
+        """The exact key of ``fields``, or None when they are not plain data (never cached)."""
+        if type(fields) is not dict or not _PLAIN.issuperset(map(type, fields.values())):
+            return None
         try:
-            key = (mid, marshal.dumps(fields, _MARSHAL_VERSION))
-        except ValueError:  # not plain data: no exact key
-            return None, None
+            return mid, _encode(fields)
+        except _UNKEYABLE:
+            return None
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        """A valid local answer under ``key`` (the caller's own copy), or None (counted as a miss)."""
         entry = self._entries.get(key)
         if entry is not None:
             generation, expiry, result = entry
-            if generation == self._generation[mid] and time.monotonic_ns() < expiry:
+            if generation == self._generation[key[0]] and time.monotonic_ns() < expiry:
                 self.hits += 1
-                return key, dict(result)
+                return result.copy()
             del self._entries[key]
         self.misses += 1
-        return key, None
+        return None
+
+    def lookup(self, mid: int, fields: Mapping[str, Any]) -> tuple[Key | None, dict[str, Any] | None]:
+        """``(key, answer)``: a valid local answer, or None and the key to ``store`` the daemon's under
+        (None too when the fields cannot be keyed)."""
+        key = self.key(mid, fields)
+        return key, None if key is None else self.get(key)
 
     def stamp(self, mid: int) -> Stamp:
         """What an answer will be stored under, loaded before its request goes out: an
@@ -80,18 +102,6 @@ class EdgeCache:
             if key not in self._entries and len(self._entries) >= self.capacity:
                 del self._entries[next(iter(self._entries))]
             self._entries[key] = (generation, submitted + ttl, {**result, "cacheHit": True, "local": True})
-
-    def answer(self, mid: int, fields: Mapping[str, Any], ask: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """The local answer to ``fields`` if one is valid, else ``ask()``'s (kept when fresh)."""
-        key, hit = self.lookup(mid, fields)
-        if hit is not None:
-            return hit
-        if key is None:
-            return ask()
-        stamp = self.stamp(mid)
-        result = ask()
-        self.store(key, stamp, result)
-        return result
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -289,9 +289,16 @@ class Client:
         ``deadline_ms``.
         """
         mid = _codec.model_id(model)
-        if self._edge is not None and not no_cache:
-            return self._edge.answer(mid, fields, lambda: self._guarded(model, mid, fields, deadline_ms, no_cache))
-        return self._guarded(model, mid, fields, deadline_ms, no_cache)
+        edge = self._edge
+        if edge is None or no_cache or (key := edge.key(mid, fields)) is None:
+            return self._guarded(model, mid, fields, deadline_ms, no_cache)
+        hit = edge.get(key)
+        if hit is not None:
+            return hit
+        stamp = edge.stamp(mid)
+        result = self._guarded(model, mid, fields, deadline_ms, no_cache)
+        edge.store(key, stamp, result)
+        return result
 
     def _guarded(
         self, model: str, mid: ModelId, fields: Mapping[str, Any], deadline_ms: float | None, no_cache: bool

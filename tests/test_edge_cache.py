@@ -132,6 +132,10 @@ def test_bounded_and_plain_data_only(daemon: DaemonProcess) -> None:
         assert c.predict("threat", _fresh("threat", 9004.0)).get("local"), "the newest entries stay"
         odd = MappingProxyType(SAMPLES["threat"])  # not plain data: no exact key
         assert c.predict("threat", odd)["threatScore"] >= 0 and c.predict("threat", odd).get("local") is None
+        fields = _fresh("threat", 9100.0)
+        assert c.predict("threat", fields)["cacheHit"] is False and c.predict("threat", fields).get("local")
+        twin = dict(fields, historicalThreats=tuple(fields["historicalThreats"]))  # msgspec writes it as the list
+        assert "local" not in c.predict("threat", twin), "a tuple field is not plain data: never served locally"
     with pytest.raises(ValueError, match="edge cache capacity"):
         Client("b", daemon.prefix, edge_cache=-1)
 
