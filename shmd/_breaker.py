@@ -15,6 +15,11 @@ too, but do not count toward ``trip_after`` (as in C). Caller mistakes
 
 A fallback answer is the dict the fallback returned plus ``"fallback": True``
 (the Python form of the FALLBACK flag, which the daemon never sets).
+
+A batch (``predict_many``) is one call: while open every item gets the
+fallback's answer; once asked, the fallback answers each item the daemon could
+not (no answer in time, DEADLINE_EXCEEDED, OVERLOADED, INTERNAL), and items
+past their deadline count as one missed deadline.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -129,19 +134,20 @@ class Breaker:
             return f"the channel's daemon (pid {pid}) is hung: heartbeat {age / 1e6:.0f} ms old"
         return None
 
-    def before(self, model: str, fields: Mapping[str, Any], header: np.void) -> dict[str, Any] | None:
-        """The fallback's answer if this call must not ask the daemon (open, or the daemon is gone), else None."""
+    def blocked(self, header: np.void) -> bool:
+        """Whether this call must not ask the daemon: the breaker is open, or (checked when probing, or
+        when the channel shows no daemon) the daemon is gone, which trips it."""
         if not self.allow():
-            return self.answer(model, fields)
+            return True
         if self.state == State.HALF_OPEN or int(header["daemon_pid"]) == 0:  # a probe checks thoroughly
             gone = self.daemon_gone(header)
             if gone:
                 self.trip(gone)
-                return self.answer(model, fields)
-        return None
+                return True
+        return False
 
-    def failed(self, err: Exception, model: str, fields: Mapping[str, Any], header: np.void) -> dict[str, Any]:
-        """The fallback's answer after the daemon failed with ``err`` (raised if it was the caller's fault)."""
+    def judge(self, err: Exception, header: np.void) -> None:
+        """Count the daemon's failure ``err`` (a miss, or a trip); raise it if it was the caller's fault."""
         if isinstance(err, NotReady | DeadlineExceeded):
             gone = self.daemon_gone(header) if isinstance(err, NotReady) else None
             if gone:
@@ -152,35 +158,67 @@ class Breaker:
             self.trip(str(err))
         elif not isinstance(err, Overloaded | InternalError):
             raise err
-        return self.answer(model, fields)
+
+    def settle(self, model: str, items: Sequence[Mapping[str, Any]], results: list[Any]) -> list[Any]:
+        """A batch's daemon answers (errors in place), with the fallback's answer for each item the daemon
+        could not serve (DEADLINE_EXCEEDED, OVERLOADED, INTERNAL); other errors stay for the caller.
+        Items past their deadline count as one missed deadline for the whole call."""
+        missed = None
+        out = []
+        for fields, result in zip(items, results, strict=True):
+            if isinstance(result, DeadlineExceeded | Overloaded | InternalError):
+                if isinstance(result, DeadlineExceeded):
+                    missed = result
+                result = self.answer(model, fields)
+            out.append(result)
+        if missed is None:
+            self.answered()
+        else:
+            self.missed(str(missed))
+        return out
 
     def call(
         self, model: str, fields: Mapping[str, Any], header: np.void, ask: Callable[[], dict[str, Any]]
     ) -> dict[str, Any]:
         """``ask()`` the daemon unless the breaker says otherwise; the fallback answers what it cannot."""
-        early = self.before(model, fields, header)
-        if early is not None:
-            return early
-        try:
-            result = ask()
-        except (NotReady, DeadlineExceeded, Overloaded, InternalError, ChannelError) as err:
-            return self.failed(err, model, fields, header)
-        self.answered()
-        return result
+        return self.call_many(model, [fields], header, lambda: [ask()])[0]
 
     async def call_async(
         self, model: str, fields: Mapping[str, Any], header: np.void, ask: Callable[[], Awaitable[dict[str, Any]]]
     ) -> dict[str, Any]:
         """As ``call``, awaiting ``ask()``."""
-        early = self.before(model, fields, header)
-        if early is not None:
-            return early
+
+        async def one() -> list[Any]:
+            return [await ask()]
+
+        return (await self.call_many_async(model, [fields], header, one))[0]
+
+    def call_many(
+        self, model: str, items: Sequence[Mapping[str, Any]], header: np.void, ask: Callable[[], list[Any]]
+    ) -> list[Any]:
+        """``ask()`` the daemon for a batch (its answers, per-item errors in place) unless the breaker says
+        otherwise; the fallback answers every item the daemon could not (``settle``)."""
+        if self.blocked(header):
+            return [self.answer(model, fields) for fields in items]
         try:
-            result = await ask()
+            results = ask()
         except (NotReady, DeadlineExceeded, Overloaded, InternalError, ChannelError) as err:
-            return self.failed(err, model, fields, header)
-        self.answered()
-        return result
+            self.judge(err, header)
+            return [self.answer(model, fields) for fields in items]
+        return self.settle(model, items, results)
+
+    async def call_many_async(
+        self, model: str, items: Sequence[Mapping[str, Any]], header: np.void, ask: Callable[[], Awaitable[list[Any]]]
+    ) -> list[Any]:
+        """As ``call_many``, awaiting ``ask()``."""
+        if self.blocked(header):
+            return [self.answer(model, fields) for fields in items]
+        try:
+            results = await ask()
+        except (NotReady, DeadlineExceeded, Overloaded, InternalError, ChannelError) as err:
+            self.judge(err, header)
+            return [self.answer(model, fields) for fields in items]
+        return self.settle(model, items, results)
 
     def snapshot(self) -> dict[str, Any]:
         return {**asdict(self.stats), "state": self.state.name.lower(), "last_error": self.last_error}

@@ -315,7 +315,7 @@ class Client:
     ) -> dict[str, Any]:
         """One round trip; ``bounded``: wait no longer than the deadline."""
         if self._outstanding:  # records submitted with submit(): keep their answers for reap()
-            return self.predict_many(mid.name.lower(), [fields], deadline_ms=deadline_ms, no_cache=no_cache)[0]
+            return self._many(mid, [fields], deadline_ms, no_cache, False)[0]
         deadline = 0 if deadline_ms is None else now_ns() + int(deadline_ms * 1e6)
         _records.pack_request(mid, fields, self._one_row, flags=REQ_NO_CACHE if no_cache else 0, deadline_ns=deadline)
         self._exchange(self._one_row, self._one_resp_row, deadline if bounded else 0)
@@ -360,17 +360,41 @@ class Client:
         """Many predictions, published together (one index store per ring-full).
 
         Raises the first item's error (its ``item`` is the index in a batch),
-        unless ``return_exceptions`` puts exceptions in the result list.
+        unless ``return_exceptions`` puts exceptions in the result list. With a
+        fallback, the call is behind the breaker as ``predict`` is: the wait
+        ends at ``deadline_ms``, and every item the daemon cannot answer (open
+        breaker, gone daemon, missed deadline, OVERLOADED, INTERNAL) gets the
+        fallback's answer (``fallback`` true); invalid items still raise.
         """
         mid = _codec.model_id(model)
-        records = self._build(mid, items, deadline_ms, no_cache)
+        if self._breaker is None:
+            return self._many(mid, items, deadline_ms, no_cache, return_exceptions)
+        results = self._breaker.call_many(
+            model, items, self.channel.header, lambda: self._many(mid, items, deadline_ms, no_cache, True, bounded=True)
+        )
+        return results if return_exceptions else _records.raise_first(results)
+
+    def _many(
+        self,
+        mid: ModelId,
+        items: Sequence[Mapping[str, Any]],
+        deadline_ms: float | None,
+        no_cache: bool,
+        return_exceptions: bool,
+        bounded: bool = False,
+    ) -> list[Any]:
+        """One batch's round trip; ``bounded``: wait no longer than the deadline."""
+        with _records.gc_paused():
+            records = self._build(mid, items, deadline_ms, no_cache)
         if self._outstanding:
             responses = self._roundtrip(records)
         else:
             responses = np.zeros(len(records), RESPONSE)
             rows = records.view(np.uint8).reshape(len(records), -1)
-            self._exchange(rows, responses.view(np.uint8).reshape(len(records), -1))
-        return _records.predictions(mid, responses, items, return_exceptions=return_exceptions)
+            wait_ns = int(records["deadline_ns"][0]) if bounded and len(records) else 0
+            self._exchange(rows, responses.view(np.uint8).reshape(len(records), -1), wait_ns)
+        with _records.gc_paused():
+            return _records.predictions(mid, responses, items, return_exceptions=return_exceptions)
 
     def _build(
         self, mid: ModelId, items: Sequence[Mapping[str, Any]], deadline_ms: float | None, no_cache: bool
@@ -628,11 +652,22 @@ class AsyncClient:
     async def predict_many(
         self, model: str, items: Sequence[Mapping[str, Any]], *, return_exceptions: bool = False
     ) -> list[Any]:
-        """As ``Client.predict_many``, without blocking the event loop."""
+        """As ``Client.predict_many`` (breaker included; no deadline), without blocking the event loop."""
         mid = _codec.model_id(model)
-        records = self._client._build(mid, items, None, False)
+        breaker = self._client._breaker
+        if breaker is None:
+            return await self._many(mid, items, return_exceptions)
+        results = await breaker.call_many_async(
+            model, items, self.channel.header, lambda: self._many(mid, items, True)
+        )
+        return results if return_exceptions else _records.raise_first(results)
+
+    async def _many(self, mid: ModelId, items: Sequence[Mapping[str, Any]], return_exceptions: bool) -> list[Any]:
+        with _records.gc_paused():  # not across the await: other tasks run then
+            records = self._client._build(mid, items, None, False)
         responses = await self.submit_records(records)
-        return _records.predictions(mid, responses, items, return_exceptions=return_exceptions)
+        with _records.gc_paused():
+            return _records.predictions(mid, responses, items, return_exceptions=return_exceptions)
 
     async def predict(
         self, model: str, fields: Mapping[str, Any], *, deadline_ms: float | None = None

@@ -103,3 +103,39 @@ def test_async_client_breaker(daemon: DaemonProcess) -> None:
     assert "fallback" not in answers[0] and all(a["fallback"] for a in answers[1:])
     assert (stats["state"], stats["trips"], stats["fallback_answers"]) == ("open", 1, 5)
     assert stats["deadline_misses"] <= 2
+
+
+def test_predict_many_is_behind_the_breaker_too(daemon: DaemonProcess) -> None:
+    batch = [FIELDS, dict(FIELDS, timeSinceLastThreat=1.0)]
+    fallback = {"threatScore": 0.0, "rule": "threat", "fallback": True}
+    with Client("a", daemon.prefix, fallback=rules, trip_after=2, cooldown=60) as c:
+        assert all("fallback" not in a for a in c.predict_many("threat", batch, deadline_ms=2000))
+        with pytest.raises(InvalidFields) as err:  # the caller's mistakes are not hidden behind the fallback
+            c.predict_many("threat", [FIELDS, dict(FIELDS, metrics={"errorRate": 7.0})])
+        assert err.value.item == 1
+        os.kill(daemon.pid, signal.SIGSTOP)
+        for _ in range(2):  # each waits out its deadline (not the client's 5 s timeout), then the fallback answers
+            t0 = time.monotonic()
+            assert c.predict_many("threat", batch, deadline_ms=5) == [fallback, fallback]
+            assert time.monotonic() - t0 < OPEN_BOUND_S * 4
+        misses = c.stats["deadline_misses"]
+        assert c.stats["state"] == "open" and c.stats["trips"] == 1 and misses <= 2, c.stats
+        assert c.predict_many("threat", batch, deadline_ms=5, return_exceptions=True) == [fallback, fallback]
+        assert c.stats["deadline_misses"] == misses, "an open breaker does not ask the daemon"
+        assert c.stats["fallback_answers"] == 6
+
+
+def test_async_predict_many_is_behind_the_breaker_too(daemon: DaemonProcess) -> None:
+    async def main() -> tuple[list[list[dict]], dict]:
+        async with AsyncClient("a", daemon.prefix, timeout=0.3, fallback=rules, trip_after=1, cooldown=60) as c:
+            answers = [await c.predict_many("threat", [FIELDS, FIELDS])]
+            os.kill(daemon.pid, signal.SIGSTOP)
+            answers.append(await c.predict_many("threat", [FIELDS, FIELDS]))  # NotReady after 0.3 s: trips
+            t0 = time.monotonic()
+            answers.append(await c.predict_many("threat", [FIELDS]))
+            assert time.monotonic() - t0 < OPEN_BOUND_S
+            return answers, c.stats
+
+    answers, stats = asyncio.run(main())
+    assert all("fallback" not in a for a in answers[0]) and all(a["fallback"] for a in answers[1] + answers[2])
+    assert (stats["state"], stats["trips"], stats["fallback_answers"]) == ("open", 1, 3), stats
