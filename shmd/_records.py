@@ -199,5 +199,5 @@ def _dict_maker(keys: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
     return eval(f"lambda {args}: {{{body}}}")  # the keys are our own output names, never input
 
 
-__all__ = ["build_requests", "columns", "gc_paused", "pack_request", "prediction", "predictions", "raise_first", "read_answer",
-           "read_response", "requests_for"]  # fmt: skip
+__all__ = ["build_requests", "columns", "gc_paused", "pack_request", "prediction", "predictions", "raise_first",
+           "read_answer", "read_response", "requests_for"]  # fmt: skip
