@@ -1,6 +1,6 @@
 """``python -m bench http``: the HTTP shim against a bare aiohttp endpoint, in the same run.
 
-``python -m bench http [--quick] [--json PATH] [--configs w1,w2,w1-asyncio] [--generator wrk|aiohttp]``
+``python -m bench http [--quick] [--json PATH] [--configs w2,w1,w1-asyncio] [--generator wrk|aiohttp]``
 
 Starts ``shmd serve`` (with its shim workers) on a free loopback port and, in another
 process, a bare aiohttp endpoint (stdlib json, access log off) that parses the same
@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from bench._stats import write_json
+from shmd._config import default_http_workers
 from shmd.samples import WORKLOAD as SEED_WORKLOAD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -367,8 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench http", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="3 s per case instead of 6 (about a minute in all)")
     p.add_argument("--json", type=Path, help="write the figures, baseline, ratios and targets here")
-    p.add_argument("--configs", default="w1,w2,w1-asyncio",
-                   help="shim configurations: wN = --http-workers N, -asyncio = without uvloop (default: %(default)s)")
+    default_configs = ",".join(dict.fromkeys((f"w{default_http_workers()}", "w1", "w2", "w1-asyncio")))
+    p.add_argument("--configs", default=default_configs,
+                   help="shim configurations: wN = --http-workers N, -asyncio = without uvloop; the targets are "
+                   "judged on the first (default: %(default)s, the machine's default worker count first)")  # fmt: skip
     p.add_argument("--generator", choices=("wrk", "aiohttp"), help="default: wrk when on PATH, else aiohttp")
     args = p.parse_args(argv)
     generator = args.generator or ("wrk" if shutil.which("wrk") else "aiohttp")

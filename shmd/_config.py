@@ -42,16 +42,15 @@ def http_channels(workers: int) -> tuple[str, ...]:
 
 
 def default_http_workers() -> int:
-    """One shim process per two CPUs beyond the daemon's, at least one, at most 8.
+    """One shim process per two CPUs beyond the daemon's, at least two (one on a single CPU), at most 8.
 
-    Chosen when the shim blocked on each exchange, when a second shim on 2 vCPUs only
-    added contention. Since the exchange stopped blocking the event loop, ``bench http``
-    on 2 vCPUs measured two shims ahead (bench/results/http.json: c=16 1.01x the bare
-    endpoint against 0.60x, c=1 p50 1.6x against 3.4x), at 64 MB more; the default is
-    not yet moved because the suite has not run with two shims per daemon
-    (``--http-workers 2`` gives it).
+    A shim spends ~100 µs of CPU per prediction against the daemon's ~10 µs, so the HTTP
+    throughput is the shims'. On 2 vCPUs ``bench http`` measured two shims ahead of one in
+    every case (bench/results/http.json: c=16 and c=64 throughput 1.2-1.3x the bare aiohttp
+    endpoint against 0.6-0.7x with one shim), for ~65 MB more resident.
     """
-    return max(1, min(8, ((os.cpu_count() or 1) - 1) // 2))
+    cpus = os.cpu_count() or 1
+    return 1 if cpus < 2 else max(2, min(8, (cpus - 1) // 2))
 
 
 #: ``models.BACKENDS``, named here so reading a config never imports the models (a test pins them equal).
@@ -307,7 +306,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-http", dest="http", action="store_false", default=None, help="do not start the HTTP shim")
     p.add_argument("--http-workers", dest="http_workers", type=int,
                    help="HTTP shim processes sharing the port, each with its own channel "
-                   "(default: one per two CPUs beyond the daemon's, at least 1)")  # fmt: skip
+                   "(default: one per two CPUs beyond the daemon's, at least 2; 1 on a single CPU)")  # fmt: skip
     p.add_argument("--spin-us", dest="spin_us", type=float, help="idle spin before sleeping, µs (default 100)")
     p.add_argument("--sleep-timeout-ms", dest="sleep_timeout_ms", type=float,
                    help="longest idle sleep before the loop looks again, ms (default 100)")  # fmt: skip

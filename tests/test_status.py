@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from shmd import status
+from shmd._config import default_http_workers, http_channels
 
 from ._http_daemon import MODELS, ROOT, Daemon, free_port, unique_prefix
 
@@ -33,7 +34,7 @@ def test_one_line_per_model_and_channel(daemon: Daemon) -> None:
     models = [ln.split()[1] for ln in lines if ln.startswith("model ")]
     channels = [ln.split()[1] for ln in lines if ln.startswith("channel ")]
     assert models == list(MODELS)
-    assert channels == ["scheduler", "memory", "http"]
+    assert channels == ["scheduler", "memory", *http_channels(default_http_workers())]  # one per shim worker
 
 
 def test_render_numbers() -> None:
