@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 import ringbuf
+from shmd._config import default_http_workers, http_channels
 
 from ._http_daemon import free_port, unique_prefix
 
@@ -54,14 +55,22 @@ def test_a_dead_shim_is_restarted() -> None:
     lines: list[str] = []  # read as it comes: a full pipe would block the daemon's writes
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
     reader.start()
+    channels = http_channels(default_http_workers())  # serve runs the default number of workers
+
+    def restarted(channel: str) -> bool:
+        return any("event=http_exited code=-9 action=restart" in ln and f"channel={channel}\n" in ln for ln in lines)
+
     try:
         deadline = time.monotonic() + 90
         while not any("event=ready" in line for line in lines):  # serve saw its shim answer
             assert proc.poll() is None and time.monotonic() < deadline, f"serve did not come up: {lines}"
             time.sleep(0.1)
         assert _health(port) is not None
-        shim = subprocess.run(["pgrep", "-f", f"http_shim --prefix {prefix} "], capture_output=True, text=True)
-        os.kill(int(shim.stdout.split()[0]), signal.SIGKILL)
+        shims = subprocess.run(["pgrep", "-f", f"http_shim --prefix {prefix} "], capture_output=True, text=True)
+        pids = [int(pid) for pid in shims.stdout.split()]
+        assert len(pids) == len(channels), f"one shim per worker: {pids}"
+        for pid in pids:  # every worker: while one lives, the port still answers
+            os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
         assert _health(port) is None
         deadline = time.monotonic() + 60  # restarts are at most every 5 s; a loaded machine starts slowly
@@ -69,10 +78,13 @@ def test_a_dead_shim_is_restarted() -> None:
             assert time.monotonic() < deadline, f"the shim was not restarted: {lines}"
             time.sleep(0.1)
         assert health["daemon"]["pid"] == proc.pid
+        while not all(restarted(ch) for ch in channels):  # each worker, on its own channel
+            assert time.monotonic() < deadline, f"not every shim was restarted: {lines}"
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         reader.join(5)
     assert proc.returncode == 0
-    assert any("event=http_exited code=-9 action=restart" in line for line in lines), lines
+    assert all(restarted(ch) for ch in channels), lines
     assert not ringbuf.leftovers(prefix)
