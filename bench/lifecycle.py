@@ -109,20 +109,29 @@ def _first_and_warm(prefix: str, port: int, n: int) -> dict[str, Any]:
             "http_warm_ms": summarize(http_warm), "channel_warm_ms": summarize(channel_warm)}  # fmt: skip
 
 
-def _children_rss_kb(pid: int) -> int:
-    """RSS of ``pid``'s multiprocessing children (the loader process, its resource tracker; not the HTTP shim)."""
-    children = []
+def loader_pids(pid: int) -> list[int]:
+    """The loader processes of daemon ``pid``: its multiprocessing children, of any of its threads."""
+    children, found = [], []
     for task in Path(f"/proc/{pid}/task").iterdir():  # a thread's children: the loader thread spawns it
         try:
             children += (task / "children").read_text().split()
         except OSError:  # the thread exited meanwhile
             pass
-    total = 0
     for child in children:
         try:
-            if b"multiprocessing" in Path(f"/proc/{child}/cmdline").read_bytes():
-                total += _rss_kb(int(child))
-        except OSError:  # gone meanwhile
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+        except OSError:  # exited meanwhile
+            pass
+    return found
+
+
+def _loader_rss_kb(pid: int) -> int:
+    total = 0
+    for child in loader_pids(pid):
+        try:
+            total += _rss_kb(child)
+        except OSError:  # exited meanwhile
             pass
     return total
 
@@ -173,7 +182,7 @@ def _swaps(prefix: str, port: int, pid: int, tmp: Path, n_swaps: int, steady_s: 
     def sample_rss() -> None:
         while not stop.is_set():
             rss_peak[0] = max(rss_peak[0], _rss_kb(pid))
-            loader_peak[0] = max(loader_peak[0], _children_rss_kb(pid))
+            loader_peak[0] = max(loader_peak[0], _loader_rss_kb(pid))
             time.sleep(0.002)
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)

@@ -317,22 +317,16 @@ def test_cli_lists_and_loads_through_the_stats_segment(served: tuple[Daemon, Pat
 
 
 def _loader_processes(pid: int) -> list[tuple[int, int]]:
-    """(pid, nice) of ``pid``'s children that are multiprocessing spawns (the loader process)."""
+    """(pid, nice) of the daemon's loader processes."""
+    from bench.lifecycle import loader_pids
+
     found = []
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():  # a thread's children: the loader thread spawns it
+    for child in loader_pids(pid):
         try:
-            children += (task / "children").read_text().split()
-        except OSError:  # the thread exited meanwhile
-            pass
-    for child in children:
-        try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            stat = Path(f"/proc/{child}/stat").read_text()
+            stat = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            found.append((child, int(stat[16])))  # field 19 of stat: nice
         except OSError:  # exited meanwhile
-            continue
-        if b"spawn_main" in cmdline:
-            found.append((int(child), int(stat.rsplit(")", 1)[1].split()[16])))  # field 19: nice
+            pass
     return found
 
 
