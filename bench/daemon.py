@@ -525,10 +525,11 @@ def run(quick: bool) -> dict[str, Any]:
     }
     cache = fig["cache"]
     result["targets"] = {
-        "rtt_miss_p50_us": target(fig["rtt_miss_us"]["median"], "<=", 5),
-        "rtt_miss_p99_us": target(fig["rtt_miss_us"]["p99"], "<=", 25),
+        # Issue 11's targets (the compiled loop's; the seed's looser 5 / 25 µs and 2 M from 4 clients came first).
+        "rtt_miss_p50_us": target(fig["rtt_miss_us"]["median"], "<=", 4),
+        "rtt_miss_p99_us": target(fig["rtt_miss_us"]["p99"], "<=", 20),
         "throughput_1_client_per_s": target(fig["throughput_1_client_per_s"], ">=", 2e6),
-        "throughput_4_clients_per_s": target(fig["throughput_4_clients_per_s"], ">=", 2e6),
+        "throughput_4_clients_per_s": target(fig["throughput_4_clients_per_s"], ">=", 1.5e6),
         "cold_start_s": target(fig["cold_start_s"], "<=", 1),
         "rss_mb_after_load": target(fig["rss_mb_after_load"], "<=", 250),
         "idle_cpu_fraction": target(fig["idle_cpu_fraction"], "<", 0.01),
