@@ -84,12 +84,6 @@ class EdgeCache:
         self.misses += 1
         return None
 
-    def lookup(self, mid: int, fields: Mapping[str, Any]) -> tuple[Key | None, dict[str, Any] | None]:
-        """``(key, answer)``: a valid local answer, or None and the key to ``store`` the daemon's under
-        (None too when the fields cannot be keyed)."""
-        key = self.key(mid, fields)
-        return key, None if key is None else self.get(key)
-
     def stamp(self, mid: int) -> Stamp:
         """What an answer will be stored under, loaded before its request goes out: an
         answer computed before a clear is stored under the generation the clear replaced."""

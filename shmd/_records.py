@@ -138,12 +138,8 @@ def predictions(
         try:
             results.append(read_response(mid, resp, items[i]))
         except DaemonError as err:
-            if not return_exceptions:
-                if len(items) > 1:
-                    err.item = i
-                raise
             results.append(err)
-    return results
+    return results if return_exceptions else raise_first(results)
 
 
 def raise_first(results: list[Any]) -> list[Any]:

@@ -675,21 +675,21 @@ class AsyncClient:
         """As ``Client.predict`` (edge cache, breaker), without blocking the event loop."""
         c = self._client
         mid = _codec.model_id(model)
-        key = stamp = None
-        if c._edge is not None:
-            key, hit = c._edge.lookup(mid, fields)
+        edge = c._edge
+        key = None if edge is None else edge.key(mid, fields)
+        if key is not None:
+            hit = edge.get(key)  # type: ignore[union-attr]
             if hit is not None:
                 return hit
-            if key is not None:
-                stamp = c._edge.stamp(mid)
+            stamp = edge.stamp(mid)  # type: ignore[union-attr]
         if c._breaker is None:
             result = await self._ask(mid, fields, deadline_ms, bounded=False)
         else:
             result = await c._breaker.call_async(
                 model, fields, c.channel.header, lambda: self._ask(mid, fields, deadline_ms, bounded=True)
             )
-        if key is not None and stamp is not None:
-            c._edge.store(key, stamp, result)  # type: ignore[union-attr]
+        if key is not None:
+            edge.store(key, stamp, result)  # type: ignore[union-attr]
         return result
 
     async def _ask(
