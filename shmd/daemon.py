@@ -40,6 +40,7 @@ from ._cache import ADAPT_WORDS, N_STATS, CacheArrays
 from ._errors import ShmdError
 from ._http_child import HttpChild
 from ._pass_layout import PASS_FAULT, PASS_FAULT_COUNTDOWN, PASS_ROOM, PASS_SPIN_NS
+from ._stale_code import purge_stale_numba_caches
 from ._stats_segment import (
     ARGUMENT,
     CMD_CLEAR_CACHE,
@@ -619,6 +620,9 @@ def main(argv: list[str]) -> int:
 
     try:
         cfg = _config.load(argv)
+        stale = purge_stale_numba_caches()  # a working tree's edits must not run as old inlined code
+        if stale:
+            log("stale_compiled_code_removed", cfg.log_format, files=stale)
         daemon = Daemon(cfg, probe=True)
     except (ShmdError, ringbuf.RingError) as err:
         print(f"shmd serve: {err}", file=sys.stderr)
