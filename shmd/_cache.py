@@ -131,7 +131,10 @@ def _round(h, word):
     return h ^ (h >> np.uint64(32))
 
 
-@njit(nogil=True, cache=True)
+# The per-row functions below are inlined into the pass: a call of a compiled function takes and
+# drops a reference to each array argument (two atomic operations each), which cost more per
+# row than the probe itself.
+@njit(nogil=True, cache=True, inline="always")
 def feature_key(features, quantum):
     """A 64-bit key of the (quantised) features; never 0.
 
@@ -163,7 +166,7 @@ def feature_key(features, quantum):
     return h if h != 0 else np.uint64(1)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def cache_get(entries, stats, model, key, now_ns, out):
     """Copy a live entry for ``key`` into ``out``; True on a hit."""
     mask = entries.shape[1] - 1
@@ -178,7 +181,7 @@ def cache_get(entries, stats, model, key, now_ns, out):
     return False
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def cache_put(entries, stats, model, key, now_ns, ttl_ns, outputs):
     """Store ``outputs`` under ``key`` until ``now_ns + ttl_ns``."""
     mask = entries.shape[1] - 1
@@ -201,7 +204,7 @@ def cache_put(entries, stats, model, key, now_ns, ttl_ns, outputs):
     stats[model, INSERTS] += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def recheck_hit(stats, adapt, model):
     """Whether this hit of ``model`` is recomputed instead (adaptive TTL only); counted as a miss then."""
     if adapt[model, ADAPT_MAX_NS] == 0 or (stats[model, HITS] + stats[model, MISSES]) % RECHECK_EVERY != 0:

@@ -265,8 +265,7 @@ def drain(rings, batch, models, cache_, counters, spin_ns):
             continue
         batch.alloc[c] = got
         counters.channel[c, met.SUBMITTED] += got
-        for j in range(n, n + got):
-            _admit(j, c, now, batch, models, counters)
+        _admit(n, got, c, now, batch, models, counters)
         n += got
     batch.offsets[table.shape[0]] = n
     for mid in range(1, N_MODELS):
@@ -278,43 +277,51 @@ def drain(rings, batch, models, cache_, counters, spin_ns):
 
 
 @njit(nogil=True, cache=True)
-def _admit(j, c, now, batch, models, counters):
-    """Decide one staged record's header: answered now (a status) or queued for its model's encoder."""
-    req = batch.reqs[j]
-    resp = batch.responses[j]
-    resp.request_id = req.request_id
-    resp.flags = 0
-    resp.error_field = 0
-    resp.service_ns = 0
-    resp.outputs[:] = 0.0
-    mid = np.int64(req.model_id)
-    resp.model_id = req.model_id
-    resp.model_version = models.versions[mid] if 0 < mid < N_MODELS else 0
-    resp.status = Status.OK
-    batch.keys[j] = 0
-    per_model = counters.model
-    if req.abi_version != ABI_VERSION:
-        _answer(batch.responses, j, Status.BAD_VERSION, 0, counters.channel, c)
-        return
-    if mid <= 0 or mid >= N_MODELS or models.versions[mid] == 0:
-        _answer(batch.responses, j, Status.UNKNOWN_MODEL, 0, counters.channel, c)
-        return
-    per_model[mid, met.REQUESTS] += 1
-    status = Status.OK
+def _admit(first, got, c, now, batch, models, counters):
+    """Decide the headers of channel ``c``'s staged records ``first .. first + got - 1``.
+
+    Each is answered now (a status) or queued for its model's encoder. One call per
+    channel, not per record: every call of a compiled function takes a reference to
+    each array of its descriptors on entry and drops it on return (two atomic
+    operations per array, ~30 arrays): per record that was ~300 ns, most of the drain.
+    """
+    reqs, responses, rows, counts = batch.reqs, batch.responses, batch.rows, batch.counts
+    versions, per_model, per_channel = models.versions, counters.model, counters.channel
     max_queue_ns = batch.state[PASS_MAX_QUEUE_NS] << batch.channels[c, CHAN_QUEUE_SHIFT]  # lowest level first
-    if req.payload_len != PAYLOAD_LEN[mid]:
-        status = Status.INVALID_INPUT
-    elif req.deadline_ns != 0 and np.uint64(now) > req.deadline_ns:
-        status = Status.DEADLINE_EXCEEDED
-    elif max_queue_ns > 0 and req.submit_ns != 0 and np.int64(now) - np.int64(req.submit_ns) > max_queue_ns:
-        status = Status.OVERLOADED
-    if status != Status.OK:
-        per_model[mid, met.ERRORS] += 1
-        _answer(batch.responses, j, status, 0, counters.channel, c)
-        return
-    r = batch.counts[mid]
-    batch.rows[mid, r] = j
-    batch.counts[mid] = r + 1
+    for j in range(first, first + got):
+        req = reqs[j]
+        resp = responses[j]
+        resp.request_id = req.request_id
+        resp.flags = 0
+        resp.error_field = 0
+        resp.service_ns = 0
+        resp.outputs[:] = 0.0
+        mid = np.int64(req.model_id)
+        resp.model_id = req.model_id
+        resp.model_version = versions[mid] if 0 < mid < N_MODELS else 0
+        resp.status = Status.OK
+        batch.keys[j] = 0
+        if req.abi_version != ABI_VERSION:
+            _answer(responses, j, Status.BAD_VERSION, 0, per_channel, c)
+            continue
+        if mid <= 0 or mid >= N_MODELS or versions[mid] == 0:
+            _answer(responses, j, Status.UNKNOWN_MODEL, 0, per_channel, c)
+            continue
+        per_model[mid, met.REQUESTS] += 1
+        status = Status.OK
+        if req.payload_len != PAYLOAD_LEN[mid]:
+            status = Status.INVALID_INPUT
+        elif req.deadline_ns != 0 and np.uint64(now) > req.deadline_ns:
+            status = Status.DEADLINE_EXCEEDED
+        elif max_queue_ns > 0 and req.submit_ns != 0 and np.int64(now) - np.int64(req.submit_ns) > max_queue_ns:
+            status = Status.OVERLOADED
+        if status != Status.OK:
+            per_model[mid, met.ERRORS] += 1
+            _answer(responses, j, status, 0, per_channel, c)
+            continue
+        r = counts[mid]
+        rows[mid, r] = j
+        counts[mid] = r + 1
 
 
 @njit(nogil=True, cache=True)
