@@ -6,9 +6,10 @@ A bank holds any number of models' forward passes as one program, three arrays:
 ``ops``    int64[n_ops, OP_COLUMNS]        every model's ops, in execution order
 ``consts`` float32[n_consts]               weights [in, out_pad], biases, gather indices, params
 
-Activations live in a scratch ``float32[TILE_ROWS, stride]``: each tensor of a model owns a
-column range (padded to a multiple of 8 so a dense layer can store whole vectors), and the
-batch runs through the program ``TILE_ROWS`` rows at a time so the tile stays in L1.
+Activations live in a scratch ``float32[2, TILE_ROWS, stride]``: in ``[0]`` each tensor of a
+model owns a column range (padded to a multiple of 8 so a dense layer can store whole
+vectors), and the batch runs through the program ``TILE_ROWS`` rows at a time so the tile
+stays in L1; ``[1]`` is the row-wise ops' work area (operands transposed: rows as lanes).
 """
 
 from __future__ import annotations

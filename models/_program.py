@@ -351,5 +351,11 @@ def make_bank(programs: dict[int, tuple[Program, int]], n_models: int) -> Bank:
 
 
 def scratch_for(bank: Bank) -> np.ndarray:
-    """A scratch tile big enough for every model of ``bank`` (one per thread of callers)."""
-    return np.zeros((o.TILE_ROWS, max(int(bank.models[:, o.MODEL_STRIDE].max()), o.PAD)), np.float32)
+    """A scratch for every model of ``bank`` (one per thread of callers): float32[2, TILE_ROWS, cols].
+
+    ``[0]`` holds the activations; ``[1]`` is the work area of row-wise ops, which see it
+    as [cols, TILE_ROWS] and need an op's width plus two rows of it.
+    """
+    widest_op = int(bank.ops[:, o.OP_WIDTH].max()) + 2 if len(bank.ops) else 0
+    cols = max(int(bank.models[:, o.MODEL_STRIDE].max()), widest_op, o.PAD)
+    return np.zeros((2, o.TILE_ROWS, cols), np.float32)

@@ -120,6 +120,8 @@ def _tile_kernel(rows: int, vectors: int):
 # column blocks at once, so 8 independent FMA chains hide the FMA latency.
 tile_4x2 = _tile_kernel(4, 2)
 tile_4x1 = _tile_kernel(4, 1)
+# Eight rows of one block: a narrow layer (a head of 1-8 outputs) with 8 FMA chains, not 4.
+tile_8x1 = _tile_kernel(8, 1)
 tile_1x8 = _tile_kernel(1, 8)
 tile_1x4 = _tile_kernel(1, 4)
 tile_1x2 = _tile_kernel(1, 2)
