@@ -42,7 +42,7 @@ from ._encode import (
     logs_threat,
     logs_workload,
 )
-from ._log1p import log1p_column
+from ._log1p import log1p_column, log1p_exact_column
 
 #: float64 scratch per record: memory keeps its 24 distances and, beside them, their log1p column.
 SCRATCH_PER_ROW = 2 * M_N_LOGS
@@ -72,7 +72,7 @@ def _rows(check, linear, logs, k, payloads, rows, n, out, err, scratch):
             linear(p, out[r], scratch[r * k : (r + 1) * k])
         else:
             scratch[r * k : (r + 1) * k] = 0.0
-    log1p_column(scratch, n * k)
+    log1p_exact_column(scratch, n * k)  # integers and float32 values: 1 + x is exact
     for r in range(n):
         if err[r] == 0:
             logs(scratch[r * k : (r + 1) * k], out[r])

@@ -76,16 +76,29 @@ def _fma(typingctx, a, b, c):
     return types.float64(types.float64, types.float64, types.float64), codegen
 
 
+@intrinsic
+def _high_word(typingctx, x):
+    """The upper 32 bits of a float64's IEEE bits, as int64 (a logical shift: AVX2 has no 64-bit arithmetic one)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.lshr(builder.bitcast(args[0], ir.IntType(64)), ir.Constant(ir.IntType(64), 32))
+
+    return types.int64(types.float64), codegen
+
+
 @numba.njit(nogil=True, cache=True, inline="always")
-def log1p(x):
-    """``log1p(x)`` for finite ``x >= 0``: glibc's (FMA build) answer, bit for bit."""
-    hx = _bits(x) >> 32
+def _log1p(x, one_plus_x_exact):
+    """glibc's log1p of finite ``x >= 0``; ``one_plus_x_exact`` (a constant): skip the rounding correction of 1 + x."""
+    hx = _high_word(x)
     # 1 + x = 2**k * u, sqrt(2)/2 <= u < sqrt(2); c corrects for the rounding of 1 + x.
     big = hx >= 0x43400000  # x >= 2**53: 1 + x rounds to x
     u0 = _pick(big, x, 1.0 + x)
-    hu0 = _bits(u0) >> 32
+    hu0 = _high_word(u0)
     k0 = (hu0 >> 20) - 1023
-    c0 = _pick(big, 0.0, _pick(k0 > 0, 1.0 - (u0 - x), x - (u0 - 1.0)) / u0)
+    if one_plus_x_exact:
+        c0 = 0.0  # what glibc computes then: (1 - (u0 - x)) / u0 or (x - (u0 - 1)) / u0 with u0 = 1 + x exactly
+    else:
+        c0 = _pick(big, 0.0, _pick(k0 > 0, 1.0 - (u0 - x), x - (u0 - 1.0)) / u0)
     m = hu0 & 0x000FFFFF
     low = m < 0x6A09E
     k1 = _pick(low, k0, k0 + 1)
@@ -119,9 +132,32 @@ def log1p(x):
     return _pick(hx < 0x3E200000, tiny_x, out)
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def log1p(x):
+    """``log1p(x)`` for finite ``x >= 0``: glibc's (FMA build) answer, bit for bit."""
+    return _log1p(x, False)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def log1p_exact(x):
+    """``log1p(x)`` for finite ``x >= 0`` where ``1 + x`` is exact in float64 (or x < 2**-29 or x >= 2**53),
+    as for any float32 value and any integer: glibc's answer bit for bit, one division fewer.
+
+    glibc's correction term c = (the rounding error of 1 + x) / (1 + x) is then 0.
+    """
+    return _log1p(x, True)
+
+
 # numpy error model: a python-model division checks for zero and that exit stops LLVM vectorising.
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def log1p_column(x, n):
     """``x[:n] = log1p(x[:n])`` in place, over a contiguous float64 column."""
     for i in range(n):
         x[i] = log1p(x[i])
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def log1p_exact_column(x, n):
+    """``x[:n] = log1p_exact(x[:n])`` in place: every ``1 + x[i]`` must be exact (float32 values, integers)."""
+    for i in range(n):
+        x[i] = log1p_exact(x[i])

@@ -140,3 +140,47 @@ def float32_from_bits(typingctx, bits):
 
     return types.float32(bits), codegen
 
+
+
+def _splat(builder: ir.IRBuilder, value: ir.Value, count: int) -> ir.Value:
+    """``value`` in every lane of a ``count``-lane vector."""
+    vec = ir.VectorType(value.type, count)
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), count), [0] * count)
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
+
+
+@intrinsic
+def all_within(typingctx, values, lo, hi):
+    """True when every value of a record's array field is finite and in ``[lo, hi]``, as one vector test.
+
+    ``values`` is a fixed-size field of a payload record (numba's ``NestedArray``: its
+    length is part of the type); each value is widened to float64 as ``np.float64(v)``
+    would (exactly), so the answer is that of a per-value ``lo <= v <= hi`` and finite.
+    LLVM does not vectorise the per-value loop (it unrolls 6 scalar instructions a value);
+    this loads the field as one vector, compares and reduces.
+    """
+    if not isinstance(values, types.NestedArray) or values.ndim != 1 or not isinstance(values.dtype, types.Number):
+        return None
+    count, dtype = values.shape[0], values.dtype
+
+    def codegen(context, builder, signature, args):
+        elt = context.get_data_type(dtype)
+        f64 = ir.DoubleType()
+        data = context.make_array(signature.args[0])(context, builder, value=args[0]).data
+        v = builder.load(builder.bitcast(data, ir.VectorType(elt, count).as_pointer()), align=1)
+        wide = ir.VectorType(f64, count)
+        if isinstance(dtype, types.Float):
+            x = builder.fpext(v, wide) if dtype.bitwidth < 64 else v
+        elif dtype.signed:
+            x = builder.sitofp(v, wide)
+        else:
+            x = builder.uitofp(v, wide)
+        lo_v, hi_v = (_splat(builder, context.cast(builder, a, t, types.float64), count)
+                      for a, t in zip(args[1:], signature.args[1:], strict=True))  # fmt: skip
+        ok = builder.and_(builder.fcmp_ordered(">=", x, lo_v), builder.fcmp_ordered("<=", x, hi_v))
+        ok = builder.and_(ok, builder.fcmp_ordered("==", builder.fsub(x, x), ir.Constant(wide, [0.0] * count)))
+        bits = builder.bitcast(ok, ir.IntType(count))
+        return builder.icmp_unsigned("==", bits, ir.Constant(ir.IntType(count), (1 << count) - 1))
+
+    return types.boolean(values, lo, hi), codegen
