@@ -56,8 +56,7 @@ LOOP_SPIN_NS = 3  # the adaptive spin window now (ns)
 LOOP_WAKE_NS = 4  # the wake-up cost learnt (ns)
 LOOP_COMPILED_PASSES = 5  # passes whose models all ran inside the compiled pass
 LOOP_HANDOFFS = 6  # passes a wake-up began that yielded the CPU once answered (``_loop.finish``)
-LOOP_BUSY_RETURNS = 7  # housekeeping returns that found no quiet moment for a period (``_loop.step``)
-N_LOOP_COUNTERS = 8
+N_LOOP_COUNTERS = 7
 
 
 class Rings(NamedTuple):

@@ -10,6 +10,7 @@ dicts column by column.
 from __future__ import annotations
 
 import gc
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -31,8 +32,12 @@ def build_requests(
     An invalid item raises InvalidFields (see ``_codec.encode_payloads``).
     """
     records = np.zeros(len(items), REQUESTS[mid])
-    if not _fastcodec.convert_into(mid, items, records["payload"]):
-        records["payload"] = _codec.encode_payloads(mid, items)
+    checked = _fastcodec.check_items(mid, items)
+    flags = REQ_NO_CACHE if no_cache else 0
+    if checked is not None and _fastcodec.pack_checked(mid, checked, records, 0, len(items), flags, deadline_ns):
+        records["submit_ns"] = submit_ns
+        return records
+    records["payload"] = _codec.encode_payloads(mid, items)
     return _stamp(records, mid, submit_ns, deadline_ns, no_cache)
 
 
@@ -84,6 +89,9 @@ def pack_request(mid: ModelId, fields: Mapping[str, Any], buf: Any, *, flags: in
 
 def read_answer(mid: ModelId, buf: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
     """The API ``prediction`` of the RESPONSE record at the start of ``buf``, or raise its DaemonError."""
+    result = _ANSWER_READERS[mid](buf)
+    if result is not None:
+        return result
     status, flags, version, outputs = _wire.read(buf, 0)
     if status == Status.OK:
         return prediction(mid, outputs, flags, version)
@@ -184,6 +192,39 @@ def columns(mid: ModelId, responses: np.ndarray) -> list[dict[str, Any]] | None:
     columns.append(((responses["flags"] & RESP_CACHE_HIT) != 0).tolist())
     columns.append(responses["model_version"].tolist())
     return list(map(_dict_maker(tuple(keys)), *columns))
+
+
+def _answer_reader(mid: ModelId) -> Callable[[Any], dict[str, Any] | None]:
+    """``read(buf)``: the ``prediction`` of the OK RESPONSE record at the start of ``buf``, or None
+    unless its status is OK and every output one the model can produce (then ``read_response``
+    raises what is wrong): ``prediction``'s rules in one generated expression per model, ~3x
+    faster than unpacking, checking and filling the dict step by step. Made from our own output
+    names only."""
+    fields = {"status": "status", "flags": "flags", "model_version": "version", "outputs": "*outputs"}
+    targets = ", ".join(fields.get(name, "_") for name in _wire.RESPONSE_FIELDS)
+    checks, body = ["status == OK"], []
+    for k, (name, names, is_bytes) in enumerate(_codec.OUTPUT_SPECS[mid]):
+        value = f"outputs[{k}]"
+        if names is not None:  # an enum: its index (truncated, as prediction() does) and name
+            checks += [f"isfinite({value})", f"0 <= int({value}) < {len(names)}"]
+            body += [f"{name + 'Name'!r}: names{k}[int({value})]", f"{name!r}: int({value})"]
+        elif is_bytes:
+            checks.append(f"0 <= {value} < {2**63}")
+            body.append(f"{name!r}: int({value})")
+        else:
+            checks.append(f"isfinite({value})")
+            body.append(f"{name!r}: {value}")
+    body += ["'cacheHit': flags & RESP_CACHE_HIT != 0", "'modelVersion': version"]
+    env = {f"names{k}": names for k, (_, names, _) in enumerate(_codec.OUTPUT_SPECS[mid]) if names is not None}
+    env.update(unpack_from=_wire.RESPONSE_STRUCT.unpack_from, OK=int(Status.OK), isfinite=math.isfinite,
+               RESP_CACHE_HIT=RESP_CACHE_HIT)  # fmt: skip
+    source = (f"def read(buf):\n    {targets} = unpack_from(buf)\n"
+              f"    return {{{', '.join(body)}}} if {' and '.join(checks)} else None\n")  # fmt: skip
+    exec(source, env)  # our own output names, never input
+    return env["read"]
+
+
+_ANSWER_READERS = {mid: _answer_reader(mid) for mid in ModelId}
 
 
 @lru_cache(maxsize=16)

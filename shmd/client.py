@@ -107,10 +107,8 @@ class Client:
         """Buffers of the compiled round trip, made once; its code loaded now, not on the first call."""
         # With one CPU to run on, spinning would only keep the daemon we wait for off it.
         spin_max = int(self.spin_us * 1000) if len(os.sched_getaffinity(0)) > 1 else 0
-        self._learn = _exchange.new_learn(spin_max)
-        self._progress = np.zeros(_exchange.PROGRESS_WORDS, np.int64)
+        self._words = _exchange.new_words(spin_max)
         self._scratch = np.zeros((self.channel.cq.capacity, RESPONSE.itemsize), np.uint8)
-        self._done = np.zeros(1, np.uint8)
         # predict()'s request and answer rows: packed and read in place with struct, never reallocated.
         self._one_row = np.zeros((1, REQUEST.itemsize), np.uint8)
         self._one_resp_row = np.zeros((1, RESPONSE.itemsize), np.uint8)
@@ -209,11 +207,9 @@ class Client:
         Waits until CLOCK_MONOTONIC ``wait_ns`` (0: for the client's timeout), then raises NotReady.
         """
         n = len(rows)
-        if len(self._done) < n:
-            self._done = np.zeros(n, np.uint8)
         first = self._next_id
         self._next_id += n or 1  # a new first id for every call: that is what starts a new batch
-        args = (*self._rings, rows, out, self._done, self._scratch, self._progress, self._learn, first)
+        args = (*self._rings, rows, out, self._scratch, self._words, first)
         timeout_ns = max(wait_ns - now_ns(), 0) if wait_ns else int(self.timeout * 1e9)
         while (rc := _exchange.exchange(*args, timeout_ns)) != _exchange.DONE:
             if rc == _exchange.CORRUPT:
@@ -222,10 +218,10 @@ class Client:
                     self._sq.space()
                 except ringbuf.RingError as err:
                     raise from_ring_error(err) from None
-            if now_ns() >= self._progress[_exchange.DEADLINE]:
+            if now_ns() >= self._words[_exchange.DEADLINE]:
                 waited = f"{self.timeout}s" if not wait_ns else "the deadline"
                 raise NotReady(
-                    f"{n - int(self._progress[_exchange.GOT])} of {n} predictions unanswered after {waited} "
+                    f"{n - int(self._words[_exchange.GOT])} of {n} predictions unanswered after {waited} "
                     f"on channel {self.channel.name!r}: is the daemon running (prefix {self.channel.prefix!r})?"
                 )
 
@@ -267,7 +263,7 @@ class Client:
     @property
     def dropped(self) -> int:
         """Answers dropped as not this client's (a previous holder's, duplicates after a daemon restart)."""
-        return self._dropped + int(self._progress[_exchange.DROPPED])
+        return self._dropped + int(self._words[_exchange.DROPPED])
 
     # --- high level: API dicts ------------------------------------------------
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kernel_abi import REQUESTS, RESPONSE, ModelId, Status
-from shmd import _codec, _records
+from shmd import InvalidFields, _codec, _records
 from shmd.client import Client, now_ns
 from shmd.samples import SAMPLES
 
@@ -82,6 +82,32 @@ def test_predict_many_answers_each_item_with_its_own_prediction(daemon: DaemonPr
         together = c.predict_many("workload", items, no_cache=True)
     assert len({a["predictedCpu"] for a in alone}) == 3, "the items must differ for this test to mean anything"
     assert together == alone
+
+
+def test_a_batch_larger_than_the_rings_answers_every_item_in_order(daemon: DaemonProcess) -> None:
+    """Rows get their ids as they are published, ring-full by ring-full (the rings hold 1024)."""
+    n = 1100
+    items = [dict(SAMPLES["workload"], currentCpu=i / n, agentId=f"agent-{i}") for i in range(n)]
+    with Client("a", daemon.prefix) as c:
+        together = c.predict_many("workload", items, no_cache=True)
+        edges = [0, 1, 511, 1023, 1024, n - 1]
+        alone = {i: c.predict("workload", items[i], no_cache=True) for i in edges}
+        assert c.dropped == 0 and c.outstanding == 0
+    assert len({together[i]["predictedCpu"] for i in edges}) == len(edges), "items must differ to mean anything"
+    assert {i: together[i] for i in edges} == alone
+
+
+def test_an_item_the_packer_refuses_is_named_and_nothing_is_left_behind(daemon: DaemonProcess) -> None:
+    """msgspec accepts a lone surrogate, the packer (which hashes it) does not: the general codec names it."""
+    bad = 70
+    items = [dict(SAMPLES["workload"], currentCpu=i / 100) for i in range(96)]
+    items[bad] = dict(items[bad], agentId="agent-\ud800")
+    with Client("a", daemon.prefix) as c:
+        with pytest.raises(InvalidFields) as raised:
+            c.predict_many("workload", items, no_cache=True)
+        assert (raised.value.item, raised.value.field) == (bad, "agentId")
+        c.predict("workload", SAMPLES["workload"], no_cache=True)
+        assert c.dropped == 0 and c.outstanding == 0
 
 
 def test_predict_between_submit_and_reap_leaves_those_answers_to_reap(daemon: DaemonProcess) -> None:
