@@ -72,6 +72,7 @@ from ._pass_layout import (
     CHAN_PRIORITY,
     CHAN_QUEUE_SHIFT,
     LOOP_COMPILED_PASSES,
+    LOOP_EARLY_WAKES,
     LOOP_HANDOFFS,
     LOOP_SLEEPS,
     LOOP_SPIN_NS,
@@ -107,8 +108,8 @@ BUSY_WINDOW_NS = 10_000_000  # a channel counts as in use this long after it las
 LOWER_SHARE = 8  # levels below the top one take at most room / LOWER_SHARE a pass
 
 __all__ = [
-    "LOOP_COMPILED_PASSES", "LOOP_HANDOFFS", "LOOP_SLEEPS", "LOOP_SPIN_NS", "LOOP_TIMEOUT_RESCUES", "LOOP_WAKES",
-    "LOOP_WAKE_NS",
+    "LOOP_COMPILED_PASSES", "LOOP_EARLY_WAKES", "LOOP_HANDOFFS", "LOOP_SLEEPS", "LOOP_SPIN_NS", "LOOP_TIMEOUT_RESCUES",
+    "LOOP_WAKES", "LOOP_WAKE_NS",
 ]  # fmt: skip
 
 
@@ -515,7 +516,9 @@ def step(rings, batch, models, cache_, counters, n_prev):
     housekeeping. With nothing to drain after spinning (the adaptive window
     ``PASS_SPIN_NS``, at most ``PASS_SPIN_MAX_NS``), sleeps on every SQ's
     wake-up word for at most ``PASS_SLEEP_NS`` (0: return at once; no spin
-    either) and drains as soon as it is woken. Returns the number of
+    either) and drains as soon as it is woken; a wake-up that finds nothing
+    (a client's early wake: its request is on its way) spins ``PASS_SPIN_MAX_NS``
+    for it before sleeping again. Returns the number of
     records drained that Python must run models for (then call again with
     it), or 0 after a sleep that timed out or was interrupted by a signal, or
     once MAX_INNER_PASSES are done (all of them published).
@@ -547,6 +550,13 @@ def step(rings, batch, models, cache_, counters, n_prev):
             state[PASS_HANDOFF] = 0
             found, outcome = table_sleep(rings.table, rings.sq_state, rings.cq_state, rings.ready, rings.waiters,
                                          sleep_ns)  # fmt: skip
+            if found == 0 and outcome == WOKEN:
+                # Woken with nothing to take: a client announcing a request on its way (the HTTP
+                # shim does as a request comes in, before parsing it). Spin for it rather than go
+                # back to sleep, so it finds the loop awake: the wake-up overlapped its parse.
+                loop[LOOP_EARLY_WAKES] += 1
+                spin = spin_max
+                continue
             if found == 0 or (outcome != WOKEN and outcome != TIMED_OUT):
                 return 0
             if outcome == TIMED_OUT:

@@ -56,7 +56,8 @@ LOOP_SPIN_NS = 3  # the adaptive spin window now (ns)
 LOOP_WAKE_NS = 4  # the wake-up cost learnt (ns)
 LOOP_COMPILED_PASSES = 5  # passes whose models all ran inside the compiled pass
 LOOP_HANDOFFS = 6  # passes a wake-up began that yielded the CPU once answered (``_loop.finish``)
-N_LOOP_COUNTERS = 7
+LOOP_EARLY_WAKES = 7  # wake-ups that found no work (a client's early wake: ``_loop.step`` spins for it)
+N_LOOP_COUNTERS = 8
 
 
 class Rings(NamedTuple):
