@@ -136,6 +136,8 @@ class Shim:
 
     async def predict(self, request: web.Request) -> web.Response:
         t0 = time.perf_counter()
+        assert self.client is not None
+        self.client.prewake()  # the daemon's wake-up overlaps the parse below
         mid = _codec.model_id(_model(request))
         got = await read_raw(request)
         assert got is not None  # None only for an empty body with empty= given

@@ -80,6 +80,15 @@ class ShimChannel:
         """Answers that arrived for no request of the current exchange (late, or a previous holder's)."""
         return int(self._lib.shim_dropped(self._handle)) if self._handle else 0
 
+    def prewake(self) -> bool:
+        """A request is coming (still to be parsed): wake the daemon now if it sleeps; True if it did.
+
+        The daemon's wake-up then overlaps the parse, and the request finds it spinning (a
+        wake-up with no work makes its loop spin for its spin window): at one request at a time
+        the daemon is asleep when each comes, and its wake-up was most of the exchange.
+        """
+        return self._handle is not None and bool(self._lib.shim_prewake(self._handle))
+
     async def exchange(self, records: bytes) -> bytes:
         """Send REQUEST records (any model's; ids and submit time are stamped here); their RESPONSE records in order."""
         loop = asyncio.get_running_loop()

@@ -225,3 +225,19 @@ int shim_begin(struct shim_channel *s, struct shmd_request *reqs, struct shmd_re
 /* After shim_fd signalled: the answers collected (n unless the deadline passed), or a negative
  * SHMD_E* code with the message in shim_message. */
 int shim_result(const struct shim_channel *s) { return s->result; }
+
+/* A request is on its way (it came in and is being parsed): wake the daemon now if it sleeps, so
+ * its wake-up (~20-30 us here) overlaps the parse and the request finds it spinning (a wake-up
+ * that finds no work makes the daemon's loop spin for its spin window). 1 if it slept, else 0.
+ * Only the SQ's shared wake-up word is touched, never the channel's own state: safe from the
+ * loop's thread while the reaper owns the channel. */
+int shim_prewake(struct shim_channel *s)
+{
+    struct shmd_ring_header *hdr = s->ch.sq.shm_hdr;
+    if (!(atomic_load_explicit((_Atomic uint32_t *)&hdr->flags, memory_order_acquire) & SHMD_RING_NEED_WAKEUP))
+        return 0;
+    /* As a producer's wake-up (shmd_client.c): bump the word, then wake its sleeper. */
+    atomic_fetch_add_explicit((_Atomic uint32_t *)&hdr->wake_seq, 1, memory_order_seq_cst);
+    syscall(SYS_futex, &hdr->wake_seq, FUTEX_WAKE, 1, NULL, NULL, 0);
+    return 1;
+}

@@ -103,6 +103,8 @@ def load() -> ctypes.CDLL:
     lib.shim_fd.restype = ctypes.c_int
     lib.shim_begin.argtypes = [vp, vp, vp, vp, ctypes.c_uint, u64, u64, u64, u64, u64]
     lib.shim_begin.restype = ctypes.c_int
+    lib.shim_prewake.argtypes = [vp]
+    lib.shim_prewake.restype = ctypes.c_int
     lib.shim_result.argtypes = [vp]
     lib.shim_result.restype = ctypes.c_int
     lib.shmd_strerror.argtypes = [ctypes.c_int]

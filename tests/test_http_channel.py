@@ -4,6 +4,8 @@
 - requests that come while an exchange is out (the reaper thread waiting for it) go out together
   as soon as it is over;
 - a daemon killed while the shim holds its channel is a NotReady at once, not after the timeout;
+- an early wake (``prewake``: a request is on its way) wakes a sleeping daemon, whose loop then
+  spins for the request instead of sleeping again;
 - a real ``shmd serve`` runs its shim workers without numba mapped and under 100 MB resident.
 """
 
@@ -21,6 +23,8 @@ import ringbuf
 from http_shim._channel import ShimChannel
 from kernel_abi import RESPONSE, ModelId
 from shmd import NotReady, _records
+from shmd._loop import LOOP_EARLY_WAKES
+from shmd._stats_segment import StatsSegment
 
 from ._daemon import DaemonProcess
 from ._http_daemon import Daemon, free_port, unique_prefix, valid
@@ -94,6 +98,41 @@ def test_a_killed_daemon_is_noticed_at_once(prefix: str) -> None:
         channel.close()
         daemon.stop()
         ringbuf.remove_leftovers(prefix)  # a killed daemon leaves its segments (a restart would reuse them)
+
+
+def _until_asleep_then_woken(channel: ShimChannel) -> None:
+    """Call ``prewake`` until it finds the daemon asleep (and so wakes it)."""
+    deadline = time.monotonic() + 30.0  # a sanity bound: the idle daemon sleeps within ~1 ms of its spin
+    while not channel.prewake():
+        assert time.monotonic() < deadline, "the idle daemon never went to sleep"
+        time.sleep(0.001)
+
+
+def test_an_early_wake_leaves_the_daemon_spinning_for_the_request_on_its_way(prefix: str) -> None:
+    """A wake-up with no work (the shim's ``prewake``) makes the daemon's loop spin for its spin
+    window (here 100 ms) before sleeping again: the request being parsed then finds it awake.
+    Before, the loop went back to sleep at once and the request paid a second wake-up."""
+    env = {"SHMD_SLEEP_TIMEOUT_MS": "10000"}  # no sleep ends by timeout here
+    with DaemonProcess(prefix, "--channels", "web", "--spin-us", "100000", env=env):
+        channel = ShimChannel(prefix, "web", timeout=5.0)
+        seg = StatsSegment.attach(prefix)
+        try:
+            asyncio.run(channel.exchange(_records_for(0)))  # serving
+            loop = seg.arrays["loop"]
+            before = int(loop[LOOP_EARLY_WAKES])
+            still_awake = []
+            for _ in range(5):
+                _until_asleep_then_woken(channel)
+                time.sleep(0.02)  # past any re-sleep (~µs), well within the 100 ms spin
+                still_awake.append(not channel.prewake())
+            counted = int(loop[LOOP_EARLY_WAKES]) - before
+        finally:
+            seg.close()
+            channel.close()
+    # Each wake found no work and was counted (one that met the sleep's own end is not: hence >= 1).
+    assert 1 <= counted <= 10, f"{counted} early wake-ups counted for 5 to 10 made"
+    # The spin outlasts a 20 ms pause unless this process was held off the CPU for 80 ms: once is enough.
+    assert any(still_awake), "the daemon slept again within 20 ms of an early wake-up, every time of 5"
 
 
 def _status(pid: int, key: str) -> int:

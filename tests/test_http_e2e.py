@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -117,6 +118,26 @@ def test_health_ready_and_cache_stats(daemon: Daemon) -> None:
     assert curl(f"{base}/ready")[0] == 200
     status, body = curl(f"{base}/api/ml/cache/stats")
     assert status == 200 and set(body["cache"]) == set(MODELS)
+
+
+def test_a_prediction_wakes_the_sleeping_daemon_before_parsing(daemon: Daemon) -> None:
+    """The predict handler wakes the daemon as the request comes in (``ShimChannel.prewake``), so the
+    daemon's wake-up overlaps the parse: the daemon counts a wake-up that found no work yet."""
+    from shmd._loop import LOOP_EARLY_WAKES
+    from shmd._stats_segment import StatsSegment
+
+    seg = StatsSegment.attach(daemon.prefix)
+    try:
+        before = int(seg.arrays["loop"][LOOP_EARLY_WAKES])
+        for _ in range(3):  # each after an idle pause: the daemon sleeps (its spin is ~100 µs)
+            time.sleep(0.2)
+            status, body = curl("-X", "POST", f"http://127.0.0.1:{daemon.port}/api/ml/predict/workload",
+                                "-H", "Content-Type: application/json", "-d", SEED_BODY)  # fmt: skip
+            assert status == 200, body
+        woken = int(seg.arrays["loop"][LOOP_EARLY_WAKES]) - before
+    finally:
+        seg.close()
+    assert woken >= 1, "no request woke the sleeping daemon before it was parsed"
 
 
 def test_binds_loopback_only(daemon: Daemon) -> None:
