@@ -120,9 +120,8 @@ def _move(src, a, dst, b, width):
 @njit(nogil=True, cache=True, error_model="numpy")
 def _copy(s, ops, i, consts, rows):
     dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
-    for r in range(rows):
-        for j in range(width):  # element loops: numba's slice assignment costs ~20x more here
-            s[r, dst + j] = s[r, a + j]
+    for r in range(rows):  # element loops: numba's slice assignment costs ~20x more here
+        _move(s[r], a, s[r], dst, width)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -146,6 +145,12 @@ def _columns_in(s, t, a, width, rows):
 def _logistic(s, t, ops, i, consts, rows):
     dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
     one = np.float32(1.0)
+    if rows < LANES:  # a batch's tail, batch 1: less than a vector of rows, transposing costs more
+        for r in range(rows):
+            xs, d = s[r, a : a + width], s[r, dst : dst + width]
+            for j in range(width):
+                d[j] = one / (one + _exp(-xs[j]))
+        return
     _columns_in(s, t, a, width, rows)
     for j in range(width):
         tj = t[j]
@@ -161,6 +166,20 @@ def _softmax(s, t, ops, i, consts, rows):
     """Per row, as LiteRT: max, exp((x - max) * beta) in column order, summed in column order, divided."""
     dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
     beta = consts[ops[i, o.OP_PARAM]]
+    if rows < LANES:  # as _logistic: row by row, the same operations in the same order
+        for r in range(rows):
+            xs, d = s[r, a : a + width], s[r, dst : dst + width]
+            m = xs[0]
+            for j in range(1, width):
+                m = max(m, xs[j])
+            total = np.float32(0.0)
+            for j in range(width):
+                e = _exp((xs[j] - m) * beta)
+                d[j] = e
+                total += e
+            for j in range(width):
+                d[j] /= total
+        return
     _columns_in(s, t, a, width, rows)
     m, total = t[width], t[width + 1]
     for r in range(rows):
@@ -200,10 +219,12 @@ def _binary(s, ops, i, consts, rows):
     a, wa = ops[i, o.OP_A], ops[i, o.OP_A_WIDTH]
     b, wb, b_const = ops[i, o.OP_B], ops[i, o.OP_B_WIDTH], ops[i, o.OP_B_CONST]
     for r in range(rows):
+        row = s[r]
+        xs, d = row[a : a + wa], row[dst : dst + width]  # views: indices that need no wrapping (_move)
+        ys = consts[b : b + wb] if b_const else row[b : b + wb]
         for j in range(width):
-            x = s[r, a + (0 if wa == 1 else j)]
-            k = b + (0 if wb == 1 else j)
-            y = consts[k] if b_const else s[r, k]
+            x = xs[0 if wa == 1 else j]
+            y = ys[0 if wb == 1 else j]
             if kind == o.K_ADD:
                 v = x + y
             elif kind == o.K_MUL:
@@ -212,7 +233,7 @@ def _binary(s, ops, i, consts, rows):
                 v = x / y
             else:  # K_GREATER_EQUAL: booleans are 0/1 floats
                 v = np.float32(1.0) if x >= y else np.float32(0.0)
-            s[r, dst + j] = v
+            d[j] = v
 
 
 @njit(nogil=True, cache=True, error_model="numpy")

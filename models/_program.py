@@ -235,7 +235,11 @@ class _Builder:
             self._refuse("GATHER other than constant column indices on axis 1")
         if idx.min() < 0 or idx.max() >= self.width(ins[0]):
             self._refuse(f"GATHER index out of range: indices={idx.tolist()}")
-        self._unary(o.K_GATHER, ins, out, "GATHER", OP_W=self.put(idx.astype(np.float32)))
+        if len(idx) != self.width(out):
+            self._refuse(f"GATHER of {len(idx)} indices into a tensor of width {self.width(out)}")
+        # As many columns as indices (not the input's width: it read the next constants as indices).
+        self.emit(o.K_GATHER, self.col(out), len(idx), OP_A=self._activation(ins[0], "GATHER"),
+                  OP_A_WIDTH=self.width(ins[0]), OP_W=self.put(idx.astype(np.float32)))  # fmt: skip
 
     def _binary(self, kind: int, ins, out, options, name: str) -> None:
         self._no_fused(options, name)

@@ -218,3 +218,15 @@ def test_compiled_backend_checks_the_manifest_and_refuses_unknown_ops(tmp_path):
     with pytest.raises(ArtifactError, match=refused):
         load_runner(ModelId.THREAT, backend="compiled", models_dir=tmp_path)
     assert program_from_tflite(default_models_dir() / "threat" / "1" / "model.tflite").ops[:, o.OP_KIND].min() > 0
+
+
+@pytest.mark.parametrize("mid", MIDS)
+def test_every_op_writes_only_its_tensor_and_gathers_only_its_indices(mid):
+    """An op's width is its output tensor's: a GATHER took its input's width (38 columns for
+    workload's 3 indices), reading 35 other constants as column indices."""
+    prog = _runner(mid, "compiled").program
+    for row in prog.ops:
+        readers = prog.ops[(prog.ops[:, o.OP_A] == row[o.OP_OUT]) & (prog.ops[:, o.OP_KIND] != o.K_COPY)]
+        for reader in readers:  # what reads this op's result reads exactly its width (or one broadcast column)
+            assert reader[o.OP_A_WIDTH] in (row[o.OP_WIDTH], 1), (row.tolist(), reader.tolist())
+        assert row[o.OP_OUT] + row[o.OP_WIDTH] <= prog.stride
