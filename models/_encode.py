@@ -21,7 +21,7 @@ import numpy as np
 from kernel_abi import ModelId
 
 from ._log1p import log1p
-from ._simd import all_within
+from ._simd import all_within, all_zero_or_at_least, field_centred_dot, field_max, field_min, field_sum
 from ._spec import ADDR_LINE, ADDR_TOL, MEM_LOG_SCALE, RANGES, RATE_LOG_SCALE, TIME_LOG_SCALE, field_index
 
 _W, _T, _F, _M = ModelId.WORKLOAD, ModelId.THREAT, ModelId.FAILURE, ModelId.MEMORY
@@ -138,7 +138,7 @@ def check_workload(p):
     return 0
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")
 def linear_workload(p, out, args):
     """Every feature of valid ``p`` but the logarithmic ones; their log1p arguments into ``args``."""
     hc, hm, hg = p.historical_cpu, p.historical_memory, p.historical_gpu
@@ -158,7 +158,7 @@ def linear_workload(p, out, args):
     out[37] = 1.0 if p.day_of_week >= 5 else 0.0
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")
 def logs_workload(logs, out):
     """The logarithmic features from ``logs`` = log1p of ``linear_workload``'s ``args``."""
     # Memory is scale-free relative to now (x10: a 10% change is ~1) plus one absolute
@@ -173,6 +173,60 @@ def logs_workload(logs, out):
 @numba.njit(nogil=True, cache=True)
 def encode_workload(payloads, i, out):
     return _encode_one(check_workload, linear_workload, logs_workload, W_N_LOGS, payloads, i, out)
+
+
+# Sums, minima and maxima of a history field, vectorised (models._simd): a float64 sum of
+# float32 values in [0, 1] that are each +0.0 or >= 2**-24 (multiples of 2**-47) is exact
+# while below 2**6, so any order gives the bits of the left-to-right loop; nor can the
+# order of a min/max matter without NaN or -0.0. Any other history (subnormal or tiny
+# values, -0.0) takes the loop.
+_EXACT_SUM_TINY = 2.0**-24
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def threat_history_stats_ordered(h):
+    """Sum and max (from 0) of threat's historical_threats, left to right: the definition."""
+    s = 0.0
+    m = 0.0
+    for j in range(10):
+        s += h[j]
+        m = max(m, np.float64(h[j]))
+    return s, m
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def threat_history_stats(h):
+    """``threat_history_stats_ordered(h)``, bit for bit; vectorised where the sums are exact."""
+    if all_zero_or_at_least(h, _EXACT_SUM_TINY):
+        return field_sum(h, 0, 10, 0.0), field_max(h, 0, 10, 0.0)
+    return threat_history_stats_ordered(h)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def failure_history_stats_ordered(h):
+    """Of failure's historical_health, left to right (the definition): sum, sum of the last 5,
+    sum of (j - 4.5) * h[10 + j] (the slope's numerator) and min (from 1)."""
+    s = 0.0
+    mn = 1.0
+    for j in range(20):
+        s += h[j]
+        mn = min(mn, np.float64(h[j]))
+    last5 = 0.0
+    for j in range(15, 20):
+        last5 += h[j]
+    sxy = 0.0
+    for j in range(10):
+        sxy += (j - 4.5) * h[10 + j]
+    return s, last5, sxy, mn
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def failure_history_stats(h):
+    """``failure_history_stats_ordered(h)``, bit for bit; vectorised where the sums are exact."""
+    if all_zero_or_at_least(h, _EXACT_SUM_TINY):
+        s, last5 = field_sum(h, 0, 20, 0.0), field_sum(h, 15, 20, 0.0)
+        return s, last5, field_centred_dot(h, 10, 20, 0.0), field_min(h, 0, 20, 1.0)
+    return failure_history_stats_ordered(h)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -205,7 +259,7 @@ def check_threat(p):
     return 0
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")
 def linear_threat(p, out, args):
     """Every feature of valid ``p`` but the logarithmic ones; their log1p arguments into ``args``."""
     h = p.historical_threats
@@ -217,12 +271,9 @@ def linear_threat(p, out, args):
     args[2] = np.float64(p.time_since_last_threat)
     out[1] = p.error_rate
     out[2] = p.resource_usage
-    s = 0.0
-    m = 0.0
     for j in range(10):
         out[4 + j] = h[j]
-        s += h[j]
-        m = max(m, np.float64(h[j]))
+    s, m = threat_history_stats(h)
     out[14] = s / 10.0
     out[15] = m
     out[16] = h[9] - h[0]
@@ -235,7 +286,7 @@ def linear_threat(p, out, args):
     out[28] = _LOG_COUNT[dist]
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")
 def logs_threat(logs, out):
     """The logarithmic features from ``logs`` = log1p of ``linear_threat``'s ``args``."""
     out[0] = min(logs[0] / RATE_LOG_SCALE, 2.0)
@@ -268,7 +319,7 @@ def check_failure(p):
     return 0
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")
 def linear_failure(p, out, args):
     """Every feature of valid ``p`` but the logarithmic one; its log1p argument into ``args``."""
     h = p.historical_health
@@ -276,24 +327,16 @@ def linear_failure(p, out, args):
     args[0] = np.float64(p.time_since_last_failure)
     out[0] = p.health_score
     out[1] = p.trend
-    s = 0.0
-    mn = 1.0
     for j in range(20):
         out[2 + j] = h[j]
-        s += h[j]
-        mn = min(mn, np.float64(h[j]))
-    last5 = 0.0
-    for j in range(15, 20):
-        last5 += h[j]
+    s, last5, sxy, mn = failure_history_stats(h)
     out[22] = last5 / 5.0
     out[23] = mn
     # Least-squares slope of the last 10 samples, per sample, x10.
     sx = 0.0
-    sxy = 0.0
     for j in range(10):
         x = j - 4.5
         sx += x * x
-        sxy += x * h[10 + j]
     out[24] = 10.0 * sxy / sx
     out[25] = p.health_score - s / 20.0
     # Symmetric relative deviation in [-1, 1]: defined for any finite value and baseline,
@@ -301,14 +344,12 @@ def linear_failure(p, out, args):
     cur = np.float64(p.current_value)
     base = np.float64(p.baseline)
     out[26] = (cur - base) / (abs(cur) + abs(base) + 1e-9)
-    n = 0.0
     for j in range(10):
         out[28 + j] = fh[j]
-        n += fh[j]
-    out[38] = n / 10.0
+    out[38] = field_sum(fh, 0, 10, 0.0) / 10.0  # 0/1 integers: exact in any order
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")
 def logs_failure(logs, out):
     """The logarithmic feature from ``logs`` = log1p of ``linear_failure``'s ``args``."""
     out[27] = min(logs[0] / TIME_LOG_SCALE, 1.5)
@@ -353,7 +394,7 @@ def check_memory(p):
     return 0
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, inline="always")
 def linear_memory(p, out, dists, a, s):
     """Every feature of valid ``p`` but features 0..23, whose signed address distances go to ``dists``.
 

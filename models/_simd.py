@@ -184,3 +184,105 @@ def all_within(typingctx, values, lo, hi):
         return builder.icmp_unsigned("==", bits, ir.Constant(ir.IntType(count), (1 << count) - 1))
 
     return types.boolean(values, lo, hi), codegen
+
+
+def _widened(context, builder, aryty, ary, start: int, stop: int) -> ir.Value:
+    """``values[start:stop]`` of a record's array field as one float64 vector (exact widening)."""
+    elt = context.get_data_type(aryty.dtype)
+    base = context.make_array(aryty)(context, builder, value=ary).data
+    data = builder.gep(base, [ir.Constant(ir.IntType(64), start)])
+    v = builder.load(builder.bitcast(data, ir.VectorType(elt, stop - start).as_pointer()), align=1)
+    wide = ir.VectorType(ir.DoubleType(), stop - start)
+    if isinstance(aryty.dtype, types.Float):
+        return builder.fpext(v, wide) if aryty.dtype.bitwidth < 64 else v
+    return builder.sitofp(v, wide) if aryty.dtype.signed else builder.uitofp(v, wide)
+
+
+def _tree(builder: ir.IRBuilder, vec: ir.Value, combine, pad: ir.Value) -> ir.Value:
+    """Combine the lanes of ``vec`` pairwise (lanes padded with ``pad`` to a power of two)."""
+    n = vec.type.count
+    width = 1 << (n - 1).bit_length()
+    if width != n:
+        padded = _splat(builder, pad, width)
+        for j in range(n):
+            padded = builder.insert_element(padded, builder.extract_element(vec, ir.Constant(ir.IntType(32), j)),
+                                            ir.Constant(ir.IntType(32), j))  # fmt: skip
+        vec = padded
+    i32 = ir.IntType(32)
+    while width > 1:
+        half = width // 2
+        undef = ir.Constant(vec.type, ir.Undefined)
+        lo = builder.shuffle_vector(vec, undef, ir.Constant(ir.VectorType(i32, half), list(range(half))))
+        hi = builder.shuffle_vector(vec, undef, ir.Constant(ir.VectorType(i32, half), list(range(half, width))))
+        vec, width = combine(lo, hi), half
+    return builder.extract_element(vec, ir.Constant(i32, 0))
+
+
+def _field_reduction(kind: str):
+    """An intrinsic ``(values, start, stop, init) -> float64`` over a slice of a record's array field.
+
+    ``sum``: ``init`` plus the sum, pairwise; ``centred_dot``: ``init`` plus the sum of
+    ``(j - (count - 1) / 2) * values[start + j]`` (exact products), pairwise; ``min`` /
+    ``max``: of ``init`` and the values. The order differs from a left-to-right loop, so a
+    caller uses the sums only where every partial sum is exact (then any order gives the
+    same bits), and min/max only on values without NaN or -0.0.
+    """
+
+    @intrinsic(prefer_literal=True)
+    def reduction(typingctx, values, start, stop, init):
+        if not (isinstance(values, types.NestedArray) and isinstance(start, types.IntegerLiteral)
+                and isinstance(stop, types.IntegerLiteral) and isinstance(init, types.Float)):  # fmt: skip
+            return None
+        lo, hi = start.literal_value, stop.literal_value
+        if not 0 <= lo < hi <= values.shape[0]:
+            return None
+
+        def codegen(context, builder, signature, args):
+            x = _widened(context, builder, signature.args[0], args[0], lo, hi)
+            first = context.cast(builder, args[3], signature.args[3], types.float64)
+            if kind in ("min", "max"):
+                op = "<" if kind == "min" else ">"
+
+                def pick(a, b):
+                    return builder.select(builder.fcmp_ordered(op, a, b), a, b)
+
+                return pick(first, _tree(builder, x, pick, first))
+            if kind == "centred_dot":
+                n = hi - lo
+                x = builder.fmul(x, ir.Constant(x.type, [j - (n - 1) / 2 for j in range(n)]))
+            return builder.fadd(first, _tree(builder, x, builder.fadd, ir.Constant(ir.DoubleType(), 0.0)))
+
+        return types.float64(values, start, stop, init), codegen
+
+    return reduction
+
+
+field_sum = _field_reduction("sum")
+field_centred_dot = _field_reduction("centred_dot")
+field_min = _field_reduction("min")
+field_max = _field_reduction("max")
+
+
+@intrinsic
+def all_zero_or_at_least(typingctx, values, tiny):
+    """True when every value of a record's float array field is +0.0 or >= ``tiny`` (as IEEE bits).
+
+    With values already validated in [0, 1] and ``tiny`` = 2**-24, every value is a multiple
+    of 2**-47: float64 sums of a few dozen of them are exact, in any order.
+    """
+    if not isinstance(values, types.NestedArray) or not isinstance(values.dtype, types.Float):
+        return None
+    count, dtype = values.shape[0], values.dtype
+
+    def codegen(context, builder, signature, args):
+        bits_t = ir.IntType(dtype.bitwidth)
+        data = context.make_array(signature.args[0])(context, builder, value=args[0]).data
+        v = builder.load(builder.bitcast(data, ir.VectorType(bits_t, count).as_pointer()), align=1)
+        t = builder.bitcast(context.cast(builder, args[1], signature.args[1], dtype), bits_t)
+        zero = builder.icmp_unsigned("==", v, ir.Constant(v.type, [0] * count))
+        big = builder.icmp_signed(">=", v, _splat(builder, t, count))  # -0.0 and negatives: sign bit set, < 0
+        ok = builder.or_(zero, big)
+        mask = builder.bitcast(ok, ir.IntType(count))
+        return builder.icmp_unsigned("==", mask, ir.Constant(ir.IntType(count), (1 << count) - 1))
+
+    return types.boolean(values, tiny), codegen

@@ -9,12 +9,19 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import njit
 
 import kernel_abi as ka
 from kernel_abi import ModelId
 from models import N_FEATURES, N_RAW_OUTPUTS, encode_batch, postprocess, validate
 from models._data import GENERATORS
-from models._encode import ENCODERS
+from models._encode import (
+    ENCODERS,
+    failure_history_stats,
+    failure_history_stats_ordered,
+    threat_history_stats,
+    threat_history_stats_ordered,
+)
 from models._encode_rows import ROW_ENCODERS, new_scratch
 from models._log1p import log1p_column, log1p_exact_column
 from models._serve import MAX_FEATURES
@@ -173,6 +180,46 @@ def test_every_value_of_every_array_field_is_checked(mid):
                 ROW_ENCODERS[mid](rec, np.zeros(1, np.int64), 1, np.zeros((1, N_FEATURES[mid]), np.float32), row_err,
                                   new_scratch(1))  # fmt: skip
                 assert err[0] == row_err[0] == field_index(mid, name), (name, j, bad)
+
+
+@njit
+def _history_stats(payloads, i, failure):
+    """(fast, ordered) statistics of record ``i``'s history field, as float64 arrays."""
+    if failure:
+        h = payloads[i].historical_health
+        return np.array(failure_history_stats(h)), np.array(failure_history_stats_ordered(h))
+    h = payloads[i].historical_threats
+    return np.array(threat_history_stats(h)), np.array(threat_history_stats_ordered(h))
+
+
+@pytest.mark.parametrize("mid", [ModelId.THREAT, ModelId.FAILURE])
+def test_history_sums_minima_and_maxima_are_the_left_to_right_loops_bit_for_bit(mid):
+    """Sums of a history are taken in vector order only where every partial sum is exact;
+    histories with tiny, subnormal or -0.0 values (where the order changes the bits, e.g.
+    1.0 then many 2**-53: left to right they vanish, pairwise they do not) take the loop."""
+    name = "historical_health" if mid == ModelId.FAILURE else "historical_threats"
+    rng = np.random.default_rng(21)
+    rec = _valid(mid, 400, 6).copy()
+    width = rec[name].shape[1]
+    odd = np.array([0.0, -0.0, 1.0, 2.0**-24, np.nextafter(np.float32(2.0**-24), np.float32(0)), 2.0**-53, 2.0**-100,
+                    1e-45, 0.5 + 2.0**-24, 1.0 - 2.0**-24], np.float32)  # fmt: skip
+    for i in range(len(rec)):
+        kind = i % 4
+        if kind == 1:  # a few odd values at random places
+            places = rng.choice(width, 3, replace=False)
+            rec[name][i, places] = rng.choice(odd, 3)
+        elif kind == 2:  # only odd values
+            rec[name][i] = rng.choice(odd, width)
+        elif kind == 3:  # a large value, then many that vanish against it left to right
+            rec[name][i] = np.float32(2.0 ** -rng.integers(20, 60))
+            rec[name][i, rng.integers(0, width)] = 1.0
+    fast = 0
+    for i in range(len(rec)):
+        got, want = _history_stats(rec, i, mid == ModelId.FAILURE)
+        assert got.tobytes() == want.tobytes(), (i, rec[name][i], got, want)
+        h = rec[name][i]
+        fast += bool((((h == 0) & ~np.signbit(h)) | (h >= 2.0**-24)).all())
+    assert 100 < fast < len(rec) - 100  # both ways taken
 
 
 @pytest.mark.parametrize("mid", MIDS)
