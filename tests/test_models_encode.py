@@ -183,11 +183,14 @@ def test_every_value_of_every_array_field_is_checked(mid):
 
 
 @njit
-def _history_stats(payloads, i, failure):
-    """(fast, ordered) statistics of record ``i``'s history field, as float64 arrays."""
-    if failure:
-        h = payloads[i].historical_health
-        return np.array(failure_history_stats(h)), np.array(failure_history_stats_ordered(h))
+def _failure_stats(payloads, i):
+    """(vector, ordered) statistics of record ``i``'s history, as float64 arrays."""
+    h = payloads[i].historical_health
+    return np.array(failure_history_stats(h)), np.array(failure_history_stats_ordered(h))
+
+
+@njit
+def _threat_stats(payloads, i):
     h = payloads[i].historical_threats
     return np.array(threat_history_stats(h)), np.array(threat_history_stats_ordered(h))
 
@@ -215,7 +218,7 @@ def test_history_sums_minima_and_maxima_are_the_left_to_right_loops_bit_for_bit(
             rec[name][i, rng.integers(0, width)] = 1.0
     fast = 0
     for i in range(len(rec)):
-        got, want = _history_stats(rec, i, mid == ModelId.FAILURE)
+        got, want = (_failure_stats if mid == ModelId.FAILURE else _threat_stats)(rec, i)
         assert got.tobytes() == want.tobytes(), (i, rec[name][i], got, want)
         h = rec[name][i]
         fast += bool((((h == 0) & ~np.signbit(h)) | (h >= 2.0**-24)).all())
