@@ -87,6 +87,18 @@ def _high_word(typingctx, x):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
+def _series(f, hfsq):
+    """``s * (hfsq + R)``, s = f / (2 + f), R a polynomial in s**2: log(1 + f) = f - (hfsq - this)."""
+    s = f / (2.0 + f)
+    z = s * s
+    z2 = z * z
+    z4 = z2 * z2
+    z6 = z4 * z2
+    r = _fma(z6, _fma(z, _LP7, _LP6), _fma(z4, _fma(z, _LP5, _LP4), _fma(z, _LP1, z2 * _fma(z, _LP3, _LP2))))
+    return (r + hfsq) * s
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
 def _log1p(x, one_plus_x_exact):
     """glibc's log1p of finite ``x >= 0``; ``one_plus_x_exact`` (a constant): skip the rounding correction of 1 + x."""
     hx = _high_word(x)
@@ -117,14 +129,7 @@ def _log1p(x, one_plus_x_exact):
     r_tiny = _fma(-f, 0.66666666666666666, 1.0) * hfsq
     tiny = _fma(kd, _LN2_HI, -((r_tiny - klo) - f))
     zero_f = _fma(kd, _LN2_HI, klo)
-    # log(1 + f) = f - (hfsq - s * (hfsq + R)), s = f / (2 + f), R a polynomial in s**2.
-    s = f / (2.0 + f)
-    z = s * s
-    z2 = z * z
-    z4 = z2 * z2
-    z6 = z4 * z2
-    r = _fma(z6, _fma(z, _LP7, _LP6), _fma(z4, _fma(z, _LP5, _LP4), _fma(z, _LP1, z2 * _fma(z, _LP3, _LP2))))
-    sr = (r + hfsq) * s
+    sr = _series(f, hfsq)
     general = _pick(k == 0, f - (hfsq - sr), _fma(kd, _LN2_HI, -((hfsq - (klo + sr)) - f)))
     out = _pick(hu != 0, general, _pick(f == 0.0, zero_f, tiny))
     # x < 2**-29: x - x*x/2 (x itself below 2**-54).
@@ -190,13 +195,7 @@ def _log1p_main(x):
     kd = np.float64(k)
     hfsq = 0.5 * f * f
     klo = kd * _LN2_LO  # glibc: fma(k, ln2_lo, c) with c = 0
-    s = f / (2.0 + f)
-    z = s * s
-    z2 = z * z
-    z4 = z2 * z2
-    z6 = z4 * z2
-    r = _fma(z6, _fma(z, _LP7, _LP6), _fma(z4, _fma(z, _LP5, _LP4), _fma(z, _LP1, z2 * _fma(z, _LP3, _LP2))))
-    sr = (r + hfsq) * s
+    sr = _series(f, hfsq)
     return _fma(kd, _LN2_HI, -((hfsq - (klo + sr)) - f))
 
 
