@@ -21,7 +21,9 @@ resets the batch's words itself, so the Python side of a round trip is one call.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ringbuf import monotonic_ns, ring_nudge, ring_peek, ring_produce, ring_release, ring_wait
 
@@ -117,3 +119,65 @@ def exchange(
             return AGAIN
         if ring_wait(cq_hdr64, cq_hdr32, cq_state, cq_slots.shape[0], spin, slice_end - now) < 0:
             return CORRUPT
+
+
+# ``describe``'s arrays, in ``exchange``'s order: (dtype, dimensions). Each is a row of three words in
+# the descriptor: address, length, row length in bytes (0 for one dimension).
+_DESCRIBED = (
+    (np.uint64, 1), (np.uint32, 1), (np.uint8, 2), (np.uint64, 1),  # submission ring: hdr64, hdr32, slots, state
+    (np.uint64, 1), (np.uint32, 1), (np.uint8, 2), (np.uint64, 1),  # completion ring: the same
+    (np.uint8, 2), (np.uint8, 2), (np.uint8, 2), (np.int64, 1),  # requests, responses, scratch, words
+)
+
+
+def describe(*arrays: np.ndarray) -> np.ndarray:
+    """The descriptor of ``exchange``'s twelve arrays, for ``exchange_described``.
+
+    It holds their addresses only: the caller must keep the arrays alive as long as the descriptor.
+    """
+    if len(arrays) != len(_DESCRIBED):
+        raise TypeError(f"describe takes exchange's {len(_DESCRIBED)} arrays: got {len(arrays)}")
+    desc = np.zeros((len(arrays), 3), np.int64)
+    for k, (a, (dtype, ndim)) in enumerate(zip(arrays, _DESCRIBED, strict=True)):
+        if a.dtype != dtype or a.ndim != ndim or not a.flags.c_contiguous or not a.flags.writeable:
+            raise TypeError(
+                f"exchange array {k}: dtype={a.dtype} ndim={a.ndim} contiguous={a.flags.c_contiguous} "
+                f"writeable={a.flags.writeable}, expected a writeable contiguous {np.dtype(dtype)} of {ndim} dimensions"
+            )
+        desc[k] = a.ctypes.data, a.shape[0], a.shape[1] if ndim == 2 else 0
+    return desc
+
+
+@intrinsic
+def _pointer(typingctx, address):
+    """An int64 address as a ``void*``, for ``carray``."""
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(types.int64), codegen
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _flat(desc, k, dtype):
+    return carray(_pointer(desc[k, 0]), desc[k, 1], dtype)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _rows(desc, k):
+    return carray(_pointer(desc[k, 0]), (desc[k, 1], desc[k, 2]), np.uint8)
+
+
+@njit(nogil=True, cache=True)
+def exchange_described(desc, first_id, timeout_ns):
+    """``exchange`` on the arrays ``desc`` describes (``describe``).
+
+    One array to unbox instead of twelve: ``Client.predict``'s call costs ~0.5 µs less warm
+    and a few µs less after the CPU idled (fewer objects and less of numba's unboxing code
+    to bring back into the caches).
+    """
+    return exchange(
+        _flat(desc, 0, np.uint64), _flat(desc, 1, np.uint32), _rows(desc, 2), _flat(desc, 3, np.uint64),
+        _flat(desc, 4, np.uint64), _flat(desc, 5, np.uint32), _rows(desc, 6), _flat(desc, 7, np.uint64),
+        _rows(desc, 8), _rows(desc, 9), _rows(desc, 10), _flat(desc, 11, np.int64), first_id, timeout_ns,
+    )  # fmt: skip

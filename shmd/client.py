@@ -114,8 +114,15 @@ class Client:
         self._one_resp_row = np.zeros((1, RESPONSE.itemsize), np.uint8)
         sq, cq = self.channel.sq, self.channel.cq
         self._rings = (sq.hdr64, sq.hdr32, sq.slots, self._sq.state, cq.hdr64, cq.hdr32, cq.slots, self._cq.state)
-        # An empty exchange loads (or compiles) the code; answers a previous holder left are dropped.
-        self._exchange(self._one_row[:0], self._one_resp_row[:0])
+        # predict()'s exchange as one descriptor (addresses of the arrays above, which this client keeps).
+        self._one_described = (
+            _exchange.describe(*self._rings, self._one_row, self._one_resp_row, self._scratch, self._words),
+        )
+        # Empty exchanges load (or compile) the code of both; answers a previous holder left are dropped.
+        empty = (self._one_row[:0], self._one_resp_row[:0])
+        self._exchange(*empty)
+        self._round_trip(_exchange.exchange_described,
+                         (_exchange.describe(*self._rings, *empty, self._scratch, self._words),), 0, 0)  # fmt: skip
 
     def _hold(self) -> None:
         seg = self.channel.segment
@@ -206,12 +213,14 @@ class Client:
 
         Waits until CLOCK_MONOTONIC ``wait_ns`` (0: for the client's timeout), then raises NotReady.
         """
-        n = len(rows)
+        self._round_trip(_exchange.exchange, (*self._rings, rows, out, self._scratch, self._words), len(rows), wait_ns)
+
+    def _round_trip(self, compiled: Any, args: tuple[Any, ...], n: int, wait_ns: int) -> None:
+        """``compiled(*args, first_id, timeout_ns)`` (an exchange of ``n`` records) until every answer is in."""
         first = self._next_id
         self._next_id += n or 1  # a new first id for every call: that is what starts a new batch
-        args = (*self._rings, rows, out, self._scratch, self._words, first)
         timeout_ns = max(wait_ns - now_ns(), 0) if wait_ns else int(self.timeout * 1e9)
-        while (rc := _exchange.exchange(*args, timeout_ns)) != _exchange.DONE:
+        while (rc := compiled(*args, first, timeout_ns)) != _exchange.DONE:
             if rc == _exchange.CORRUPT:
                 try:
                     self._cq.ready()  # raises RingCorrupt naming the ring and indices
@@ -314,7 +323,7 @@ class Client:
             return self._many(mid, [fields], deadline_ms, no_cache, False)[0]
         deadline = 0 if deadline_ms is None else now_ns() + int(deadline_ms * 1e6)
         _records.pack_request(mid, fields, self._one_row, flags=REQ_NO_CACHE if no_cache else 0, deadline_ns=deadline)
-        self._exchange(self._one_row, self._one_resp_row, deadline if bounded else 0)
+        self._round_trip(_exchange.exchange_described, self._one_described, 1, deadline if bounded else 0)
         return _records.read_answer(mid, self._one_resp_row, fields)
 
     def predict_records(self, model: str, records: np.ndarray) -> np.ndarray:

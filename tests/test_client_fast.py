@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kernel_abi import REQUESTS, RESPONSE, ModelId, Status
-from shmd import InvalidFields, _codec, _records
+from shmd import InvalidFields, _codec, _exchange, _records
 from shmd.client import Client, now_ns
 from shmd.samples import SAMPLES
 
@@ -108,6 +108,20 @@ def test_an_item_the_packer_refuses_is_named_and_nothing_is_left_behind(daemon: 
         assert (raised.value.item, raised.value.field) == (bad, "agentId")
         c.predict("workload", SAMPLES["workload"], no_cache=True)
         assert c.dropped == 0 and c.outstanding == 0
+
+
+def test_exchange_descriptor_refuses_arrays_the_compiled_code_would_misread(daemon: DaemonProcess) -> None:
+    """predict's exchange gets addresses, not arrays: describe() checks what numba's unboxing would have."""
+    with Client("a", daemon.prefix) as c:
+        good = [*c._rings, c._one_row, c._one_resp_row, c._scratch, c._words]
+        assert _exchange.describe(*good).shape == (12, 3)
+        readonly = c._words.copy()
+        readonly.flags.writeable = False
+        for k, bad in ((11, c._words.astype(np.int32)), (8, c._scratch[:, ::2]), (11, readonly), (2, c._rings[0])):
+            with pytest.raises(TypeError, match=f"exchange array {k}:"):
+                _exchange.describe(*good[:k], bad, *good[k + 1 :])
+        with pytest.raises(TypeError, match="12 arrays"):
+            _exchange.describe(*good[:-1])
 
 
 def test_predict_between_submit_and_reap_leaves_those_answers_to_reap(daemon: DaemonProcess) -> None:
