@@ -119,53 +119,57 @@ class CacheArrays:
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _word(features, bits, j, quantum):
-    if quantum > 0:
-        return np.uint64(np.int64(np.floor(features[j] / quantum + 0.5)))
-    return np.uint64(bits[j])  # exact mode hashes the float32 bit patterns
-
-
-@njit(nogil=True, cache=True, inline="always")
 def _round(h, word):
     h = (h ^ word) * _GOLDEN
     return h ^ (h >> np.uint64(32))
 
 
-# The per-row functions below are inlined into the pass: a call of a compiled function takes and
-# drops a reference to each array argument (two atomic operations each), which cost more per
-# row than the probe itself.
 @njit(nogil=True, cache=True, inline="always")
-def feature_key(features, quantum):
-    """A 64-bit key of the (quantised) features; never 0.
+def _word(features, bits, r, j, quantum):
+    if quantum > 0:
+        return np.uint64(np.int64(np.floor(features[r, j] / quantum + 0.5)))
+    return np.uint64(bits[r, j])  # exact mode hashes the float32 bit patterns
+
+
+@njit(nogil=True, cache=True)
+def feature_keys(features, k, n, quantum, keys):
+    """``keys[r]``: a 64-bit key of row ``r``'s first ``k`` (quantised) features, for ``r < n``; never 0.
 
     One multiply-xorshift round per feature, in four independent lanes (the
     multiplies of one lane wait for each other; four lanes keep the CPU busy),
     then splitmix64's avalanche: cheap enough for every request, and mixing
     well enough that two feature vectors sharing a key (which would answer
     one with the other's prediction) is a ~2**-64 event per lookup.
+
+    A whole batch per call, indexing ``features`` (float32[rows, width], C-contiguous)
+    in place: a call per row, or a view of each row, takes and drops a reference
+    (two atomic operations), which cost more than the hashing (~35 ns a row).
     """
     bits = features.view(np.uint32)
-    n = features.shape[0]
-    h0, h1, h2, h3 = _SEED, _SEED ^ np.uint64(1), _SEED ^ np.uint64(2), _SEED ^ np.uint64(3)
-    j = 0
-    while j + 4 <= n:
-        h0 = _round(h0, _word(features, bits, j, quantum))
-        h1 = _round(h1, _word(features, bits, j + 1, quantum))
-        h2 = _round(h2, _word(features, bits, j + 2, quantum))
-        h3 = _round(h3, _word(features, bits, j + 3, quantum))
-        j += 4
-    while j < n:
-        h0 = _round(h0, _word(features, bits, j, quantum))
-        j += 1
-    h = _round(_round(_round(h0, h1), h2), h3) ^ np.uint64(n)
-    h ^= h >> np.uint64(30)
-    h *= _MIX1
-    h ^= h >> np.uint64(27)
-    h *= _MIX2
-    h ^= h >> np.uint64(31)
-    return h if h != 0 else np.uint64(1)
+    for r in range(n):
+        h0, h1, h2, h3 = _SEED, _SEED ^ np.uint64(1), _SEED ^ np.uint64(2), _SEED ^ np.uint64(3)
+        j = 0
+        while j + 4 <= k:
+            h0 = _round(h0, _word(features, bits, r, j, quantum))
+            h1 = _round(h1, _word(features, bits, r, j + 1, quantum))
+            h2 = _round(h2, _word(features, bits, r, j + 2, quantum))
+            h3 = _round(h3, _word(features, bits, r, j + 3, quantum))
+            j += 4
+        while j < k:
+            h0 = _round(h0, _word(features, bits, r, j, quantum))
+            j += 1
+        h = _round(_round(_round(h0, h1), h2), h3) ^ np.uint64(k)
+        h ^= h >> np.uint64(30)
+        h *= _MIX1
+        h ^= h >> np.uint64(27)
+        h *= _MIX2
+        h ^= h >> np.uint64(31)
+        keys[r] = h if h != 0 else np.uint64(1)
 
 
+# The per-row functions below are inlined into the pass: a call of a compiled function takes and
+# drops a reference to each array argument (two atomic operations each), which cost more per
+# row than the probe itself.
 @njit(nogil=True, cache=True, inline="always")
 def cache_get(entries, stats, model, key, now_ns, out):
     """Copy a live entry for ``key`` into ``out``; True on a hit."""

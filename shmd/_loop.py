@@ -346,6 +346,8 @@ def _encode_and_probe(mid, now, batch, models, cache_, counters):
     encode_rows(models.payloads, mid, rows, cnt, feats, err, batch.enc_scratch)
     per_model = counters.model
     cached = cache_.ttl_ns[mid] > 0
+    if cached:  # every row's key at once (invalid rows' too: cheaper than a call per row)
+        cache.feature_keys(batch.features[mid], models.n_features[mid], cnt, cache_.quantum[mid], batch.row_keys)
     kept = 0
     for r in range(cnt):
         j = rows[r]
@@ -354,7 +356,7 @@ def _encode_and_probe(mid, now, batch, models, cache_, counters):
             _answer(batch.responses, j, Status.INVALID_INPUT, err[r], counters.channel, _channel_of(batch.offsets, j))
             continue
         if cached and (batch.reqs[j].flags & REQ_NO_CACHE) == 0:
-            key = cache.feature_key(feats[r], cache_.quantum[mid])
+            key = batch.row_keys[r]
             resp = batch.responses[j]
             hit = cache.cache_get(cache_.entries, cache_.stats, mid, key, now, resp.outputs)
             if hit and not cache.recheck_hit(cache_.stats, cache_.adapt, mid):

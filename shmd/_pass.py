@@ -71,6 +71,7 @@ def new_batch(
         responses=responses,
         resp_bytes=responses.view(np.uint8).reshape(room, -1),
         keys=np.zeros(room, np.uint64),
+        row_keys=np.zeros(room, np.uint64),
         features=np.zeros((N_MODELS, room, MAX_FEATURES), np.float32),
         raw=np.zeros((N_MODELS, room, MAX_OUTPUTS), np.float32),
         post=np.zeros((room, 4), np.float64),

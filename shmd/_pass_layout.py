@@ -75,6 +75,7 @@ class Batch(NamedTuple):
     responses: np.ndarray  # RESPONSE[room]: answer j is for staged request j
     resp_bytes: np.ndarray  # uint8[room, RESPONSE_SLOT_SIZE], a view of responses
     keys: np.ndarray  # uint64[room]: cache key of request j (0: not cached)
+    row_keys: np.ndarray  # uint64[room]: cache key of each queued row of the model being probed
     features: np.ndarray  # float32[models, room, max features]: model m's batch in features[m, :counts[m]]
     raw: np.ndarray  # float32[models, room, max outputs]: its raw outputs
     post: np.ndarray  # float64[room, 4]: post-processed outputs of one model's batch

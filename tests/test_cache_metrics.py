@@ -21,22 +21,43 @@ def _get(c: cache.CacheArrays, model: int, key: np.uint64, now: int) -> np.ndarr
     return out if cache.cache_get(c.entries, c.stats, model, key, now, out) else None
 
 
+def _key(features: np.ndarray, quantum: float) -> np.uint64:
+    keys = np.zeros(1, np.uint64)
+    cache.feature_keys(features[None, :], len(features), 1, quantum, keys)
+    return keys[0]
+
+
 def test_key_is_deterministic_and_sensitive_to_every_feature() -> None:
     x = np.linspace(0, 1, 38, dtype=np.float32)
-    k = cache.feature_key(x, 0.0)
-    assert k == cache.feature_key(x.copy(), 0.0) and k != 0
+    k = _key(x, 0.0)
+    assert k == _key(x.copy(), 0.0) and k != 0
     for j in range(len(x)):
         y = x.copy()
         y[j] = np.nextafter(y[j], np.float32(2))
-        assert cache.feature_key(y, 0.0) != k, f"feature {j} does not reach the key"
+        assert _key(y, 0.0) != k, f"feature {j} does not reach the key"
 
 
 def test_quantum_makes_nearby_features_share_a_key() -> None:
     x = np.full(10, 0.5, np.float32)
     y = x + np.float32(0.001)
-    assert cache.feature_key(x, 0.0) != cache.feature_key(y, 0.0)
-    assert cache.feature_key(x, 0.01) == cache.feature_key(y, 0.01)
-    assert cache.feature_key(x, 0.01) != cache.feature_key(x + np.float32(0.02), 0.01)
+    assert _key(x, 0.0) != _key(y, 0.0)
+    assert _key(x, 0.01) == _key(y, 0.01)
+    assert _key(x, 0.01) != _key(x + np.float32(0.02), 0.01)
+
+
+def test_a_batchs_keys_are_each_rows_own_and_only_its_first_k_features_count() -> None:
+    """The pass keys a model's whole batch at once, in a buffer wider than the model
+    (``MAX_FEATURES`` columns): row r's key must be row r's alone, whatever lies past k."""
+    rng = np.random.default_rng(7)
+    batch = rng.random((6, 70), dtype=np.float32)
+    keys = np.zeros(6, np.uint64)
+    cache.feature_keys(batch, 38, 5, 0.0, keys)
+    assert [keys[r] for r in range(5)] == [_key(batch[r, :38].copy(), 0.0) for r in range(5)]
+    assert keys[5] == 0  # only the first n rows
+    batch[:, 38:] = rng.random((6, 32), dtype=np.float32)  # past the model's width: no effect
+    again = np.zeros(6, np.uint64)
+    cache.feature_keys(batch, 38, 5, 0.0, again)
+    assert list(again) == list(keys)
 
 
 def test_entry_lives_for_its_ttl_then_misses() -> None:

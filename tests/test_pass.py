@@ -170,6 +170,35 @@ def test_drain_shares_the_room_between_channels(prefix):
         p.close()
 
 
+def test_each_channels_run_of_records_sheds_at_its_own_level_and_every_record_is_decided(prefix):
+    """``_admit`` decides a channel's records in one run: the shedding level is that channel's
+    (the higher-priority one tolerates twice the queueing), and a record answered mid-run
+    (a deadline, a bad version) does not end the run for the records behind it."""
+    p = _Pass(prefix, "compiled")
+    try:
+        max_queue = 10 * 10**9  # low level sheds after 10 s queued, the high one after 20 s
+        p.batch = _pass.new_batch(16, 2, max_queue_ns=max_queue, priorities=[0, 1])
+        p.models = _pass.new_models(p.batch, p.runners)
+        now = ringbuf.monotonic_ns()
+        queued = _requests(ModelId.THREAT, [1, 2, 3, 4, 5, 6]).copy()
+        queued["submit_ns"] = now - 15 * 10**9  # 1.5x the low level's bound: sheds on a only
+        queued["deadline_ns"][1] = 1  # long past
+        queued["abi_version"][4] = ABI_VERSION + 1
+        p.sq[0].produce(queued[:3])
+        p.sq[1].produce(queued[3:])
+        n = p.drain()
+        assert n == 6 and list(p.batch.offsets) == [0, 3, 6]
+        status = {int(r["request_id"]): int(r["status"]) for r in p.batch.responses[:n]}
+        assert status == {1: Status.OVERLOADED, 2: Status.DEADLINE_EXCEEDED, 3: Status.OVERLOADED,
+                          4: Status.OK, 5: Status.BAD_VERSION, 6: Status.OK}  # fmt: skip
+        assert p.batch.counts[ModelId.THREAT] == 2
+        assert [int(p.batch.reqs[j]["request_id"]) for j in p.batch.rows[ModelId.THREAT, :2]] == [4, 6]
+        assert list(p.counters.channel[:, met.REJECTED + Status.OVERLOADED]) == [2, 0]
+        assert list(p.counters.channel[:, met.REJECTED + Status.BAD_VERSION]) == [0, 1]
+    finally:
+        p.close()
+
+
 def test_step_runs_the_bank_inside_and_leaves_other_backends_to_python(prefix):
     for backend, inside in (("compiled", True), ("litert", False)):
         p = _Pass(f"{prefix}{backend[0]}", backend)
