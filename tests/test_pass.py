@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -179,7 +181,7 @@ def test_each_channels_run_of_records_sheds_at_its_own_level_and_every_record_is
         max_queue = 10 * 10**9  # low level sheds after 10 s queued, the high one after 20 s
         p.batch = _pass.new_batch(16, 2, max_queue_ns=max_queue, priorities=[0, 1])
         p.models = _pass.new_models(p.batch, p.runners)
-        now = ringbuf.monotonic_ns()
+        now = time.monotonic_ns()  # CLOCK_MONOTONIC, the pass's clock
         queued = _requests(ModelId.THREAT, [1, 2, 3, 4, 5, 6]).copy()
         queued["submit_ns"] = now - 15 * 10**9  # 1.5x the low level's bound: sheds on a only
         queued["deadline_ns"][1] = 1  # long past
