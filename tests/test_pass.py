@@ -179,7 +179,8 @@ def test_each_channels_run_of_records_sheds_at_its_own_level_and_every_record_is
     p = _Pass(prefix, "compiled")
     try:
         max_queue = 10 * 10**9  # low level sheds after 10 s queued, the high one after 20 s
-        p.batch = _pass.new_batch(16, 2, max_queue_ns=max_queue, priorities=[0, 1])
+        # room 32: the lower level may take room / LOWER_SHARE a pass, and must get all 3 of its records
+        p.batch = _pass.new_batch(32, 2, max_queue_ns=max_queue, priorities=[0, 1])
         p.models = _pass.new_models(p.batch, p.runners)
         now = time.monotonic_ns()  # CLOCK_MONOTONIC, the pass's clock
         queued = _requests(ModelId.THREAT, [1, 2, 3, 4, 5, 6]).copy()
