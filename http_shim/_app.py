@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import logging
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,8 @@ class Shim:
         self.client: ShimChannel | None = None
         self.stats: StatsSegment | None = None
         self._control_lock = asyncio.Lock()
+        # The transports of the connections seen (a closed one leaves once freed): ``_alone``.
+        self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self.started = time.time()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -106,11 +109,11 @@ class Shim:
 
     # --- predictions --------------------------------------------------------------------
 
-    async def _predict(self, mid: ModelId, records: bytes) -> list[Any]:
+    async def _predict(self, mid: ModelId, records: bytes, *, alone: bool = False) -> list[Any]:
         """The predictions for REQUEST ``records`` of model ``mid``, in order, with a DaemonError in
-        place of each refused one."""
+        place of each refused one (``alone``: see ``ShimChannel.exchange``)."""
         assert self.client is not None
-        responses = await self.client.exchange(records)
+        responses = await self.client.exchange(records, alone=alone)
         if len(responses) > RESPONSE.itemsize:  # a batch: its answers column by column when all are plain
             answers = _records.columns(mid, np.frombuffer(responses, RESPONSE))
             if answers is not None:
@@ -128,6 +131,17 @@ class Shim:
             except DaemonError as err:
                 results.append(err)
         return results
+
+    def _alone(self, request: web.Request) -> bool:
+        """Whether the request's connection is the only open one of this worker: then no other
+        request can join its submission (HTTP/1.1 answers a connection's requests in turn)."""
+        transport = request.transport
+        if transport is None:
+            return False
+        self._transports.add(transport)
+        if len(self._transports) == 1:
+            return True
+        return not any(t is not transport and not t.is_closing() for t in self._transports)
 
     @staticmethod
     def _records(mid: ModelId, items: list[Any]) -> bytes:
@@ -154,7 +168,7 @@ class Shim:
                 if isinstance(err, InvalidFields):
                     raise
                 raise HttpError(400, f"body: has a field of an unusable value ({type(err).__name__}: {err})") from None
-        (prediction,) = await self._predict(mid, records)
+        (prediction,) = await self._predict(mid, records, alone=self._alone(request))
         if isinstance(prediction, DaemonError):
             raise prediction
         return respond(request, {"success": True, "prediction": prediction, "latency_ms": _ms_since(t0)})

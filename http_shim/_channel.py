@@ -89,17 +89,25 @@ class ShimChannel:
         """
         return self._handle is not None and bool(self._lib.shim_prewake(self._handle))
 
-    async def exchange(self, records: bytes) -> bytes:
-        """Send REQUEST records (any model's; ids and submit time are stamped here); their RESPONSE records in order."""
+    async def exchange(self, records: bytes, *, alone: bool = False) -> bytes:
+        """Send REQUEST records (any model's; ids and submit time are stamped here); their RESPONSE records in order.
+
+        ``alone``: no other request is being handled in this process (the caller counts them), so
+        none will join this tick's submission: it goes at once, and an answer that comes within
+        the inline spin is returned without a turn of the event loop (two turns saved at c=1).
+        """
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._watch(loop)
         future = loop.create_future()
         self._pending.append((records, future))
         if not self._flush_scheduled and self._inflight is None:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        return await future
+            if alone:
+                self._flush()
+            else:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+        return await future  # a future settled in _flush is awaited without yielding to the loop
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Have ``loop`` call ``_finish`` when the reaper signals (a channel outlives a test's asyncio.run)."""

@@ -4,6 +4,8 @@
 - requests that come while an exchange is out (the reaper thread waiting for it) go out together
   as soon as it is over;
 - a daemon killed while the shim holds its channel is a NotReady at once, not after the timeout;
+- a request alone in its worker (``alone``) is submitted at once and its inline answer returned
+  without a turn of the event loop; the shim counts a connection alone only while no other is open;
 - an early wake (``prewake``: a request is on its way) wakes a sleeping daemon, whose loop then
   spins for the request instead of sleeping again;
 - a real ``shmd serve`` runs its shim workers without numba mapped and under 100 MB resident.
@@ -83,6 +85,66 @@ def test_requests_made_while_an_exchange_is_out_go_next_together(prefix: str) ->
             assert len({tuple(r["outputs"]) for r in answers}) == 12
         finally:
             channel.close()
+
+
+def test_a_request_alone_is_answered_without_a_turn_of_the_loop(prefix: str) -> None:
+    """``alone``: submitted at once (not at the end of the tick) and, answered within the inline
+    spin (here up to the 5 s timeout), returned before any other callback of the loop runs."""
+    with DaemonProcess(prefix, "--channels", "web"):
+        channel = ShimChannel(prefix, "web", timeout=5.0, spin_us=5_000_000)
+        try:
+
+            async def main() -> tuple[list[str], bytes, list[str], bytes]:
+                turns: list[str] = []
+                loop = asyncio.get_running_loop()
+                loop.call_soon(turns.append, "turn")
+                lone = await channel.exchange(_records_for(1), alone=True)
+                seen_alone = list(turns)
+                loop.call_soon(turns.append, "turn")
+                tick = await channel.exchange(_records_for(1))  # flushed at the end of the tick
+                return seen_alone, lone, list(turns), tick
+
+            seen_alone, lone, seen_tick, tick = asyncio.run(main())
+            assert seen_alone == [], "the loop turned before a request alone was answered"
+            assert seen_tick == ["turn", "turn"], "a request not alone waits for the end of the tick"
+            assert tuple(_answer(lone)["outputs"]) == tuple(_answer(tick)["outputs"])
+            assert int(_answer(lone)["status"]) == 0
+        finally:
+            channel.close()
+
+
+def test_a_connection_is_alone_only_while_no_other_is_open() -> None:
+    """``Shim._alone`` on real loopback connections (the request stands in by its transport)."""
+    from types import SimpleNamespace
+
+    from http_shim._app import Shim
+
+    async def main() -> list[bool]:
+        server_ends: list[asyncio.StreamWriter] = []
+
+        async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            server_ends.append(writer)
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for _ in range(100):  # bounded: both accepted within a few loop turns
+            if len(server_ends) == 2:
+                break
+            await asyncio.sleep(0.01)
+        shim = Shim("unused", "unused", admin_token=None, timeout=1.0)
+        first, second = (SimpleNamespace(transport=w.transport) for w in server_ends)
+        seen = [shim._alone(first), shim._alone(second), shim._alone(first)]  # type: ignore[arg-type]
+        server_ends[1].close()
+        seen.append(shim._alone(first))  # type: ignore[arg-type]
+        for _, w in clients:
+            w.close()
+        server_ends[0].close()
+        server.close()
+        await server.wait_closed()
+        return seen
+
+    assert asyncio.run(main()) == [True, False, False, True]
 
 
 def test_a_killed_daemon_is_noticed_at_once(prefix: str) -> None:
