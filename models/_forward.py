@@ -105,23 +105,29 @@ def _exp(x):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _move(src, a, dst, b, width):
-    """``dst[b:b + width] = src[a:a + width]`` (1-d float32 rows).
+def _u(i):
+    """An index numba need not wrap: unsigned (callers' indices are never negative).
 
-    Indexed through views so every index is a loop counter: numba cannot prove ``a + j``
-    non-negative and wraps each such index (a select per element), which keeps the
-    loop scalar (the workload model's 38-column copy-in took 8 µs per 256 rows).
+    numba cannot prove ``a + j`` non-negative and wraps each such signed index (a select
+    per element), which kept loops scalar (the tile's copy-in took 8 µs of workload's 75
+    per 256 rows). Row views would do too, but each costs an atomic incref/decref pair,
+    ~0.2 µs per batch-1 call over a model's ops.
     """
-    s, d = src[a : a + width], dst[b : b + width]
+    return np.uint64(i)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _move(src, ra, a, dst, rb, b, width):
+    """``dst[rb, b:b + width] = src[ra, a:a + width]`` (2-d float32)."""
     for j in range(width):
-        d[j] = s[j]
+        dst[rb, _u(b + j)] = src[ra, _u(a + j)]
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _copy(s, ops, i, consts, rows):
     dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
     for r in range(rows):  # element loops: numba's slice assignment costs ~20x more here
-        _move(s[r], a, s[r], dst, width)
+        _move(s, r, a, s, r, dst, width)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -147,9 +153,8 @@ def _logistic(s, t, ops, i, consts, rows):
     one = np.float32(1.0)
     if rows < LANES:  # a batch's tail, batch 1: less than a vector of rows, transposing costs more
         for r in range(rows):
-            xs, d = s[r, a : a + width], s[r, dst : dst + width]
             for j in range(width):
-                d[j] = one / (one + _exp(-xs[j]))
+                s[r, _u(dst + j)] = one / (one + _exp(-s[r, _u(a + j)]))
         return
     _columns_in(s, t, a, width, rows)
     for j in range(width):
@@ -168,17 +173,16 @@ def _softmax(s, t, ops, i, consts, rows):
     beta = consts[ops[i, o.OP_PARAM]]
     if rows < LANES:  # as _logistic: row by row, the same operations in the same order
         for r in range(rows):
-            xs, d = s[r, a : a + width], s[r, dst : dst + width]
-            m = xs[0]
+            m = s[r, a]
             for j in range(1, width):
-                m = max(m, xs[j])
+                m = max(m, s[r, _u(a + j)])
             total = np.float32(0.0)
             for j in range(width):
-                e = _exp((xs[j] - m) * beta)
-                d[j] = e
+                e = _exp((s[r, _u(a + j)] - m) * beta)
+                s[r, _u(dst + j)] = e
                 total += e
             for j in range(width):
-                d[j] /= total
+                s[r, _u(dst + j)] /= total
         return
     _columns_in(s, t, a, width, rows)
     m, total = t[width], t[width + 1]
@@ -219,12 +223,10 @@ def _binary(s, ops, i, consts, rows):
     a, wa = ops[i, o.OP_A], ops[i, o.OP_A_WIDTH]
     b, wb, b_const = ops[i, o.OP_B], ops[i, o.OP_B_WIDTH], ops[i, o.OP_B_CONST]
     for r in range(rows):
-        row = s[r]
-        xs, d = row[a : a + wa], row[dst : dst + width]  # views: indices that need no wrapping (_move)
-        ys = consts[b : b + wb] if b_const else row[b : b + wb]
         for j in range(width):
-            x = xs[0 if wa == 1 else j]
-            y = ys[0 if wb == 1 else j]
+            x = s[r, _u(a + (0 if wa == 1 else j))]
+            k = _u(b + (0 if wb == 1 else j))
+            y = consts[k] if b_const else s[r, k]
             if kind == o.K_ADD:
                 v = x + y
             elif kind == o.K_MUL:
@@ -233,7 +235,7 @@ def _binary(s, ops, i, consts, rows):
                 v = x / y
             else:  # K_GREATER_EQUAL: booleans are 0/1 floats
                 v = np.float32(1.0) if x >= y else np.float32(0.0)
-            d[j] = v
+            s[r, _u(dst + j)] = v
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -266,7 +268,7 @@ def forward(bank, mid, x, n, out, scratch):
     for first in range(0, n, tile):
         rows = min(tile, n - first)
         for r in range(rows):
-            _move(x[first + r], 0, s[r], col_in, n_in)
+            _move(x, first + r, 0, s, r, col_in, n_in)
         for i in range(start, stop):
             kind = ops[i, o.OP_KIND]
             if kind == o.K_DENSE:
@@ -284,4 +286,4 @@ def forward(bank, mid, x, n, out, scratch):
             else:
                 _binary(s, ops, i, consts, rows)
         for r in range(rows):
-            _move(s[r], col_out, out[first + r], 0, n_out)
+            _move(s, r, col_out, out, first + r, 0, n_out)
