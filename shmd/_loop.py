@@ -71,6 +71,7 @@ from ._pass_layout import (
     CHAN_BUSY_NS,
     CHAN_PRIORITY,
     CHAN_QUEUE_SHIFT,
+    LOOP_BUSY_RETURNS,
     LOOP_COMPILED_PASSES,
     LOOP_EARLY_WAKES,
     LOOP_HANDOFFS,
@@ -98,8 +99,14 @@ FAULT_POINTS = {"after_publish": FAULT_AFTER_PUBLISH, "after_release": FAULT_AFT
 FAULT_EXIT_CODE = 86  # what a daemon killed by its fault point exits with
 MAX_INNER_PASSES = 64  # passes ``step`` may finish before returning to Python (signals, housekeeping)
 # Heartbeat, gauges, watchdog and control commands at most this often (the daemon's housekeeping);
-# ``step`` returns to Python before sleeping again once a call has run this long.
-HOUSEKEEPING_NS = 10_000_000
+# ``step`` returns to Python before sleeping again once a call has run this long. Housekeeping is
+# ~20 µs of Python warm but 250-330 µs in the serving daemon (cold caches, measured): at 10 ms it
+# delayed ~1.2% of the requests of a caller paced at 20-100 µs by that much (their p99); at 50 ms
+# 0.3%. Clients call a heartbeat stale after 2 s, systemd's watchdog after 10 s.
+HOUSEKEEPING_NS = 50_000_000
+# Once housekeeping is due, ``step`` returns for it from a sleep this short that nothing ended (a
+# quiet moment: the last client has its answer and no request is in flight), not right after a pass.
+QUIET_SLEEP_NS = 50_000
 INITIAL_WAKE_NS = 20_000  # a futex wake-up on this VM, measured (docs/ARCHITECTURE.md); then learnt
 MIN_SPIN_NS = 2_000  # a window that grows starts here
 N_MODELS = N_MODEL_SLOTS  # arrays indexed by model id; row 0 unused
@@ -108,8 +115,8 @@ BUSY_WINDOW_NS = 10_000_000  # a channel counts as in use this long after it las
 LOWER_SHARE = 8  # levels below the top one take at most room / LOWER_SHARE a pass
 
 __all__ = [
-    "LOOP_COMPILED_PASSES", "LOOP_EARLY_WAKES", "LOOP_HANDOFFS", "LOOP_SLEEPS", "LOOP_SPIN_NS", "LOOP_TIMEOUT_RESCUES",
-    "LOOP_WAKES", "LOOP_WAKE_NS",
+    "LOOP_BUSY_RETURNS", "LOOP_COMPILED_PASSES", "LOOP_EARLY_WAKES", "LOOP_HANDOFFS", "LOOP_SLEEPS", "LOOP_SPIN_NS",
+    "LOOP_TIMEOUT_RESCUES", "LOOP_WAKES", "LOOP_WAKE_NS",
 ]  # fmt: skip
 
 
@@ -531,27 +538,38 @@ def step(rings, batch, models, cache_, counters, n_prev):
     spin = min(state[PASS_SPIN_NS], spin_max) if sleep_ns > 0 else spin_max
     idle_from = np.int64(0)
     called = monotonic_ns()
+    due_from = np.int64(0)  # when housekeeping fell due in this call (0: not yet)
     for _ in range(MAX_INNER_PASSES):
         # Spinning on after waking clients is fine: the spin yields the CPU after
         # a few µs (spin_pause), so a client woken onto this CPU runs at once.
         if n > 0:
             loop[LOOP_WAKES] += finish(rings, batch, models, cache_, counters, n)
         started = monotonic_ns()
+        if due_from == 0 and sleep_ns > 0 and started - called >= HOUSEKEEPING_NS:
+            due_from = started
+        if due_from > 0 and started - due_from >= HOUSEKEEPING_NS:
+            # No quiet moment for a whole period (traffic too dense for a quiet sleep to
+            # time out): housekeeping now, between two passes. What was drained is published.
+            loop[LOOP_BUSY_RETURNS] += 1
+            return 0
         n = drain(rings, batch, models, cache_, counters, spin)
         if idle_from > 0 and n > 0:  # the drain after a wake-up: learn from it
             _adapt_spin(state, batch.reqs, n, idle_from, spin_max, loop)
         idle_from = 0
         spin = min(state[PASS_SPIN_NS], spin_max) if sleep_ns > 0 else spin_max
         if n == 0 and sleep_ns > 0:
-            # Sparse traffic wakes each sleep with one request: without this, a call would last
-            # MAX_INNER_PASSES of them (1.6 s at one request every 50 ms) and the heartbeat that
-            # clients trust would go stale. What was drained is published by now.
-            if started - called >= HOUSEKEEPING_NS:
-                break
+            # Sparse traffic wakes each sleep with one request: a call that only returned after
+            # sleeping its full timeout (or MAX_INNER_PASSES wake-ups: 1.6 s at one request every
+            # 50 ms) would let the heartbeat that clients trust go stale. Once housekeeping is due
+            # the sleep is short (QUIET_SLEEP_NS), and one that nothing ends returns for it: the
+            # Python housekeeping (~0.2 ms) then runs while no request is in flight, not between
+            # the client's wake-up and its answer (the client woke us onto its own CPU, where it
+            # would wait behind it: at 10 ms gaps, with a 10 ms period, every other request did).
+            timeout = min(sleep_ns, QUIET_SLEEP_NS) if due_from > 0 else sleep_ns
             loop[LOOP_SLEEPS] += 1
             state[PASS_HANDOFF] = 0
             found, outcome = table_sleep(rings.table, rings.sq_state, rings.cq_state, rings.ready, rings.waiters,
-                                         sleep_ns)  # fmt: skip
+                                         timeout)  # fmt: skip
             if found == 0 and outcome == WOKEN:
                 # Woken with nothing to take: a client announcing a request on its way (the HTTP
                 # shim does as a request comes in, before parsing it). Spin for it rather than go
@@ -561,7 +579,7 @@ def step(rings, batch, models, cache_, counters, n_prev):
                 continue
             if found == 0 or (outcome != WOKEN and outcome != TIMED_OUT):
                 return 0
-            if outcome == TIMED_OUT:
+            if outcome == TIMED_OUT and timeout == sleep_ns:  # a quiet sleep's timeout is no safety net
                 loop[LOOP_TIMEOUT_RESCUES] += 1
             state[PASS_HANDOFF] = 1
             idle_from = started

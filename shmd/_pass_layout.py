@@ -57,7 +57,8 @@ LOOP_WAKE_NS = 4  # the wake-up cost learnt (ns)
 LOOP_COMPILED_PASSES = 5  # passes whose models all ran inside the compiled pass
 LOOP_HANDOFFS = 6  # passes a wake-up began that yielded the CPU once answered (``_loop.finish``)
 LOOP_EARLY_WAKES = 7  # wake-ups that found no work (a client's early wake: ``_loop.step`` spins for it)
-N_LOOP_COUNTERS = 8
+LOOP_BUSY_RETURNS = 8  # housekeeping returns that found no quiet moment for a period (``_loop.step``)
+N_LOOP_COUNTERS = 9
 
 
 class Rings(NamedTuple):

@@ -388,7 +388,7 @@ class Daemon:
             self._control(int(control[COMMAND]), int(control[ARGUMENT]))
             self.last_cache_count = 0  # count now: a cleared cache reads empty once the command is done
         self._lifecycle_requests()
-        if now - self.last_cache_count >= CACHE_COUNT_NS:  # a full scan: not every 10 ms
+        if now - self.last_cache_count >= CACHE_COUNT_NS:  # a full scan: not every housekeeping
             self.last_cache_count = now
             for mid in ModelId:
                 a["cache_entries"][mid] = self.cache.entries_live(int(mid), now)
@@ -638,7 +638,7 @@ def main(argv: list[str]) -> int:
 
     def rescan(signum: int, _frame: Any) -> None:
         daemon.rescan = True
-        daemon.last_housekeeping = 0  # at the next housekeeping, not up to 10 ms later
+        daemon.last_housekeeping = 0  # at the next housekeeping, not up to a housekeeping period later
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

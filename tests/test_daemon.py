@@ -366,7 +366,7 @@ def test_hostile_sq_tail_never_stops_the_daemon(daemon: DaemonProcess, tail: str
     with Client("a", prefix=daemon.prefix) as hostile:
         hdr = hostile.channel.sq.hdr64
         hdr[core.TAIL] = (int(hdr[core.TAIL]) - 3) % 2**64 if tail == "back_by_3" else np.uint64(2**64 - 1)
-        time.sleep(0.1)  # several housekeeping rounds (every 10 ms) read the gauges
+        time.sleep(0.2)  # several housekeeping rounds (every 50 ms) read the gauges
         with Client("b", prefix=daemon.prefix) as witness:
             assert 0 <= witness.predict("workload", SAMPLES["workload"])["predictedCpu"] <= 1
     assert daemon.proc.poll() is None, daemon.log()

@@ -75,7 +75,7 @@ def daemon() -> Iterator[DaemonProcess]:
 
 
 def _poke(witness: Client) -> None:
-    """Wake the daemon (it keeps house after a pass once 10 ms have passed, else within 100 ms)."""
+    """Wake the daemon (it keeps house in the first quiet moment once 50 ms have passed, else within 100 ms)."""
     assert 0 <= witness.predict("memory", SAMPLES["memory"])["nextAddress"] <= 1
 
 

@@ -120,5 +120,5 @@ def test_sparse_traffic_keeps_the_heartbeat_fresh(prefix: str, no_cache: bool) -
             time.sleep(0.06)
             c.predict("workload", SAMPLES["workload"], no_cache=no_cache)
             oldest = max(oldest, (time.monotonic_ns() - int(header["daemon_heartbeat_ns"])) / 1e9)
-        # Fresh is ~0.1 s (a housekeeping period plus one sleep); generous for a loaded machine.
+        # Fresh is ~0.15 s (a housekeeping period plus one sleep); generous for a loaded machine.
         assert oldest < 0.75, f"the daemon's heartbeat was {oldest:.3f} s old under sparse traffic"
