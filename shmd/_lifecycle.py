@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -139,8 +139,11 @@ class Loader:
     GIL; then it builds the poll loop thread's interpreters for the runner that passed.
     """
 
-    def __init__(self, *, backend: str, models_dir: str | Path | None, max_batch: int) -> None:
+    def __init__(self, *, backend: str, models_dir: str | Path | None, max_batch: int,
+                 on_done: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+        """``on_done`` is called (on the loader's thread) after each candidate is ready for ``finished``."""
         self.backend, self.models_dir, self.max_batch = backend, models_dir, max_batch
+        self.on_done = on_done
         self.owner = threading.get_ident()  # the poll loop's thread: the one that will run the runners
         self._todo: queue.SimpleQueue[Candidate] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Candidate] = queue.SimpleQueue()
@@ -195,6 +198,7 @@ class Loader:
             except Exception as err:  # never let the thread die: the loop waits for an answer
                 cand.error = f"{name}: {err!r}"
             self._done.put(cand)
+            self.on_done()
 
     def _prepare(self, cand: Candidate) -> Any:
         how = {"backend": self.backend, "models_dir": self.models_dir, "max_batch": self.max_batch}

@@ -75,6 +75,7 @@ from ._pass_layout import (
     LOOP_COMPILED_PASSES,
     LOOP_EARLY_WAKES,
     LOOP_HANDOFFS,
+    LOOP_HOUSEKEEPING_ASKED,
     LOOP_SLEEPS,
     LOOP_SPIN_NS,
     LOOP_TIMEOUT_RESCUES,
@@ -115,8 +116,8 @@ BUSY_WINDOW_NS = 10_000_000  # a channel counts as in use this long after it las
 LOWER_SHARE = 8  # levels below the top one take at most room / LOWER_SHARE a pass
 
 __all__ = [
-    "LOOP_BUSY_RETURNS", "LOOP_COMPILED_PASSES", "LOOP_EARLY_WAKES", "LOOP_HANDOFFS", "LOOP_SLEEPS", "LOOP_SPIN_NS",
-    "LOOP_TIMEOUT_RESCUES", "LOOP_WAKES", "LOOP_WAKE_NS",
+    "LOOP_BUSY_RETURNS", "LOOP_COMPILED_PASSES", "LOOP_EARLY_WAKES", "LOOP_HANDOFFS", "LOOP_HOUSEKEEPING_ASKED",
+    "LOOP_SLEEPS", "LOOP_SPIN_NS", "LOOP_TIMEOUT_RESCUES", "LOOP_WAKES", "LOOP_WAKE_NS",
 ]  # fmt: skip
 
 
@@ -545,8 +546,8 @@ def step(rings, batch, models, cache_, counters, n_prev):
         if n > 0:
             loop[LOOP_WAKES] += finish(rings, batch, models, cache_, counters, n)
         started = monotonic_ns()
-        if due_from == 0 and sleep_ns > 0 and started - called >= HOUSEKEEPING_NS:
-            due_from = started
+        if due_from == 0 and sleep_ns > 0 and (started - called >= HOUSEKEEPING_NS or loop[LOOP_HOUSEKEEPING_ASKED]):
+            due_from = started  # a model load asked for it (LOOP_HOUSEKEEPING_ASKED): at the next quiet moment
         if due_from > 0 and started - due_from >= HOUSEKEEPING_NS:
             # No quiet moment for a whole period (traffic too dense for a quiet sleep to
             # time out): housekeeping now, between two passes. What was drained is published.

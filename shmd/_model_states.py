@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _metrics as met
+from ._pass_layout import LOOP_HOUSEKEEPING_ASKED
 
 # model_state words
 MS_STATE, MS_VERSION, MS_LOADED_AT_NS, MS_REQ_SEQ, MS_REQ_VERSION, MS_DONE_SEQ, MS_RESULT, MS_SWAP_NS, \
@@ -67,7 +68,16 @@ def request_load(a: dict[str, np.ndarray], mid: int, version: int) -> int:
     seq = int(state[MS_REQ_SEQ]) + 1
     state[MS_REQ_VERSION] = version
     state[MS_REQ_SEQ] = seq  # last: the daemon reads the version once it sees the new sequence
+    ask_housekeeping(a)
     return seq
+
+
+def ask_housekeeping(a: dict[str, np.ndarray]) -> None:
+    """Have the daemon's housekeeping run at its loop's next quiet moment, not up to a period later.
+
+    After the words it should act on are written: housekeeping clears the flag before it reads them.
+    """
+    a["loop"][LOOP_HOUSEKEEPING_ASKED] = 1
 
 
 def outcome(a: dict[str, np.ndarray], mid: int, seq: int) -> tuple[int, int, str] | None:

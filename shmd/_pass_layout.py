@@ -58,7 +58,10 @@ LOOP_COMPILED_PASSES = 5  # passes whose models all ran inside the compiled pass
 LOOP_HANDOFFS = 6  # passes a wake-up began that yielded the CPU once answered (``_loop.finish``)
 LOOP_EARLY_WAKES = 7  # wake-ups that found no work (a client's early wake: ``_loop.step`` spins for it)
 LOOP_BUSY_RETURNS = 8  # housekeeping returns that found no quiet moment for a period (``_loop.step``)
-N_LOOP_COUNTERS = 9
+# Not a counter: nonzero asks for housekeeping now, not a period later (a model load request, a
+# version the loader has prepared: ``_model_states.ask_housekeeping``); housekeeping clears it.
+LOOP_HOUSEKEEPING_ASKED = 9
+N_LOOP_COUNTERS = 10
 
 
 class Rings(NamedTuple):

@@ -23,6 +23,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -39,7 +40,7 @@ from . import _model_states as ms
 from ._cache import ADAPT_WORDS, N_STATS, CacheArrays
 from ._errors import ShmdError
 from ._http_child import HttpChild
-from ._pass_layout import PASS_FAULT, PASS_FAULT_COUNTDOWN, PASS_ROOM, PASS_SPIN_NS
+from ._pass_layout import LOOP_HOUSEKEEPING_ASKED, PASS_FAULT, PASS_FAULT_COUNTDOWN, PASS_ROOM, PASS_SPIN_NS
 from ._stale_code import purge_stale_numba_caches
 from ._stats_segment import (
     ARGUMENT,
@@ -131,6 +132,7 @@ class Daemon:
             t1 = time.monotonic()
             self._make_stats()
             self._make_channels()
+            self._beat_while_starting()
             self._make_buffers()
             self.phases_ms["segments_ms"] = _ms_since(t1)
             t1 = time.monotonic()
@@ -242,8 +244,10 @@ class Daemon:
             state[[ms.MS_STATE, ms.MS_VERSION, ms.MS_LOADED_AT_NS]] = (ms.STATE_SERVING, self.versions[mid], now)
             state[ms.MS_PINNED] = self.cfg.model_versions.get(mid.name.lower(), 0)
         self.seen_requests = np.zeros(_loop.N_MODELS, np.int64)
-        self.loader = _lifecycle.Loader(backend=self.cfg.backend, models_dir=self.cfg.models_dir,
-                                        max_batch=self.cfg.max_batch)  # fmt: skip
+        self.loader = _lifecycle.Loader(
+            backend=self.cfg.backend, models_dir=self.cfg.models_dir, max_batch=self.cfg.max_batch,
+            on_done=lambda: ms.ask_housekeeping(a),  # a prepared version is swapped in at the next quiet moment
+        )  # fmt: skip
         self.swaps: list[_lifecycle.Candidate] = []  # prepared, waiting for the loop to swap them in
         self.rescan = False  # SIGHUP: re-scan the repository and apply the policy
 
@@ -265,6 +269,35 @@ class Daemon:
         for c, ch in enumerate(self.channels):
             if not ch.created:
                 log("channel_reattached", self.cfg.log_format, channel=ch.name, pending=self.rings.pending(c))
+
+    def _beat_while_starting(self) -> None:
+        """Keep the heartbeat fresh from a thread until the loop's housekeeping takes over (``serve_forever``).
+
+        Loading the loop's code (compiling it on a cold numba cache: 20-50 s under load) and
+        starting the shim are a daemon alive, not hung: a client attaching meanwhile must not
+        read the heartbeat written when the channels were made as a daemon gone (the C client
+        refused one as hung, 48 s old). Not ready is said elsewhere: ``startup`` in the stats
+        segment, ``/health`` "starting", no ``event=ready`` yet, and requests wait in the SQ.
+        """
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HOUSEKEEPING_NS / 1e9):
+                now = time.monotonic_ns()
+                self.stats.arrays["heartbeat"][0] = now
+                for ch in self.channels:
+                    self._mark_alive(ch, now)
+
+        thread = threading.Thread(target=beat, name="shmd-starting-heartbeat", daemon=True)
+        thread.start()
+        self._starting_beat: tuple[threading.Event, threading.Thread] | None = (stop, thread)
+
+    def _stop_starting_beat(self) -> None:
+        """The loop writes the heartbeat from now on (or the daemon is closing)."""
+        starting, self._starting_beat = getattr(self, "_starting_beat", None), None
+        if starting is not None:
+            starting[0].set()
+            starting[1].join()
 
     def _reset_corrupt_channels(self) -> None:
         """Re-create a corrupt channel once no client holds it.
@@ -364,11 +397,13 @@ class Daemon:
         ch.header["daemon_pid"], ch.header["daemon_heartbeat_ns"] = self.pid, now
 
     def housekeeping(self) -> None:
-        now = time.monotonic_ns()
-        if now - self.last_housekeeping < HOUSEKEEPING_NS:
+        """Every ``HOUSEKEEPING_NS``, or at once when asked (``_model_states.ask_housekeeping``: a load)."""
+        if not self.housekeeping_due():
             return
-        self.last_housekeeping = now
+        now = time.monotonic_ns()
         a = self.stats.arrays
+        a["loop"][LOOP_HOUSEKEEPING_ASKED] = 0  # before reading what it asks about: a later ask stays set
+        self.last_housekeeping = now
         a["heartbeat"][:] = (now, self.passes)
         self.notifier.heartbeat(now)  # WATCHDOG=1 only from here: a wedged loop stops the pings
         self.publish_cache()  # TTLs changed since (adaptive TTL) reach the clients within a housekeeping period
@@ -393,6 +428,10 @@ class Daemon:
             for mid in ModelId:
                 a["cache_entries"][mid] = self.cache.entries_live(int(mid), now)
         control[DONE] = seq
+
+    def housekeeping_due(self) -> bool:
+        return bool(time.monotonic_ns() - self.last_housekeeping >= HOUSEKEEPING_NS
+                    or self.stats.arrays["loop"][LOOP_HOUSEKEEPING_ASKED])  # fmt: skip
 
     def publish_cache(self) -> None:
         """Show every channel's clients the TTLs and generations the cache uses now.
@@ -547,9 +586,8 @@ class Daemon:
     # --- the loop, continued ---------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        # The heartbeat written when the channels were made is as old as the start-up's compile
-        # (29 s on a cold numba cache under load): a C client attaching now read it as a hung daemon.
-        self.housekeeping()
+        self._stop_starting_beat()
+        self.housekeeping()  # the loop's own heartbeat from here on
         n = self.pending
         if n:
             self.infer()
@@ -557,7 +595,7 @@ class Daemon:
             n = self.step(n, self.spin_ns, self.sleep_ns if self.started else min(self.sleep_ns, STARTUP_SLEEP_NS))
             if n:
                 self.infer()
-                if time.monotonic_ns() - self.last_housekeeping < HOUSEKEEPING_NS:
+                if not self.housekeeping_due():
                     continue
                 # Publish these answers first: housekeeping (up to a full cache scan) must not delay them.
                 n = self.step(n, 0, 0)
@@ -579,6 +617,7 @@ class Daemon:
 
     def close(self) -> None:
         """Stop the shim, unmap everything; unlink what we own unless told to keep it."""
+        self._stop_starting_beat()
         if self.http is not None:
             self.http.stop()
         if hasattr(self, "loader"):
@@ -638,7 +677,7 @@ def main(argv: list[str]) -> int:
 
     def rescan(signum: int, _frame: Any) -> None:
         daemon.rescan = True
-        daemon.last_housekeeping = 0  # at the next housekeeping, not up to a housekeeping period later
+        ms.ask_housekeeping(daemon.stats.arrays)  # at the next quiet moment, not up to a housekeeping period later
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
