@@ -25,8 +25,10 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -327,37 +329,47 @@ def _open_loop_child(prefix: str, channel: str, rate: float, n: int) -> list[flo
 # --- the daemon under test ------------------------------------------------------------
 
 
-def _start_daemon(prefix: str, channels: str, *extra: str, stderr: Any = subprocess.DEVNULL,
-                  ) -> tuple[subprocess.Popen, float]:  # fmt: skip
-    """Start ``shmd serve``; seconds until the first prediction was answered.
+def wait_ready(proc: subprocess.Popen, log: Path, timeout_s: float = 300.0) -> None:
+    """Block until daemon ``proc`` has logged ``event=ready`` into ``log`` (its stderr).
 
-    The daemon is killed if it does not answer within 120 s or anything else goes
-    wrong here (never left running behind a failed bench).
+    Clients start only then: before it the daemon may still be loading (or compiling, 20-50 s
+    on a cold numba cache under load) the loop's code. Raises with the log's tail if the daemon
+    exits or is not ready within ``timeout_s``.
     """
-    from shmd import NotReady
+    deadline = time.monotonic() + timeout_s
+    while b"event=ready " not in (text := log.read_bytes()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            code = proc.returncode
+            why = f"exited with code {code}" if code is not None else f"was not ready within {timeout_s:.0f} s"
+            raise RuntimeError(f"daemon {why}; its log ({log}):\n{text.decode(errors='replace')[-4000:]}")
+        time.sleep(0.005)
+
+
+def _start_daemon(prefix: str, channels: str, *extra: str, log: Path | None = None) -> tuple[subprocess.Popen, float]:
+    """Start ``shmd serve`` and wait for ``event=ready``; seconds from start until a first prediction was answered.
+
+    Its stderr goes to ``log`` (default: a temporary file). The daemon is
+    killed if it is not ready within 300 s, does not answer, or anything else goes wrong
+    here (never left running behind a failed bench).
+    """
     from shmd.client import Client
     from shmd.samples import WORKLOAD
 
     t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shmd.cli", "serve", "--prefix", prefix, "--no-http", "--channels", channels, *extra],
-        stderr=stderr,
-    )
-    try:
-        deadline = t0 + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with Client(channels.split(",")[0], prefix, timeout=5) as c:
-                    c.predict("workload", WORKLOAD)
-                return proc, time.monotonic() - t0
-            except (ringbuf.SegmentNotFound, ringbuf.LayoutMismatch, NotReady):  # not serving yet (busy host)
-                time.sleep(0.002)
-        raise RuntimeError(f"daemon (prefix {prefix}) did not answer within 120 s (exit code {proc.poll()})")
-    except BaseException:
-        proc.kill()
-        proc.wait(30)
-        ringbuf.remove_leftovers(prefix)
-        raise
+    argv = [sys.executable, "-m", "shmd.cli", "serve", "--prefix", prefix, "--no-http", "--channels", channels, *extra]
+    # The temporary log is removed on leaving; the daemon keeps writing to the file it has open.
+    with open(log, "wb") if log is not None else tempfile.NamedTemporaryFile(prefix=f"{prefix}.") as stderr:
+        proc = subprocess.Popen(argv, stderr=stderr)
+        try:
+            wait_ready(proc, Path(stderr.name))
+            with Client(channels.split(",")[0], prefix, timeout=30) as c:
+                c.predict("workload", WORKLOAD)
+            return proc, time.monotonic() - t0
+        except BaseException:
+            proc.kill()
+            proc.wait(30)
+            ringbuf.remove_leftovers(prefix)
+            raise
 
 
 def _rss_mb(pid: int) -> float:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ._stats import cli, fmt, ratio, summarize, table, target
+from .daemon import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "kernel_abi" / "c" / "build" / "shmd_roundtrip"
@@ -72,11 +73,12 @@ def _start(tmp: Path, prefix: str, port: int) -> tuple[subprocess.Popen, float]:
             "--http-workers", "1", "--models-dir", str(tmp / "models"), "--config", str(tmp / "shmd.toml")]  # fmt: skip
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = t0 + 300
-    while b"event=ready" not in (tmp / "daemon.log").read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"daemon did not start:\n{(tmp / 'daemon.log').read_text()}")
-        time.sleep(0.002)
+    try:
+        wait_ready(proc, tmp / "daemon.log")
+    except BaseException:
+        proc.kill()
+        proc.wait(30)
+        raise
     return proc, time.monotonic() - t0
 
 

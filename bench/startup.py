@@ -62,8 +62,7 @@ def _round(tmp: Path) -> dict[str, float]:
 
     prefix = f"bs{os.getpid()}x{secrets.token_hex(3)}"
     log = tmp / f"{prefix}.log"
-    with open(log, "wb") as err:
-        proc, first_s = _start_daemon(prefix, "c", stderr=err)
+    proc, first_s = _start_daemon(prefix, "c", log=log)
     try:
         fields = _ready_fields(log, time.monotonic() + 60)
         out = {"first_answer_s": first_s, **{k: float(fields[k]) for k in PHASES}}
