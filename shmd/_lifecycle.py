@@ -130,6 +130,7 @@ class Candidate:
     runner: Any = None
     error: str = ""
     native: list[str] = field(default_factory=list)  # lines native code printed while it was validated
+    install: Any = None  # what the swap assigns, built by ``Loader.install`` beside the loop
 
 
 class Loader:
@@ -140,10 +141,12 @@ class Loader:
     """
 
     def __init__(self, *, backend: str, models_dir: str | Path | None, max_batch: int,
+                 install: Callable[[int, Any], Any] = lambda mid, runner: None,
                  on_done: Callable[[], None] = lambda: None) -> None:  # fmt: skip
-        """``on_done`` is called (on the loader's thread) after each candidate is ready for ``finished``."""
+        """On the loader's thread: ``install(mid, runner)`` builds what the swap will assign
+        (``Candidate.install``), ``on_done()`` follows each candidate handed to ``finished``."""
         self.backend, self.models_dir, self.max_batch = backend, models_dir, max_batch
-        self.on_done = on_done
+        self.install, self.on_done = install, on_done
         self.owner = threading.get_ident()  # the poll loop's thread: the one that will run the runners
         self._todo: queue.SimpleQueue[Candidate] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Candidate] = queue.SimpleQueue()
@@ -190,6 +193,7 @@ class Loader:
             name = f"model {ModelId(cand.mid).name.lower()} version {cand.version}"
             try:
                 cand.runner = self._prepare(cand)
+                cand.install = self.install(cand.mid, cand.runner)
             except ArtifactError as err:
                 cand.error = str(err)
             except BrokenProcessPool as err:  # killed or crashed (a hostile file can crash native code)

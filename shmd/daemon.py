@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import numpy as np
+from numba._dispatcher import compute_fingerprint
 
 import ringbuf
 from kernel_abi import MAX_CHANNELS, ModelId, Status
@@ -246,6 +247,7 @@ class Daemon:
         self.seen_requests = np.zeros(_loop.N_MODELS, np.int64)
         self.loader = _lifecycle.Loader(
             backend=self.cfg.backend, models_dir=self.cfg.models_dir, max_batch=self.cfg.max_batch,
+            install=self._prepare_install,
             on_done=lambda: ms.ask_housekeeping(a),  # a prepared version is swapped in at the next quiet moment
         )  # fmt: skip
         self.swaps: list[_lifecycle.Candidate] = []  # prepared, waiting for the loop to swap them in
@@ -344,8 +346,9 @@ class Daemon:
         self._rings = _pass.rings_of(self.rings)
         self._cache = _pass.cache_of(self.cache)
         self._counters = _pass.counters_of(self.metrics, self.stats.arrays["loop"])
-        self._step: Any = None  # _loop.step_entry for these descriptors ...
-        self._step_models: Any = None  # ... and this self.models
+        self._step: Any = None  # _loop.step_entry for these descriptors' types ...
+        self._step_types = b""  # ... (numba's fingerprint of self.models' types) ...
+        self._step_models: Any = None  # ... checked for this self.models
         self.passes = 0
         self.last_housekeeping = 0
         self.last_cache_count = 0
@@ -360,8 +363,13 @@ class Daemon:
         sleep of at most ``sleep_ns`` (0: no sleep).
         """
         _pass.set_wait(self.batch, spin_ns, sleep_ns)
-        if self._step_models is not self.models:  # new buffers or another model version
-            self._step = _loop.step_entry(self._rings, self.batch, self.models, self._cache, self._counters)
+        if self._step_models is not self.models:  # another model version: the same types, as a rule
+            # The fingerprint numba's dispatcher keys argument types on: ~5 µs, where re-typing the
+            # descriptors for step_entry took 1-9 ms, on the loop's thread, at every swap.
+            types = compute_fingerprint(self.models)
+            if types != self._step_types:
+                self._step = _loop.step_entry(self._rings, self.batch, self.models, self._cache, self._counters)
+                self._step_types = types
             self._step_models = self.models
         n = self._step(self._rings, self.batch, self.models, self._cache, self._counters, n_prev)
         if n_prev:
@@ -563,14 +571,25 @@ class Daemon:
                 self.batch.state[PASS_ROOM] = room
         return 0
 
+    def _prepare_install(self, mid: int, runner: Any) -> tuple[dict[int, Any], _pass.Models]:
+        """On the loader's thread: the runners and the pass's ``Models`` with ``runner`` serving ``mid``.
+
+        Built beside the loop (which runs without the GIL), so the swap between two passes only
+        assigns them: the loop stops for that, not for building the compiled bank.
+        """
+        runners = {**self.runners, mid: runner}
+        return runners, _pass.new_models(self.batch, runners)
+
     def _swap(self, cand: _lifecycle.Candidate) -> None:
         """Serve ``cand`` from the next pass on; no pass may be in flight (``_flush``)."""
         mid, a = cand.mid, self.stats.arrays
         previous = int(self.versions[mid])
-        self.runners[mid] = cand.runner
+        runners, models = cand.install or ({}, None)
+        if any(runners.get(m) is not r for m, r in self.runners.items() if m != mid):  # not prepared, or another
+            runners, models = self._prepare_install(mid, cand.runner)  # model was swapped since it was
+        self.runners, self.models = runners, models
         self.versions[mid] = cand.version
         self._python_runners()
-        self.models = _pass.new_models(self.batch, self.runners)
         self.cache.clear(mid)  # answers of the old version are never served again
         ms.begin_period(a, mid, cand.version)
         state = a["model_state"][mid]
