@@ -2,7 +2,9 @@
 what the daemon serves (its stats segment's ``model_state`` words).
 
 Manifests are read from disk (the daemon's ``models_dir`` is in the segment's metadata), so a
-listing costs the daemon nothing.
+listing costs the daemon nothing. ``models`` (no numba, no LiteRT: ~20 ms) is imported with this
+module, not in the shim's first ``GET /api/ml/models``: that import held its event loop, and the
+predictions waiting behind it, 20 ms (``bench lifecycle``, right after the first load).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from kernel_abi import ModelId
+from models._repository import MANIFEST, version_dir, versions_on_disk
 
 from . import _model_states as ms
 from ._stats_segment import StatsSegment
@@ -23,8 +26,6 @@ RESULTS = ("swapped", "refused", "not_found", "unchanged")  # ms.RESULT_* names
 
 
 def _manifest(models_dir: str | None, mid: ModelId, version: int) -> dict[str, Any]:
-    from models._repository import MANIFEST, version_dir
-
     try:
         return json.loads((version_dir(models_dir, mid, version) / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -33,8 +34,6 @@ def _manifest(models_dir: str | None, mid: ModelId, version: int) -> dict[str, A
 
 def model_report(seg: StatsSegment, mid: ModelId, arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """One model: versions on disk, the one serving and its state, when it was loaded, its sha256 and metrics."""
-    from models._repository import versions_on_disk
-
     a = {k: np.array(v) for k, v in seg.arrays.items()} if arrays is None else arrays
     models_dir = seg.meta.get("models_dir") or None
     state = a["model_state"][mid]

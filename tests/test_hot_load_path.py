@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,3 +89,11 @@ def test_a_load_is_due_at_once_and_installed_by_assignment(
         assert not retyped, "the loop's entry point was resolved again for descriptors of the same types"
     finally:
         daemon.close()
+
+
+def test_the_shim_imports_the_model_repository_at_start_not_in_its_first_listing() -> None:
+    # Imported by the first GET /api/ml/models, models (~20 ms) held the shim's event loop and the
+    # predictions behind it (bench lifecycle: a 20 ms HTTP call right after the first load).
+    code = "import sys, http_shim._models_api; assert 'models._repository' in sys.modules, 'imported lazily'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
