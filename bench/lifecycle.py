@@ -293,11 +293,10 @@ def report(result: dict[str, Any]) -> str:
          f"{fmt(f['load_request_to_answer_ms']['median'])} / {fmt(f['load_request_to_answer_ms']['max'])}"],
         ["load request -> swap (daemon) p50 / max (ms)",
          f"{fmt(f['load_request_to_swap_ms']['median'])} / {fmt(f['load_request_to_swap_ms']['max'])}"],
-        ["C p99 during swaps / steady (ms)", f"{fmt(f['c_during_ms']['p99'])} / {fmt(f['c_steady_ms']['p99'])}"],
-        ["Python p99 during swaps / steady (ms)",
-         f"{fmt(f['py_during_ms']['p99'])} / {fmt(f['py_steady_ms']['p99'])}"],
-        ["HTTP p99 during swaps / steady (ms)",
-         f"{fmt(f['http_during_ms']['p99'])} / {fmt(f['http_steady_ms']['p99'])}"],
+        *([f"{name} p50 / p99 / p99.9 {when} (ms)",
+           " / ".join(fmt(f[f"{key}_{part}_ms"][q]) for q in ("median", "p99", "p999"))]
+          for name, key in (("C", "c"), ("Python", "py"), ("HTTP", "http"))
+          for when, part in (("during swaps", "during"), ("steady", "steady"))),
         ["daemon RSS before / peak during loads / after (MB)",
          " / ".join(f"{f['rss_kb'][k] / 1024:.1f}" for k in ("before", "peak_during_loads", "after"))],
         ["loader process RSS peak (MB)", f"{f['rss_kb'].get('loader_process_peak', 0) / 1024:.1f}"],
