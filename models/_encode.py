@@ -21,7 +21,18 @@ import numpy as np
 from kernel_abi import ModelId
 
 from ._log1p import log1p
-from ._simd import all_within, all_zero_or_at_least, field_centred_dot, field_max, field_min, field_sum
+from ._simd import (
+    all_within,
+    all_zero_or_at_least,
+    equal_lag_masks,
+    field_centred_dot,
+    field_max,
+    field_min,
+    field_sum,
+    highest_bit,
+    near_masks,
+    popcount,
+)
 from ._spec import ADDR_LINE, ADDR_TOL, MEM_LOG_SCALE, RANGES, RATE_LOG_SCALE, TIME_LOG_SCALE, field_index
 
 _W, _T, _F, _M = ModelId.WORKLOAD, ModelId.THREAT, ModelId.FAILURE, ModelId.MEMORY
@@ -395,96 +406,106 @@ def check_memory(p):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def linear_memory(p, out, dists, a, s):
-    """Every feature of valid ``p`` but features 0..23, whose signed address distances go to ``dists``.
+def linear_memory(p, out, dists):
+    """Every feature of valid ``p`` but features 0..23 and the two timing ones (64, 65).
 
-    ``a`` (21) and ``s`` (20) are float64 scratch: the address sequence and its strides.
-    Feature k < 24 is ``enc_delta_memory(log1p(log_arg_memory(dists[k])), dists[k])``.
+    Features 0..23's signed address distances go to ``dists``: feature k < 24 is
+    ``enc_delta_memory(log1p(log_arg_memory(dists[k])), dists[k])``. The searches over the
+    address sequence a[0..20] (history then current) and its strides s[j] = a[j + 1] - a[j]
+    are bit masks (``near_masks``: every comparison of a record's addresses at once), so a
+    record takes no data-dependent branch.
     """
     h = p.access_history
-    ts = p.access_timestamps
     ty = p.access_types
-    # The address sequence a[0..20] (history then current) and its 20 strides.
-    for j in range(20):
-        a[j] = h[j]
     cur = np.float64(p.current_address)
-    a[20] = cur
-    for j in range(20):
-        s[j] = a[j + 1] - a[j]
-        dists[j] = s[j]
+    for j in range(19):
+        dists[j] = np.float64(h[j + 1]) - np.float64(h[j])
+    dists[19] = cur - np.float64(h[19])
+    # near: bit j where a[j] is the current address; lag[L]: bit j where s[j] repeats as s[j + L].
+    masks = near_masks(h, cur, ADDR_TOL, 8)
     # Candidate next addresses; the network picks one (see docs/MODELS.md).
-    c0 = cur + s[19]  # last stride
-    period = 0  # smallest P whose stride pattern repeats over the last 12 strides
-    for pp in range(1, 9):
-        ok = True
-        for j in range(8, 20 - pp):
-            if not _same(s[j], s[j + pp]):
-                ok = False
-                break
-        if ok:
+    c0 = cur + dists[19]  # last stride
+    # The smallest period P whose stride pattern repeats over the last 12 strides: s[j] ~ s[j + P], 8 <= j < 20 - P.
+    period = 0
+    for pp in range(8, 0, -1):
+        want = (1 << (20 - pp)) - (1 << 8)
+        if masks[pp] & want == want:
             period = pp
-            break
-    c1 = cur + s[20 - period] if period > 0 else c0
-    occ = -1  # most recent earlier visit of the current address
-    for j in range(19, -1, -1):
-        if _same(a[j], cur):
-            occ = j
-            break
-    c2 = a[occ + 1] if occ >= 0 else c0
+    c1 = cur + dists[20 - period] if period > 0 else c0
+    occ = highest_bit(masks[0])  # most recent earlier visit of the current address, -1 if none
+    c2 = c0
+    if occ >= 0:
+        c2 = np.float64(h[occ + 1]) if occ < 19 else cur
     c3 = cur
     dists[20] = c0 - cur
     dists[21] = c1 - cur
     dists[22] = c2 - cur
-    dists[23] = a[0] - cur
+    dists[23] = np.float64(h[0]) - cur
     out[24] = period / 8.0
     out[25] = 1.0 if occ >= 0 else 0.0
     out[26] = (20 - occ) / 20.0 if occ >= 0 else 0.0
     out[27] = 1.0 if _same(c0, c1) else 0.0
     out[28] = 1.0 if _same(c0, c2) else 0.0
     out[29] = 1.0 if _same(c1, c2) else 0.0
+    # Shares of s[j] ~ s[j - L] and of equal types at lag L, over j in 4..19: bits 4 - L .. 19 - L.
+    tmasks = equal_lag_masks(ty, 4)
     for lag in range(1, 5):
-        m = 0.0
-        for j in range(4, 20):
-            if _same(s[j], s[j - lag]):
-                m += 1.0
-        out[29 + lag] = m / 16.0
+        out[29 + lag] = popcount((masks[lag] >> (4 - lag)) & 0xFFFF) / 16.0
+        out[57 + lag] = popcount((tmasks[lag - 1] >> (4 - lag)) & 0xFFFF) / 16.0
     for j in range(8):
         t = ty[12 + j]
         for k in range(3):
             out[34 + 3 * j + k] = 1.0 if t == k else 0.0
-    for lag in range(1, 5):
-        m = 0.0
-        for j in range(4, 20):
-            if ty[j] == ty[j - lag]:
-                m += 1.0
-        out[57 + lag] = m / 16.0
     out[62] = cur
     out[63] = p.locality_score
-    # Timing is in the caller's unit, so only ratios of inter-arrival times are used.
-    # Any finite timestamp is valid: above 2**500, scale by 2**-520 (exact, ratios kept)
-    # so that neither the sum of 19 gaps nor a squared gap overflows to inf (inf / inf
-    # made these features NaN).
-    scale = 1.0
-    for j in range(20):
-        if ts[j] > _TS_BIG:
-            scale = _TS_SCALE
-    mean = 0.0
-    for j in range(19):
-        mean += abs(ts[j + 1] * scale - ts[j] * scale)
-    mean /= 19.0
-    var = 0.0
-    for j in range(19):
-        d = abs(ts[j + 1] * scale - ts[j] * scale) - mean
-        var += d * d
-    last = abs(ts[19] * scale - ts[18] * scale)
-    eps = mean * 1e-3 + 1e-30  # keeps a constant clock (mean 0) at ratio 1
-    r = math.log((last + eps) / (mean + eps)) / 5.0
-    out[64] = min(max(r, -1.0), 1.0)
-    out[65] = min(math.sqrt(var / 19.0) / (mean + eps) / 3.0, 1.0)
     out[66] = c0
     out[67] = c1
     out[68] = c2
     out[69] = c3
+
+
+# Timing is in the caller's unit, so only ratios of inter-arrival times are used. Any
+# finite timestamp is valid: above 2**500, scale by 2**-520 (exact, ratios kept) so that
+# neither the sum of 19 gaps nor a squared gap overflows to inf (inf / inf made these
+# features NaN). The gaps, then their statistics in order: the row encoder runs the same
+# two steps with a lane per record.
+@numba.njit(nogil=True, cache=True, inline="always")
+def gaps_memory(ts, gaps, stride):
+    """The 19 inter-arrival gaps of timestamps ``ts`` (scaled as above) into ``gaps[j * stride]``."""
+    scale = 1.0
+    for j in range(20):
+        if ts[j] > _TS_BIG:
+            scale = _TS_SCALE
+    for j in range(19):
+        gaps[j * stride] = abs(ts[j + 1] * scale - ts[j] * scale)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def gap_stats_memory(gaps, n, mean, var):
+    """Of each of ``n`` records' 19 gaps (record r's gap j at ``gaps[j * n + r]``): ``mean[r]`` and
+    ``var[r]``, the sum of squared deviations, each summed in gap order. The inner loops run
+    over records, so they vectorise with a lane per record and keep every record's order."""
+    for r in range(n):
+        mean[r] = 0.0
+    for j in range(19):
+        for r in range(n):
+            mean[r] += gaps[j * n + r]
+    for r in range(n):
+        mean[r] /= 19.0
+        var[r] = 0.0
+    for j in range(19):
+        for r in range(n):
+            d = gaps[j * n + r] - mean[r]
+            var[r] += d * d
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def timing_features_memory(last, mean, var, out):
+    """Features 64 and 65 from the last gap and ``gap_stats_memory``'s: last / mean gap, coefficient of variation."""
+    eps = mean * 1e-3 + 1e-30  # keeps a constant clock (mean 0) at ratio 1
+    r = math.log((last + eps) / (mean + eps)) / 5.0
+    out[64] = min(max(r, -1.0), 1.0)
+    out[65] = min(math.sqrt(var / 19.0) / (mean + eps) / 3.0, 1.0)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -494,7 +515,11 @@ def encode_memory(payloads, i, out):
     if err != 0:
         return err
     dists = np.empty(M_N_LOGS, np.float64)
-    linear_memory(p, out, dists, np.empty(21, np.float64), np.empty(20, np.float64))
+    linear_memory(p, out, dists)
+    gaps, stats = np.empty(19, np.float64), np.empty(2, np.float64)
+    gaps_memory(p.access_timestamps, gaps, 1)
+    gap_stats_memory(gaps, 1, stats[:1], stats[1:])
+    timing_features_memory(gaps[18], stats[0], stats[1], out)
     for k in range(M_N_LOGS):
         out[k] = enc_delta_memory(log1p(log_arg_memory(dists[k])), dists[k])
     return 0

@@ -33,6 +33,8 @@ from ._encode import (
     check_threat,
     check_workload,
     enc_delta_memory,
+    gap_stats_memory,
+    gaps_memory,
     linear_failure,
     linear_memory,
     linear_threat,
@@ -41,18 +43,19 @@ from ._encode import (
     logs_failure,
     logs_threat,
     logs_workload,
+    timing_features_memory,
 )
 from ._log1p import log1p_column, log1p_exact_column
 
-#: float64 scratch per record: memory keeps its 24 distances and, beside them, their log1p column.
-SCRATCH_PER_ROW = 2 * M_N_LOGS
-_ADDR, _STRIDES = 21, 20  # memory's per-record address sequence and strides (reused scratch)
-_TAIL = _ADDR + _STRIDES
+_GAPS = 19  # memory's inter-arrival gaps per record
+#: float64 scratch per record: memory keeps its 24 distances and, beside them, their log1p
+#: column, then its gaps (a row per gap, a column per record) and their mean and spread.
+SCRATCH_PER_ROW = 2 * M_N_LOGS + _GAPS + 2
 
 
 def scratch_size(rows: int) -> int:
     """float64 values of scratch ``ROW_ENCODERS`` needs for ``rows`` records."""
-    return rows * SCRATCH_PER_ROW + _TAIL
+    return rows * SCRATCH_PER_ROW
 
 
 def new_scratch(rows: int) -> np.ndarray:
@@ -98,16 +101,24 @@ def rows_memory(payloads, rows, n, out, err, scratch):
     k = M_N_LOGS
     m = n * k
     dists, logs = scratch[:m], scratch[m : 2 * m]
-    tail = scratch.shape[0] - _TAIL
-    a, s = scratch[tail : tail + _ADDR], scratch[tail + _ADDR :]
+    g = 2 * m + _GAPS * n
+    gaps = scratch[2 * m : g]  # record r's gap j at j * n + r
+    mean, var = scratch[g : g + n], scratch[g + n : g + 2 * n]
     for r in range(n):
         p = payloads[rows[r]]
         e = check_memory(p)
         err[r] = e
         if e == 0:
-            linear_memory(p, out[r], dists[r * k : (r + 1) * k], a, s)
+            linear_memory(p, out[r], dists[r * k : (r + 1) * k])
+            gaps_memory(p.access_timestamps, gaps[r:], n)
         else:
             dists[r * k : (r + 1) * k] = 0.0
+            for j in range(_GAPS):
+                gaps[j * n + r] = 0.0
+    gap_stats_memory(gaps, n, mean, var)
+    for r in range(n):
+        if err[r] == 0:
+            timing_features_memory(gaps[(_GAPS - 1) * n + r], mean[r], var[r], out[r])
     for i in range(m):
         logs[i] = log_arg_memory(dists[i])
     log1p_column(logs, m)

@@ -153,14 +153,6 @@ def log1p_exact(x):
     return _log1p(x, True)
 
 
-# numpy error model: a python-model division checks for zero and that exit stops LLVM vectorising.
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def log1p_column(x, n):
-    """``x[:n] = log1p(x[:n])`` in place, over a contiguous float64 column."""
-    for i in range(n):
-        x[i] = log1p(x[i])
-
-
 @numba.njit(nogil=True, cache=True, inline="always")
 def _reduced(x):
     """``(k, u)`` with 1 + x = 2**k * u, sqrt(2)/2 <= u < sqrt(2), for finite ``x >= 0`` where 1 + x is exact."""
@@ -175,11 +167,15 @@ def _reduced(x):
 @numba.njit(nogil=True, cache=True, inline="always")
 def _off_main_path(x):
     """Whether glibc takes another path than ``_log1p_main``'s for ``x``: 0 < x < 2**-29, or x >= 0.41422
-    with 1 + x within 2**-20 of a power of two (|f| < 2**-20, its short series; no input was found
-    where the general path gives other bits there, 291k tried, but glibc's own choice is kept)."""
+    with 1 + x within 2**-20 of a power of two but not one (0 < |f| < 2**-20, its short series; no
+    input was found where the general path gives other bits there, 291k tried, but glibc's own
+    choice is kept). x = 2**k - 1 (f = 0, common: integers, strides of 1, 3, 7 lines) stays on the
+    main path: glibc's k*ln2_hi + (k*ln2_lo + c) is what the general formula gives at f = 0."""
     hx = _high_word(x)
-    m = _high_word(_reduced(x)[1]) & 0x000FFFFF
-    return ((hx < 0x3E200000) & (x != 0.0)) | ((hx >= 0x3FDA827A) & ((m == 0) | (m >= 0xFFFFD)))
+    u = _reduced(x)[1]
+    m = _high_word(u) & 0x000FFFFF
+    f_zero = (m == 0) & ((_bits(u) & _LOW32) == 0)
+    return ((hx < 0x3E200000) & (x != 0.0)) | ((hx >= 0x3FDA827A) & (((m == 0) & ~f_zero) | (m >= 0xFFFFD)))
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -217,3 +213,33 @@ def log1p_exact_column(x, n):
     else:
         for i in range(n):
             x[i] = _log1p_main(x[i])
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _correction_is_zero(x):
+    """Whether glibc's correction term for the rounding of 1 + x is +0 for finite ``x >= 0``:
+    its numerator, computed as glibc does, is 0 (1 + x exact), or x >= 2**53 (no correction)."""
+    big = _high_word(x) >= 0x43400000
+    u0 = 1.0 + x
+    k0 = (_high_word(u0) >> 20) - 1023
+    return big | (_pick(k0 > 0, 1.0 - (u0 - x), x - (u0 - 1.0)) == 0.0)
+
+
+# numpy error model: a python-model division checks for zero and that exit stops LLVM vectorising.
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def log1p_column(x, n):
+    """``x[:n] = log1p(x[:n])`` in place, over a contiguous float64 column.
+
+    A first pass asks whether glibc's correction term is 0 for every value (``1 + x``
+    exact: the common case for memory's distances, differences of float32 addresses);
+    then ``log1p_exact_column`` gives the same bits (c = 0 / u is +0 either way) with
+    one division a value fewer.
+    """
+    exact = True
+    for i in range(n):
+        exact &= _correction_is_zero(x[i])
+    if exact:
+        log1p_exact_column(x, n)
+    else:
+        for i in range(n):
+            x[i] = log1p(x[i])

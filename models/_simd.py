@@ -141,7 +141,6 @@ def float32_from_bits(typingctx, bits):
     return types.float32(bits), codegen
 
 
-
 def _splat(builder: ir.IRBuilder, value: ir.Value, count: int) -> ir.Value:
     """``value`` in every lane of a ``count``-lane vector."""
     vec = ir.VectorType(value.type, count)
@@ -286,3 +285,122 @@ def all_zero_or_at_least(typingctx, values, tiny):
         return builder.icmp_unsigned("==", mask, ir.Constant(ir.IntType(count), (1 << count) - 1))
 
     return types.boolean(values, tiny), codegen
+
+
+def _field_vector(context, builder, aryty, ary) -> ir.Value:
+    """A record's whole array field as one LLVM vector of its own element type."""
+    elt = context.get_data_type(aryty.dtype)
+    data = context.make_array(aryty)(context, builder, value=ary).data
+    return builder.load(builder.bitcast(data, ir.VectorType(elt, aryty.shape[0]).as_pointer()), align=1)
+
+
+def _lanes(builder: ir.IRBuilder, vec: ir.Value, start: int, count: int) -> ir.Value:
+    """Lanes ``start .. start + count - 1`` of ``vec`` as a vector of ``count``."""
+    undef = ir.Constant(vec.type, ir.Undefined)
+    idx = ir.Constant(ir.VectorType(ir.IntType(32), count), list(range(start, start + count)))
+    return builder.shuffle_vector(vec, undef, idx)
+
+
+def _vabs(builder: ir.IRBuilder, vec: ir.Value) -> ir.Value:
+    """``|vec|`` lane by lane (llvm.fabs: clears the sign bits)."""
+    name = f"llvm.fabs.v{vec.type.count}f64"
+    fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vec.type, [vec.type]), name)
+    return builder.call(fn, [vec])
+
+
+def _mask_bits(builder: ir.IRBuilder, flags: ir.Value) -> ir.Value:
+    """A vector of i1 as an int64 whose bit j is lane j."""
+    n = flags.type.count
+    return builder.zext(builder.bitcast(flags, ir.IntType(n)), ir.IntType(64))
+
+
+@intrinsic(prefer_literal=True)
+def near_masks(typingctx, values, last, tol, lags):
+    """Bit masks of closeness in the sequence ``a`` = (``values`` widened to float64, then ``last``).
+
+    Returns ``lags + 1`` int64: first, bit j set where ``|a[j] - last| <= tol`` (j < n, n the
+    field's length); then, for lag L = 1..``lags``, bit j set where ``|s[j] - s[j + L]| <= tol``
+    (j < n - L), ``s[j] = a[j + 1] - a[j]`` the strides. Each difference is the float64 one a
+    scalar loop computes (``|x - y|`` equals ``|y - x|`` exactly), so the masks are those loops'
+    answers; the field is loaded once and every comparison is a vector one.
+    """
+    if not (isinstance(values, types.NestedArray) and values.ndim == 1 and isinstance(values.dtype, types.Float)
+            and isinstance(lags, types.IntegerLiteral)):  # fmt: skip
+        return None
+    n, n_lags = values.shape[0], lags.literal_value
+    if not 1 <= n_lags < n < 64:
+        return None
+    ret = types.UniTuple(types.int64, n_lags + 1)
+
+    def codegen(context, builder, signature, args):
+        f64 = ir.DoubleType()
+        v = _field_vector(context, builder, signature.args[0], args[0])
+        a = builder.fpext(v, ir.VectorType(f64, n)) if values.dtype.bitwidth < 64 else v
+        cur = context.cast(builder, args[1], signature.args[1], types.float64)
+        tol_v = context.cast(builder, args[2], signature.args[2], types.float64)
+        near = builder.fcmp_ordered("<=", _vabs(builder, builder.fsub(a, _splat(builder, cur, n))),
+                                    _splat(builder, tol_v, n))  # fmt: skip
+        # a[1..n] (the last lane is ``last``) minus a[0..n-1]
+        up = ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(1, n + 1)))
+        shifted = builder.shuffle_vector(a, _splat(builder, cur, n), up)
+        s = builder.fsub(shifted, a)
+        out = [_mask_bits(builder, near)]
+        for lag in range(1, n_lags + 1):
+            m = n - lag
+            d = builder.fsub(_lanes(builder, s, 0, m), _lanes(builder, s, lag, m))
+            out.append(_mask_bits(builder, builder.fcmp_ordered("<=", _vabs(builder, d), _splat(builder, tol_v, m))))
+        return context.make_tuple(builder, signature.return_type, out)
+
+    return ret(values, last, tol, lags), codegen
+
+
+@intrinsic(prefer_literal=True)
+def equal_lag_masks(typingctx, values, lags):
+    """For lag L = 1..``lags`` (literal), an int64 with bit j set where ``values[j] == values[j + L]``
+    (j < n - L) over a record's integer array field, every comparison a vector one."""
+    if not (isinstance(values, types.NestedArray) and values.ndim == 1 and isinstance(values.dtype, types.Integer)
+            and isinstance(lags, types.IntegerLiteral)):  # fmt: skip
+        return None
+    n, n_lags = values.shape[0], lags.literal_value
+    if not 1 <= n_lags < n < 64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = _field_vector(context, builder, signature.args[0], args[0])
+        out = []
+        for lag in range(1, n_lags + 1):
+            same = builder.icmp_unsigned("==", _lanes(builder, v, 0, n - lag), _lanes(builder, v, lag, n - lag))
+            out.append(_mask_bits(builder, same))
+        return context.make_tuple(builder, signature.return_type, out)
+
+    return types.UniTuple(types.int64, n_lags)(values, lags), codegen
+
+
+@intrinsic
+def popcount(typingctx, bits):
+    """The number of set bits of an int64 (one popcnt)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = builder.module.declare_intrinsic("llvm.ctpop", [i64])
+        return builder.call(fn, [context.cast(builder, args[0], signature.args[0], types.int64)])
+
+    return types.int64(bits), codegen
+
+
+@intrinsic
+def highest_bit(typingctx, bits):
+    """The index of the highest set bit of an int64, -1 when none is set (one lzcnt)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = builder.module.declare_intrinsic("llvm.ctlz", [i64, ir.IntType(1)])
+        x = context.cast(builder, args[0], signature.args[0], types.int64)
+        lz = builder.call(fn, [x, ir.Constant(ir.IntType(1), 0)])
+        return builder.sub(ir.Constant(i64, 63), lz)
+
+    return types.int64(bits), codegen
