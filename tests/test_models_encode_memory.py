@@ -37,7 +37,8 @@ def _near_tolerance_records(n: int, seed: int) -> np.ndarray:
     rec = GENERATORS[ModelId.MEMORY](n, seed)[0].copy()
     rng = np.random.default_rng(seed)
     base = np.float32(0.5)
-    steps = np.array([0.0, ADDR_TOL, np.nextafter(ADDR_TOL, 1.0), np.nextafter(ADDR_TOL, 0.0), ADDR_LINE, 2 * ADDR_LINE])
+    tol_up, tol_down = np.nextafter(ADDR_TOL, 1.0), np.nextafter(ADDR_TOL, 0.0)
+    steps = np.array([0.0, ADDR_TOL, tol_up, tol_down, ADDR_LINE, 2 * ADDR_LINE])
     for i in range(n):
         kind = i % 3
         if kind == 0:  # a periodic stride pattern with small drifts
