@@ -201,13 +201,10 @@ def _tree(builder: ir.IRBuilder, vec: ir.Value, combine, pad: ir.Value) -> ir.Va
     """Combine the lanes of ``vec`` pairwise (lanes padded with ``pad`` to a power of two)."""
     n = vec.type.count
     width = 1 << (n - 1).bit_length()
-    if width != n:
-        padded = _splat(builder, pad, width)
-        for j in range(n):
-            padded = builder.insert_element(padded, builder.extract_element(vec, ir.Constant(ir.IntType(32), j)),
-                                            ir.Constant(ir.IntType(32), j))  # fmt: skip
-        vec = padded
     i32 = ir.IntType(32)
+    if width != n:  # one shuffle: lanes n.. take ``pad`` (lane 0 of the second operand)
+        idx = ir.Constant(ir.VectorType(i32, width), list(range(n)) + [n] * (width - n))
+        vec = builder.shuffle_vector(vec, _splat(builder, pad, n), idx)
     while width > 1:
         half = width // 2
         undef = ir.Constant(vec.type, ir.Undefined)
