@@ -132,7 +132,8 @@ def check_workload(p):
     hc, hm, hg = p.historical_cpu, p.historical_memory, p.historical_gpu
     if _bad_arr(hc, _W_HCPU[1], _W_HCPU[2]):
         return _W_HCPU[0]
-    if _bad_arr(hm, _W_HMEM[1], _W_HMEM[2]):
+    # uint64 in [0, inf]: every value is valid (constants: the test compiles away)
+    if (_W_HMEM[1] > 0.0 or _W_HMEM[2] < math.inf) and _bad_arr(hm, _W_HMEM[1], _W_HMEM[2]):
         return _W_HMEM[0]
     if _bad_arr(hg, _W_HGPU[1], _W_HGPU[2]):
         return _W_HGPU[0]
@@ -140,7 +141,7 @@ def check_workload(p):
         return _W_CPU[0]
     if _bad(p.current_gpu, _W_GPU[1], _W_GPU[2]):
         return _W_GPU[0]
-    if _bad(p.current_memory, _W_MEM[1], _W_MEM[2]):
+    if (_W_MEM[1] > 0.0 or _W_MEM[2] < math.inf) and _bad(p.current_memory, _W_MEM[1], _W_MEM[2]):
         return _W_MEM[0]
     if _bad(p.time_of_day, _W_HOUR[1], _W_HOUR[2]):
         return _W_HOUR[0]
@@ -357,7 +358,10 @@ def linear_failure(p, out, args):
     out[26] = (cur - base) / (abs(cur) + abs(base) + 1e-9)
     for j in range(10):
         out[28 + j] = fh[j]
-    out[38] = field_sum(fh, 0, 10, 0.0) / 10.0  # 0/1 integers: exact in any order
+    ones = 0
+    for j in range(10):
+        ones += fh[j]  # an integer sum: the float64 sum of these 0/1 values, exactly
+    out[38] = ones / 10.0
 
 
 @numba.njit(nogil=True, cache=True, inline="always")

@@ -45,12 +45,13 @@ from ._encode import (
     logs_workload,
     timing_features_memory,
 )
-from ._log1p import log1p_column, log1p_exact_column
+from ._log1p import log1p_exact_into, log1p_into
 
 _GAPS = 19  # memory's inter-arrival gaps per record
-#: float64 scratch per record: memory keeps its 24 distances and, beside them, their log1p
-#: column, then its gaps (a row per gap, a column per record) and their mean and spread.
-SCRATCH_PER_ROW = 2 * M_N_LOGS + _GAPS + 2
+#: float64 scratch per record: a column of log1p arguments and one of their log1p (memory
+#: also keeps its 24 distances), then memory's gaps (a row per gap, a column per record)
+#: and their mean and spread.
+SCRATCH_PER_ROW = 3 * M_N_LOGS + _GAPS + 2
 
 
 def scratch_size(rows: int) -> int:
@@ -67,18 +68,19 @@ def new_scratch(rows: int) -> np.ndarray:
 @numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _rows(check, linear, logs, k, payloads, rows, n, out, err, scratch):
     """The three passes for a model whose ``linear`` part leaves ``k`` log1p arguments per record."""
+    args, logs_col = scratch[: n * k], scratch[n * k : 2 * n * k]
     for r in range(n):
         p = payloads[rows[r]]
         e = check(p)
         err[r] = e
         if e == 0:
-            linear(p, out[r], scratch[r * k : (r + 1) * k])
+            linear(p, out[r], args[r * k : (r + 1) * k])
         else:
-            scratch[r * k : (r + 1) * k] = 0.0
-    log1p_exact_column(scratch, n * k)  # integers and float32 values: 1 + x is exact
+            args[r * k : (r + 1) * k] = 0.0
+    log1p_exact_into(args, logs_col, n * k)  # integers and float32 values: 1 + x is exact
     for r in range(n):
         if err[r] == 0:
-            logs(scratch[r * k : (r + 1) * k], out[r])
+            logs(logs_col[r * k : (r + 1) * k], out[r])
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -100,9 +102,9 @@ def rows_failure(payloads, rows, n, out, err, scratch):
 def rows_memory(payloads, rows, n, out, err, scratch):
     k = M_N_LOGS
     m = n * k
-    dists, logs = scratch[:m], scratch[m : 2 * m]
-    g = 2 * m + _GAPS * n
-    gaps = scratch[2 * m : g]  # record r's gap j at j * n + r
+    dists, args, logs = scratch[:m], scratch[m : 2 * m], scratch[2 * m : 3 * m]
+    g = 3 * m + _GAPS * n
+    gaps = scratch[3 * m : g]  # record r's gap j at j * n + r
     mean, var = scratch[g : g + n], scratch[g + n : g + 2 * n]
     for r in range(n):
         p = payloads[rows[r]]
@@ -120,8 +122,8 @@ def rows_memory(payloads, rows, n, out, err, scratch):
         if err[r] == 0:
             timing_features_memory(gaps[(_GAPS - 1) * n + r], mean[r], var[r], out[r])
     for i in range(m):
-        logs[i] = log_arg_memory(dists[i])
-    log1p_column(logs, m)
+        args[i] = log_arg_memory(dists[i])
+    log1p_into(args, logs, m)
     for r in range(n):
         if err[r] == 0:
             o = out[r]

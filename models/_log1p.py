@@ -228,18 +228,40 @@ def _correction_is_zero(x):
 # numpy error model: a python-model division checks for zero and that exit stops LLVM vectorising.
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def log1p_column(x, n):
-    """``x[:n] = log1p(x[:n])`` in place, over a contiguous float64 column.
+    """``x[:n] = log1p(x[:n])`` in place, over a contiguous float64 column."""
+    for i in range(n):
+        x[i] = log1p(x[i])
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def log1p_exact_into(x, y, n):
+    """``y[:n] = log1p_exact(x[:n])`` (``y`` must not overlap ``x``), as ``log1p_exact_column``
+    but in one pass where no value is off glibc's general path: that pass computes the
+    general path and asks the question together (they share the reduction); only if some
+    value is off does a second pass take every path."""
+    off = False
+    for i in range(n):
+        off |= _off_main_path(x[i])
+        y[i] = _log1p_main(x[i])
+    if off:
+        for i in range(n):
+            y[i] = log1p_exact(x[i])
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def log1p_into(x, y, n):
+    """``y[:n] = log1p(x[:n])`` (``y`` must not overlap ``x``).
 
     A first pass asks whether glibc's correction term is 0 for every value (``1 + x``
     exact: the common case for memory's distances, differences of float32 addresses);
-    then ``log1p_exact_column`` gives the same bits (c = 0 / u is +0 either way) with
-    one division a value fewer.
+    then ``log1p_exact_into`` gives the same bits (c = 0 / u is +0 either way) with one
+    division a value fewer.
     """
     exact = True
     for i in range(n):
         exact &= _correction_is_zero(x[i])
     if exact:
-        log1p_exact_column(x, n)
+        log1p_exact_into(x, y, n)
     else:
         for i in range(n):
-            x[i] = log1p(x[i])
+            y[i] = log1p(x[i])

@@ -25,7 +25,7 @@ from models._encode import (
     threat_history_stats_ordered,
 )
 from models._encode_rows import ROW_ENCODERS, new_scratch
-from models._log1p import log1p_column, log1p_exact_column
+from models._log1p import log1p_column, log1p_exact_column, log1p_exact_into, log1p_into
 from models._serve import MAX_FEATURES
 from models._spec import RANGES, field_index
 
@@ -125,14 +125,43 @@ def test_log1p_is_libm_s_for_every_kind_of_input():
     x = np.concatenate([edges, rng.uniform(0, 1, 50_000), np.exp(rng.uniform(-700, 709, 100_000)),
                         rng.integers(0, 2**63, 50_000).astype(np.float64)])  # fmt: skip
     x = x[np.isfinite(x)]
+    want = np.array([math.log1p(v) for v in x])
     got = x.copy()
     log1p_column(got, len(got))
-    want = np.array([math.log1p(v) for v in x])
+    _assert_libm_s(x, got, want)
+    into = np.full_like(x, np.nan)
+    log1p_into(x, into, len(x))  # mixed: some 1 + x inexact, so every value takes the full path
+    _assert_libm_s(x, into, want)
+
+
+def _assert_libm_s(x: np.ndarray, got: np.ndarray, want: np.ndarray) -> None:
+    """Within 1 ulp of libm's log1p everywhere; bit for bit where glibc runs its FMA build."""
     ulps = np.abs(got.view(np.int64) - want.view(np.int64))
     assert ulps.max() <= 1, x[np.argmax(ulps)]
     flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
     if "fma" in flags and "avx2" in flags:
         assert not ulps.any(), x[ulps != 0][:5]
+
+
+def test_log1p_into_takes_the_exact_path_only_where_it_gives_libm_s_bits():
+    """``log1p_into`` skips glibc's correction when every 1 + x of a column is exact: memory's
+    distances (differences of float32 addresses, in lines), integers, 2**k - 1 and their
+    neighbours, in columns of one kind and in columns with one inexact value."""
+    rng = np.random.default_rng(13)
+    addr = rng.random((2, 20_000)).astype(np.float32).astype(np.float64)
+    lines = np.abs(addr[0] - addr[1]) * 2.0**16
+    ks = 2.0 ** np.arange(0, 60)
+    ints = np.concatenate([rng.integers(0, 2**20, 20_000).astype(np.float64), ks - 1, ks, ks + 1, [0.0, 2.0**53]])
+    inexact = np.array([0.1, 1e-17, 1.0 + 2.0**-30, 3e5 + 1e-7, 2.0**60 + 2.0**9])
+    for col in (lines, ints, np.concatenate([lines, inexact[:1]]), np.concatenate([ints, inexact]), inexact):
+        want = np.array([math.log1p(v) for v in col])
+        got = np.full_like(col, np.nan)
+        log1p_into(col, got, len(col))
+        _assert_libm_s(col, got, want)
+        for i in range(0, len(col), 997):  # one value alone: exact ones take the exact path
+            one = np.full(1, np.nan)
+            log1p_into(col[i : i + 1], one, 1)
+            _assert_libm_s(col[i : i + 1], one, want[i : i + 1])
 
 
 def test_log1p_exact_is_libm_s_where_one_plus_x_is_exact():
@@ -153,16 +182,18 @@ def test_log1p_exact_is_libm_s_where_one_plus_x_is_exact():
     got = x.copy()
     log1p_exact_column(got, len(got))  # mixed: some values are off glibc's general path, so every path
     want = np.array([math.log1p(v) for v in x])
+    into = np.full_like(x, np.nan)
+    log1p_exact_into(x, into, len(x))
+    _assert_libm_s(x, into, want)
     for i in range(len(x)):  # columns of one value: those on the general path take it alone
         one = x[i : i + 1].copy()
         log1p_exact_column(one, 1)
+        alone = np.full(1, np.nan)
+        log1p_exact_into(x[i : i + 1], alone, 1)
+        assert one[0] == alone[0]
         assert one[0] == want[i] or abs(int(one.view(np.int64)[0]) - int(want[i : i + 1].view(np.int64)[0])) <= 1
         got[i] = one[0]
-    ulps = np.abs(got.view(np.int64) - want.view(np.int64))
-    assert ulps.max() <= 1, x[np.argmax(ulps)]
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
-    if "fma" in flags and "avx2" in flags:
-        assert not ulps.any(), x[ulps != 0][:5]
+    _assert_libm_s(x, got, want)
 
 
 @pytest.mark.parametrize("mid", MIDS)
