@@ -354,8 +354,14 @@ def _encode_and_probe(mid, now, batch, models, cache_, counters):
     encode_rows(models.payloads, mid, rows, cnt, feats, err, batch.enc_scratch)
     per_model = counters.model
     cached = cache_.ttl_ns[mid] > 0
-    if cached:  # every row's key at once (invalid rows' too: cheaper than a call per row)
-        cache.feature_keys(batch.features[mid], models.n_features[mid], cnt, cache_.quantum[mid], batch.row_keys)
+    row_keys, row_slots = batch.row_keys, batch.row_slots
+    if cached:  # every row's key at once, then every row looked up at once (a call per row costs more)
+        cache.feature_keys(batch.features[mid], models.n_features[mid], cnt, cache_.quantum[mid], row_keys)
+        for r in range(cnt):
+            if err[r] != 0 or (batch.reqs[rows[r]].flags & REQ_NO_CACHE) != 0:
+                row_keys[r] = 0  # not looked up, not inserted
+        cache.lookup_rows(cache_, mid, batch.features[mid], models.n_features[mid], cnt, row_keys, now, row_slots,
+                          batch.row_seen)  # fmt: skip
     kept = 0
     for r in range(cnt):
         j = rows[r]
@@ -363,16 +369,19 @@ def _encode_and_probe(mid, now, batch, models, cache_, counters):
             per_model[mid, met.ERRORS] += 1
             _answer(batch.responses, j, Status.INVALID_INPUT, err[r], counters.channel, _channel_of(batch.offsets, j))
             continue
-        if cached and (batch.reqs[j].flags & REQ_NO_CACHE) == 0:
-            key = batch.row_keys[r]
-            resp = batch.responses[j]
-            hit = cache.cache_get(cache_.entries, cache_.stats, mid, key, now, resp.outputs)
-            if hit and not cache.recheck_hit(cache_.stats, cache_.adapt, mid):
+        if cached and row_keys[r] != 0:
+            slot = row_slots[r]
+            if slot >= 0:  # a hit
+                resp = batch.responses[j]
+                for i in range(cache.N_OUTPUTS):
+                    resp.outputs[i] = cache_.values[mid, slot, i]
                 resp.flags = RESP_CACHE_HIT
                 per_model[mid, met.CACHE_HITS] += 1
                 continue
             per_model[mid, met.CACHE_MISSES] += 1
-            batch.keys[j] = key
+            batch.keys[j] = row_keys[r]
+            batch.slots[j] = -1 - slot
+            batch.seen[j] = batch.row_seen[r]
         if kept != r:
             feats[kept] = feats[r]
         rows[kept] = j
@@ -422,12 +431,11 @@ def finish(rings, batch, models, cache_, counters, n):
         met_jit.record_batch(counters.batch_hist, mid, cnt)
         for r in range(cnt):
             j = batch.rows[mid, r]
-            responses[j].outputs[:] = post[r]
-            if batch.keys[j] != 0:
-                if cache_.adapt[mid, cache.ADAPT_MAX_NS] > 0:  # adaptive TTL: compare with what a hit would answer
-                    cache.adapt_ttl(cache_.entries, cache_.ttl_ns, cache_.adapt, cache_.stats, mid, batch.keys[j], now,
-                                    post[r])  # fmt: skip
-                cache.cache_put(cache_.entries, cache_.stats, mid, batch.keys[j], now, cache_.ttl_ns[mid], post[r])
+            for i in range(post.shape[1]):
+                responses[j].outputs[i] = post[r, i]
+        if cache_.ttl_ns[mid] > 0:  # the misses: each into the slot its lookup chose
+            cache.insert_rows(cache_, mid, batch.features[mid], models.n_features[mid], cnt, batch.rows[mid],
+                              batch.keys, batch.slots, batch.seen, post, now)  # fmt: skip
     publish = monotonic_ns()
     for j in range(n):
         responses[j].service_ns = publish - drain_ns

@@ -71,7 +71,11 @@ def new_batch(
         responses=responses,
         resp_bytes=responses.view(np.uint8).reshape(room, -1),
         keys=np.zeros(room, np.uint64),
+        slots=np.zeros(room, np.int64),
+        seen=np.zeros(room, np.uint64),
         row_keys=np.zeros(room, np.uint64),
+        row_slots=np.zeros(room, np.int64),
+        row_seen=np.zeros(room, np.uint64),
         features=np.zeros((N_MODELS, room, MAX_FEATURES), np.float32),
         raw=np.zeros((N_MODELS, room, MAX_OUTPUTS), np.float32),
         post=np.zeros((room, 4), np.float64),
@@ -116,8 +120,16 @@ def rings_of(table: ringbuf.ChannelTable) -> Rings:
     return Rings(table.table, table.sq_state, table.cq_state, table.ready, table.waiters)
 
 
+def new_cache(capacity: int) -> CacheArrays:
+    """The result cache of every model, ``capacity`` entries each, full keys as long as its features."""
+    widths = [0] * N_MODELS
+    for mid in ModelId:
+        widths[mid] = models.N_FEATURES[mid]
+    return CacheArrays.new(N_MODELS, capacity, widths)
+
+
 def cache_of(c: CacheArrays) -> Cache:
-    return Cache(c.entries, c.ttl_ns, c.quantum, c.stats, c.adapt)
+    return Cache(c.buckets, c.values, c.words, c.key_at, c.key_stride, c.ttl_ns, c.quantum, c.stats, c.adapt)
 
 
 def counters_of(m: MetricsArrays, loop: np.ndarray | None = None) -> Counters:

@@ -79,7 +79,11 @@ class Batch(NamedTuple):
     responses: np.ndarray  # RESPONSE[room]: answer j is for staged request j
     resp_bytes: np.ndarray  # uint8[room, RESPONSE_SLOT_SIZE], a view of responses
     keys: np.ndarray  # uint64[room]: cache key of request j (0: not cached)
-    row_keys: np.ndarray  # uint64[room]: cache key of each queued row of the model being probed
+    slots: np.ndarray  # int64[room]: the cache slot request j's answer goes to (its lookup chose it) ...
+    seen: np.ndarray  # uint64[room]: ... and the key that slot held then (``_cache.insert``)
+    row_keys: np.ndarray  # uint64[room]: cache key of each queued row of the model being probed (0: not looked up)
+    row_slots: np.ndarray  # int64[room]: its lookup's answer (``_cache.lookup_rows``) ...
+    row_seen: np.ndarray  # uint64[room]: ... and the key in the slot a miss takes
     features: np.ndarray  # float32[models, room, max features]: model m's batch in features[m, :counts[m]]
     raw: np.ndarray  # float32[models, room, max outputs]: its raw outputs
     post: np.ndarray  # float64[room, 4]: post-processed outputs of one model's batch
@@ -102,7 +106,11 @@ class Models(NamedTuple):
 
 
 class Cache(NamedTuple):
-    entries: np.ndarray
+    buckets: np.ndarray  # _cache.BUCKET[models, capacity / WAYS]: keys and expiries, a line a bucket
+    values: np.ndarray  # float64[models, capacity, outputs]
+    words: np.ndarray  # uint32: each slot's full key (its features), per model from key_at, key_stride a slot
+    key_at: np.ndarray
+    key_stride: np.ndarray
     ttl_ns: np.ndarray  # int64[models]: the TTL now (the stats segment's ``cache_ttl_ns``: clients read it)
     quantum: np.ndarray
     stats: np.ndarray

@@ -38,7 +38,7 @@ from kernel_abi import MAX_CHANNELS, ModelId, Status
 from . import _config, _lifecycle, _lock, _loop, _notify, _pass, _readiness
 from . import _metrics as met
 from . import _model_states as ms
-from ._cache import ADAPT_WORDS, N_STATS, CacheArrays
+from ._cache import ADAPT_WORDS, N_STATS
 from ._errors import ShmdError
 from ._http_child import HttpChild
 from ._pass_layout import LOOP_HOUSEKEEPING_ASKED, PASS_FAULT, PASS_FAULT_COUNTDOWN, PASS_ROOM, PASS_SPIN_NS
@@ -225,7 +225,7 @@ class Daemon:
         )
         a = self.stats.arrays
         self.metrics = met.MetricsArrays(a["model"], a["hist"], a["summary"], a["batch_hist"], a["channel"])
-        self.cache = CacheArrays.new(_loop.N_MODELS, self.cfg.cache_capacity)
+        self.cache = _pass.new_cache(self.cfg.cache_capacity)
         # The pass updates these in place: readers (and the clients' edge caches) see the TTL it tunes.
         self.cache.stats, self.cache.ttl_ns, self.cache.adapt = a["cache_stats"], a["cache_ttl_ns"], a["cache_adapt"]
         for mid in ModelId:
