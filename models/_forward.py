@@ -28,7 +28,7 @@ from ._simd import LANES, float32_from_bits, tile_1x1, tile_1x2, tile_1x4, tile_
 _F = 4  # bytes per float32
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _dense(s, ops, i, consts, rows):
     """Dense layer of op ``i`` over scratch rows [0, rows)."""
     n_in = ops[i, o.OP_A_WIDTH]
@@ -123,14 +123,14 @@ def _move(src, ra, a, dst, rb, b, width):
         dst[rb, _u(b + j)] = src[ra, _u(a + j)]
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _copy(s, ops, i, consts, rows):
     dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
     for r in range(rows):  # element loops: numba's slice assignment costs ~20x more here
         _move(s, r, a, s, r, dst, width)
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _gather(s, ops, i, consts, rows):
     dst, a, width, at = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH], ops[i, o.OP_W]
     for j in range(width):
@@ -147,7 +147,7 @@ def _columns_in(s, t, a, width, rows):
             t[j, r] = s[r, a + j]
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _logistic(s, t, ops, i, consts, rows):
     dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
     one = np.float32(1.0)
@@ -166,7 +166,7 @@ def _logistic(s, t, ops, i, consts, rows):
             s[r, dst + j] = t[j, r]
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _softmax(s, t, ops, i, consts, rows):
     """Per row, as LiteRT: max, exp((x - max) * beta) in column order, summed in column order, divided."""
     dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_WIDTH]
@@ -204,7 +204,7 @@ def _softmax(s, t, ops, i, consts, rows):
             s[r, dst + j] = t[j, r] / total[r]
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _reduce(s, ops, i, consts, rows):
     dst, a, width = ops[i, o.OP_OUT], ops[i, o.OP_A], ops[i, o.OP_A_WIDTH]
     is_max = ops[i, o.OP_KIND] == o.K_REDUCE_MAX
@@ -215,7 +215,7 @@ def _reduce(s, ops, i, consts, rows):
         s[r, dst] = acc
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _binary(s, ops, i, consts, rows):
     """a (op) b with a width-1 operand broadcast; b may be a constant row."""
     kind = ops[i, o.OP_KIND]

@@ -353,9 +353,12 @@ def _encode_and_probe(mid, now, batch, models, cache_, counters):
     rows, feats, err = batch.rows[mid], batch.features[mid, :, : models.n_features[mid]], batch.enc_err
     encode_rows(models.payloads, mid, rows, cnt, feats, err, batch.enc_scratch)
     per_model = counters.model
-    cached = cache_.ttl_ns[mid] > 0
     row_keys, row_slots = batch.row_keys, batch.row_slots
-    if cached:  # every row's key at once, then every row looked up at once (a call per row costs more)
+    cached = 0  # rows that look the cache up: valid, and not sent with REQ_NO_CACHE
+    if cache_.ttl_ns[mid] > 0:
+        for r in range(cnt):
+            cached += err[r] == 0 and (batch.reqs[rows[r]].flags & REQ_NO_CACHE) == 0
+    if cached > 0:  # every row's key at once, then every row looked up at once (a call per row costs more)
         cache.feature_keys(batch.features[mid], models.n_features[mid], cnt, cache_.quantum[mid], row_keys)
         for r in range(cnt):
             if err[r] != 0 or (batch.reqs[rows[r]].flags & REQ_NO_CACHE) != 0:
@@ -369,7 +372,7 @@ def _encode_and_probe(mid, now, batch, models, cache_, counters):
             per_model[mid, met.ERRORS] += 1
             _answer(batch.responses, j, Status.INVALID_INPUT, err[r], counters.channel, _channel_of(batch.offsets, j))
             continue
-        if cached and row_keys[r] != 0:
+        if cached > 0 and row_keys[r] != 0:
             slot = row_slots[r]
             if slot >= 0:  # a hit
                 resp = batch.responses[j]
@@ -429,11 +432,13 @@ def finish(rings, batch, models, cache_, counters, n):
         counters.model[mid, met.INFERENCES] += cnt
         counters.model[mid, met.BATCHES] += 1
         met_jit.record_batch(counters.batch_hist, mid, cnt)
+        misses = 0  # rows whose lookup missed: each goes into the slot the lookup chose
         for r in range(cnt):
             j = batch.rows[mid, r]
             for i in range(post.shape[1]):
                 responses[j].outputs[i] = post[r, i]
-        if cache_.ttl_ns[mid] > 0:  # the misses: each into the slot its lookup chose
+            misses += batch.keys[j] != 0
+        if misses > 0:
             cache.insert_rows(cache_, mid, batch.features[mid], models.n_features[mid], cnt, batch.rows[mid],
                               batch.keys, batch.slots, batch.seen, post, now)  # fmt: skip
     publish = monotonic_ns()
