@@ -579,7 +579,9 @@ def step(rings, batch, models, cache_, counters, n_prev):
             # Python housekeeping (~0.2 ms) then runs while no request is in flight, not between
             # the client's wake-up and its answer (the client woke us onto its own CPU, where it
             # would wait behind it: at 10 ms gaps, with a 10 ms period, every other request did).
-            timeout = min(sleep_ns, QUIET_SLEEP_NS) if due_from > 0 else sleep_ns
+            # (A load that asked for housekeeping while we spun: a quiet sleep too, not a full one.)
+            quiet = due_from > 0 or loop[LOOP_HOUSEKEEPING_ASKED] != 0
+            timeout = min(sleep_ns, QUIET_SLEEP_NS) if quiet else sleep_ns
             loop[LOOP_SLEEPS] += 1
             state[PASS_HANDOFF] = 0
             found, outcome = table_sleep(rings.table, rings.sq_state, rings.cq_state, rings.ready, rings.waiters,

@@ -59,6 +59,7 @@ EXIT_LOOP_FAILED = 3  # the poll loop raised while serving: ``event=loop_failed`
 HOUSEKEEPING_NS = _loop.HOUSEKEEPING_NS  # heartbeat, gauges and control commands at most this often
 CACHE_COUNT_NS = 1_000_000_000  # live cache entries are counted this often
 STARTUP_SLEEP_NS = 1_000_000  # the loop's longest sleep until the start-up probe is through: ready soon after it
+LOADING_SLEEP_NS = 1_000_000  # ... and while a version is being prepared: swapped in soon after it is
 
 
 def _ms_since(t0: float) -> float:
@@ -437,6 +438,17 @@ class Daemon:
                 a["cache_entries"][mid] = self.cache.entries_live(int(mid), now)
         control[DONE] = seq
 
+    def loop_sleep_ns(self) -> int:
+        """The idle loop's longest sleep now: short until the start-up probe is through and while a load runs.
+
+        A sleep ends early for a request, not for the loader finishing a version (its ask for
+        housekeeping is a word the sleeping loop does not watch): an idle daemon would swap it
+        in up to a whole sleep (``sleep_timeout_ms``, 100 ms) later.
+        """
+        if not self.started:
+            return min(self.sleep_ns, STARTUP_SLEEP_NS)
+        return min(self.sleep_ns, LOADING_SLEEP_NS) if self.loader.pending else self.sleep_ns
+
     def housekeeping_due(self) -> bool:
         return bool(time.monotonic_ns() - self.last_housekeeping >= HOUSEKEEPING_NS
                     or self.stats.arrays["loop"][LOOP_HOUSEKEEPING_ASKED])  # fmt: skip
@@ -611,7 +623,7 @@ class Daemon:
         if n:
             self.infer()
         while not self.stopping:
-            n = self.step(n, self.spin_ns, self.sleep_ns if self.started else min(self.sleep_ns, STARTUP_SLEEP_NS))
+            n = self.step(n, self.spin_ns, self.loop_sleep_ns())
             if n:
                 self.infer()
                 if not self.housekeeping_due():

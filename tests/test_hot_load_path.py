@@ -4,7 +4,8 @@
   every 50 ms at a quiet moment, and load request -> answer took ~2 periods. A request
   (``request_load``) and the loader finishing a version (``Loader.on_done``) set
   ``LOOP_HOUSEKEEPING_ASKED``: the compiled ``step`` returns for housekeeping at its next quiet
-  moment instead of sleeping on, and housekeeping runs although its period is not over.
+  moment instead of sleeping on, and housekeeping runs although its period is not over; while
+  a version is prepared the idle loop sleeps at most ``LOADING_SLEEP_NS``.
 - Installed by assignment: the loader's thread builds the pass's ``Models`` for the new version
   (``Candidate.install``); the swap assigns it, and the loop's compiled entry point is kept (the
   descriptors' types are unchanged: re-typing them took 1-9 ms on the loop's thread per swap).
@@ -28,7 +29,7 @@ from shmd import _config, _loop
 from shmd import _model_states as ms
 from shmd._codec import encode_payload
 from shmd._pass_layout import LOOP_HOUSEKEEPING_ASKED
-from shmd.daemon import Daemon
+from shmd.daemon import LOADING_SLEEP_NS, Daemon
 from shmd.samples import WORKLOAD
 
 from .test_model_lifecycle import add_version
@@ -69,12 +70,15 @@ def test_a_load_is_due_at_once_and_installed_by_assignment(
         daemon.housekeeping()  # within its period: runs only because it was asked
         assert not a["loop"][LOOP_HOUSEKEEPING_ASKED]
         assert daemon.loader.pending == {wl: 2}, "housekeeping did not pick the load request up"
+        # Its ask for housekeeping is a word the sleeping loop does not watch: short sleeps meanwhile.
+        assert daemon.loop_sleep_ns() <= LOADING_SLEEP_NS, "the idle loop would sleep its full timeout on a load"
         deadline = time.monotonic() + WAIT_S
         while not a["loop"][LOOP_HOUSEKEEPING_ASKED]:  # set by the loader once version 2 is prepared
             assert time.monotonic() < deadline, f"the loader did not ask for housekeeping within {WAIT_S} s"
             time.sleep(0.01)
         daemon.housekeeping()
         assert [(c.mid, c.version, c.seq, c.error) for c in daemon.swaps] == [(wl, 2, seq, "")]
+        assert daemon.loop_sleep_ns() == daemon.sleep_ns  # nothing loading: the configured sleep again
         cand = daemon.swaps[0]
         retyped, resolve = [], _loop.step_entry
         monkeypatch.setattr(_loop, "step_entry", lambda *descriptors: retyped.append(1) or resolve(*descriptors))
