@@ -12,7 +12,10 @@ a periodic tick would) and times each round trip from just before the send:
   against a real ``shmd serve --no-http`` on its own prefix;
 - baselines paced the same way in the same run, from the same C driver: a POSIX
   message-queue echo and a UNIX stream-socket echo with a forked child (both
-  sides blocking), and the raw spin floor (both sides spinning on shared memory);
+  sides blocking); shmd's wake-up mechanism bare, a shared-futex echo on one
+  32-bit word each way, and the same with the child sleeping in ``futex_waitv``
+  on three words as the daemon does (one per channel: what a single doorbell
+  word would save); and the raw spin floor (both sides spinning on shared memory);
   and the model's LiteRT batch-1 call, measured in this process.
 
 Per gap and transport: p50/p99/p99.9/max, the ratios to the MQ echo at that gap,
@@ -49,14 +52,21 @@ BUILD_DIR = ROOT / "build" / "bench"
 
 GAPS_US = (0, 20, 100, 1_000, 10_000)
 SHMD = ("c_hit", "c_miss", "py_hit", "py_miss")  # figures: shmd through its clients
-ECHO = ("mq_echo", "unix_echo", "spin_floor")  # baselines from the C driver
+ECHO = ("mq_echo", "unix_echo", "futex_echo", "futexv_echo", "spin_floor")  # baselines from the C driver
 TRANSPORTS = SHMD + ECHO
 LABELS = {
     "c_hit": "C client, cache hit", "c_miss": "C client, cache miss",
     "py_hit": "Python client, cache hit", "py_miss": "Python client, cache miss",
-    "mq_echo": "POSIX MQ echo", "unix_echo": "UNIX socket echo", "spin_floor": "spin floor (shm)",
+    "mq_echo": "POSIX MQ echo", "unix_echo": "UNIX socket echo", "futex_echo": "futex echo (shm, 1 word)",
+    "futexv_echo": "futex_waitv echo (shm, 3 words)", "spin_floor": "spin floor (shm)",
 }  # fmt: skip
-_DRIVER_MODE = {"mq_echo": "mq", "unix_echo": "sock", "spin_floor": "spin"}
+_DRIVER_MODE = {
+    "mq_echo": "mq",
+    "unix_echo": "sock",
+    "futex_echo": "futex",
+    "futexv_echo": "futexv",
+    "spin_floor": "spin",
+}
 WARMUP, WARMUP_MAX_S = 200, 0.25  # unmeasured round trips before each run, bounded in time (as pace.c's)
 SEQUENTIAL_TARGET_N = 50_000  # issue 9: maximum over at least this many round trips ...
 SEQUENTIAL_MAX_US = 50_000.0  # ... at most 50 ms

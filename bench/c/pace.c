@@ -1,7 +1,7 @@
 /* pace: paced round trips for `python -m bench pace`.
  *
  *   pace shmd PREFIX CHANNEL hit|miss GAP_NS N BUDGET_MS DAEMON_PID < request.bin
- *   pace mq|sock|spin GAP_NS N BUDGET_MS
+ *   pace mq|sock|spin|futex|futexv GAP_NS N BUDGET_MS
  *
  * shmd: one shmd_client_predict per round trip (the public C client API only);
  *       hit repeats one request (served from the cache after the first),
@@ -11,6 +11,12 @@
  * sock: UNIX stream socket echo with a forked child, both sides blocking in read.
  * spin: the raw floor: a forked child and this process ping-pong one 64-bit
  *       word each on shared memory, both spinning (no system call at all).
+ * futex: shmd's own wake-up mechanism, bare: a forked child and this process
+ *       ping-pong one 32-bit word each on shared memory, both blocking
+ *       (FUTEX_WAKE after every store, FUTEX_WAIT while the word is unchanged).
+ * futexv: as futex, but the child sleeps as the daemon does, with futex_waitv
+ *       on its word and FUTEXV_IDLE more (each in its own page, like one SQ
+ *       word per channel segment): what a single doorbell word would save.
  *
  * Pacing is open loop on an absolute schedule: request i goes at the first slot
  * start + k * GAP_NS (CLOCK_MONOTONIC, clock_nanosleep TIMER_ABSTIME) not earlier
@@ -38,17 +44,25 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/futex.h>
 
 #include "shmd_client.h"
+
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449 /* x86-64, Linux 5.16 */
+#endif
 
 #define WARMUP 200                /* unmeasured round trips first ... */
 #define WARMUP_MAX_NS 250000000u  /* ... for at most 0.25 s (a spin peer descheduled on a busy host) */
 #define REQ_SIZE sizeof(struct shmd_request)
 #define RESP_SIZE sizeof(struct shmd_response)
 #define CHILD_IDLE_S 10 /* an echo child gives up after this long without a request */
+#define FUTEXV_IDLE 2   /* futexv: words the child also sleeps on (the daemon's other channels) */
+#define PAGE 4096
 
 static inline void cpu_relax(void)
 {
@@ -103,6 +117,8 @@ struct transport {
     int fd;
     /* spin: ping at [0], pong at [8] (separate cache lines) */
     _Atomic uint64_t *words;
+    /* futex, futexv: ping word in page 0, pong word in page 1, idle words in pages 2.. */
+    _Atomic uint32_t *fwords;
     uint64_t seq;
     char buf[REQ_SIZE > RESP_SIZE ? REQ_SIZE : RESP_SIZE];
 };
@@ -172,6 +188,69 @@ static int spin_rt(struct transport *t)
         }
     }
     return 0;
+}
+
+/* Shared (not FUTEX_PRIVATE_FLAG) futex calls, as the daemon's and the clients'. */
+static void fx_wake(_Atomic uint32_t *w) { syscall(SYS_futex, w, FUTEX_WAKE, 1, NULL, NULL, 0); }
+
+/* Sleep while *w == seen, at most timeout_s; the word's value after. */
+static uint32_t fx_wait(_Atomic uint32_t *w, uint32_t seen, time_t timeout_s)
+{
+    struct timespec ts = {.tv_sec = timeout_s};
+    uint32_t v;
+    while ((v = atomic_load_explicit(w, memory_order_acquire)) == seen) {
+        if (syscall(SYS_futex, w, FUTEX_WAIT, seen, &ts, NULL, 0) != 0 && errno == ETIMEDOUT)
+            return atomic_load_explicit(w, memory_order_acquire);
+    }
+    return v;
+}
+
+#define FWORD(t, page) ((_Atomic uint32_t *)((char *)(t)->fwords + (size_t)(page) * PAGE))
+
+static int futex_rt(struct transport *t)
+{
+    uint32_t s = (uint32_t)++t->seq;
+    atomic_store_explicit(FWORD(t, 0), s, memory_order_seq_cst);
+    fx_wake(FWORD(t, 0));
+    if (fx_wait(FWORD(t, 1), s - 1, 2) != s) {
+        fprintf(stderr, "pace: futex peer stopped answering\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Answer each new ping word with the same value in the pong word; waits with
+ * futex_waitv on the ping word and `idle` other words when idle > 0. */
+static void futex_child(struct transport *t, int idle)
+{
+    uint32_t seen = 0;
+    struct futex_waitv wv[1 + FUTEXV_IDLE];
+    for (int i = 0; i <= idle; i++)
+        wv[i] = (struct futex_waitv){.uaddr = (uint64_t)(uintptr_t)FWORD(t, i ? i + 1 : 0), .flags = FUTEX_32};
+    for (;;) {
+        uint32_t v = atomic_load_explicit(FWORD(t, 0), memory_order_acquire);
+        if (v == seen) {
+            struct timespec dl;
+            clock_gettime(CLOCK_MONOTONIC, &dl);
+            dl.tv_sec += CHILD_IDLE_S;
+            long rc;
+            if (idle) {
+                wv[0].val = seen;
+                rc = syscall(SYS_futex_waitv, wv, (unsigned)(1 + idle), 0, &dl, CLOCK_MONOTONIC);
+            } else {
+                struct timespec rel = {.tv_sec = CHILD_IDLE_S};
+                rc = syscall(SYS_futex, FWORD(t, 0), FUTEX_WAIT, seen, &rel, NULL, 0);
+            }
+            if (rc < 0 && errno == ETIMEDOUT)
+                _exit(0);
+            continue;
+        }
+        if (v == UINT32_MAX)
+            _exit(0);
+        seen = v;
+        atomic_store_explicit(FWORD(t, 1), v, memory_order_seq_cst);
+        fx_wake(FWORD(t, 1));
+    }
 }
 
 /* The echo children: answer until told to stop, the parent goes, or CHILD_IDLE_S passes. */
@@ -261,6 +340,14 @@ static void open_echo(struct transport *t, const char *kind)
         close(sv[1]);
         t->fd = sv[0];
         t->roundtrip = sock_rt;
+    } else if (strcmp(kind, "futex") == 0 || strcmp(kind, "futexv") == 0) {
+        t->fwords = mmap(NULL, (2 + FUTEXV_IDLE) * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (t->fwords == MAP_FAILED)
+            die("pace: mmap");
+        t->peer = fork_or_die();
+        if (t->peer == 0)
+            futex_child(t, kind[5] == 'v' ? FUTEXV_IDLE : 0);
+        t->roundtrip = futex_rt;
     } else {
         t->words = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         if (t->words == MAP_FAILED)
@@ -278,6 +365,10 @@ static void close_echo(struct transport *t)
         atomic_store_explicit(&t->words[0], UINT64_MAX, memory_order_release);
     else if (t->roundtrip == sock_rt)
         close(t->fd); /* the child reads EOF */
+    else if (t->roundtrip == futex_rt) {
+        atomic_store_explicit(FWORD(t, 0), UINT32_MAX, memory_order_seq_cst);
+        fx_wake(FWORD(t, 0));
+    }
     else
         kill(t->peer, SIGTERM); /* a blocked mq_timedreceive would wait CHILD_IDLE_S */
     waitpid(t->peer, NULL, 0);
@@ -288,7 +379,7 @@ static void close_echo(struct transport *t)
 static int usage(void)
 {
     fprintf(stderr, "usage: pace shmd PREFIX CHANNEL hit|miss GAP_NS N BUDGET_MS DAEMON_PID < request.bin\n"
-                    "       pace mq|sock|spin GAP_NS N BUDGET_MS\n");
+                    "       pace mq|sock|spin|futex|futexv GAP_NS N BUDGET_MS\n");
     return 2;
 }
 
@@ -296,7 +387,8 @@ int main(int argc, char **argv)
 {
     struct transport t = {0};
     int shmd = argc == 9 && strcmp(argv[1], "shmd") == 0;
-    int echo = argc == 5 && (!strcmp(argv[1], "mq") || !strcmp(argv[1], "sock") || !strcmp(argv[1], "spin"));
+    int echo = argc == 5 && (!strcmp(argv[1], "mq") || !strcmp(argv[1], "sock") || !strcmp(argv[1], "spin") ||
+                             !strcmp(argv[1], "futex") || !strcmp(argv[1], "futexv"));
     if (!shmd && !echo)
         return usage();
     char **rest = argv + (shmd ? 5 : 2);
