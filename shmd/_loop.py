@@ -244,7 +244,7 @@ def _answer(responses, j, status, error_field, counters, c):
     counters[c, met.REJECTED + status] += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def drain(rings, batch, models, cache_, counters, spin_ns):
     """Copy, validate, encode and cache-probe up to ``PASS_ROOM`` records; how many.
 
@@ -285,7 +285,7 @@ def drain(rings, batch, models, cache_, counters, spin_ns):
     return n
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _admit(first, got, c, now, batch, models, counters):
     """Decide the headers of channel ``c``'s staged records ``first .. first + got - 1``.
 
@@ -342,7 +342,7 @@ def _channel_of(offsets, j):
     return c
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def _encode_and_probe(mid, now, batch, models, cache_, counters):
     """Encode model ``mid``'s queued records at once; answer invalid ones and cache hits; keep the rest.
 
@@ -392,7 +392,7 @@ def _encode_and_probe(mid, now, batch, models, cache_, counters):
     batch.counts[mid] = kept
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def infer_compiled(batch, models):
     """Run every queued model the bank holds, in place; False if some queued model is not in it.
 
@@ -412,7 +412,7 @@ def infer_compiled(batch, models):
     return all_done
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, inline="always")
 def finish(rings, batch, models, cache_, counters, n):
     """Post-process, cache, publish every channel's answers, then release its SQ slots.
 
