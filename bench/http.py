@@ -17,8 +17,11 @@ rates), and the cache hit rate the daemon saw during each case is recorded, so t
 figures are inference, not cache hits. Nothing is pinned to a CPU: on this 2-vCPU
 machine the daemon, the shim workers, the bare endpoint (idle while the shim is
 driven) and the load generator share both. The JSON records each target as met or
-missed, the resident memory of the daemon and of each shim, the commands, and the
-host, time and commit. A throwaway ``shmd serve`` starts and stops first, so that a
+missed, the resident memory of the daemon and of each shim, the CPU each server's
+processes spent per request in each case (``cpu_us_per_request``, from ``/proc``: at
+c=1 on 2 shared vCPUs the latency is close to the sum of these, and they move far less
+than the latency when other work shares the machine), the commands, and the host, time
+and commit. A throwaway ``shmd serve`` starts and stops first, so that a
 cold numba cache (any source change) is compiled before anything is measured: a daemon
 that compiled at its start holds ~390 MB resident against ~170 MB from the cache, which
 would judge the memory target on a one-off.
@@ -166,6 +169,31 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) the process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU µs per request of each named group of processes over one case (``/proc``, every thread).
+
+    Robust where wall-clock figures are not: on 2 shared vCPUs a c=1 latency is close to the sum
+    of the CPU each party spends per request, and another helper's load moves the latency far
+    more than it moves that sum."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self.before = {name: sum(map(_cpu_s, pids)) for name, pids in groups.items()}
+
+    def per_request(self, requests: int) -> dict[str, float]:
+        return {name: round((sum(map(_cpu_s, pids)) - self.before[name]) * 1e6 / max(requests, 1), 1)
+                for name, pids in self.groups.items()}  # fmt: skip
 
 
 def _shim_pids(prefix: str) -> list[int]:
@@ -352,7 +380,7 @@ def _judge(figures: dict[str, float]) -> dict[str, dict[str, Any]]:
 
 def _table(name: str, shim: dict[str, Any], bare: dict[str, Any]) -> str:
     rows = [f"{'case':<9} {'server':<9} {'req':>7} {'err':>4} {'req/s':>8} {'p50 µs':>8} {'p99 µs':>8} "
-            f"{'p99.9 µs':>9} {'max µs':>8} {'hits':>5} {'÷ bare':>7}"]  # fmt: skip
+            f"{'p99.9 µs':>9} {'max µs':>8} {'hits':>5} {'÷ bare':>7}  CPU µs per request"]  # fmt: skip
     for case in CASES:
         for who, f in ((name, shim[case]), ("bare", bare[case])):
             if who == "bare":
@@ -362,8 +390,10 @@ def _table(name: str, shim: dict[str, Any], bare: dict[str, Any]) -> str:
             else:
                 rel = f"{f['p50_us'] / bare[case]['p50_us']:.2f}x"
             hits = f"{f['cache_hit_rate']:.0%}" if "cache_hit_rate" in f else ""
+            cpu = " ".join(f"{k} {v:.0f}" for k, v in f.get("cpu_us_per_request", {}).items())
             rows.append(f"{case:<9} {who:<9} {f['requests']:>7} {f['errors']:>4} {f['rps']:>8.0f} {f['p50_us']:>8.0f} "
-                        f"{f['p99_us']:>8.0f} {f['p999_us']:>9.0f} {f['max_us']:>8.0f} {hits:>5} {rel:>7}")  # fmt: skip
+                        f"{f['p99_us']:>8.0f} {f['p999_us']:>9.0f} {f['max_us']:>8.0f} {hits:>5} {rel:>7}"
+                        f"  {cpu}")  # fmt: skip
     return "\n".join(rows)
 
 
@@ -406,9 +436,13 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     load.run(serve.url, "c16", 1.0)  # warm up: connections, first-call paths
                     for case in CASES:
+                        meter = CpuMeter({"bare": [bare.pid]})
                         base[name][case] = load.run(f"http://127.0.0.1:{bare_port}", case, seconds)
+                        base[name][case]["cpu_us_per_request"] = meter.per_request(base[name][case]["requests"])
                         hits0, miss0 = serve.cache_counts()
+                        meter = CpuMeter({"daemon": [serve.proc.pid], "shims": _shim_pids(serve.prefix)})
                         shim[name][case] = load.run(serve.url, case, seconds)
+                        shim[name][case]["cpu_us_per_request"] = meter.per_request(shim[name][case]["requests"])
                         hits1, miss1 = serve.cache_counts()
                         total = hits1 - hits0 + miss1 - miss0
                         shim[name][case]["cache_hit_rate"] = round((hits1 - hits0) / total, 4) if total else 0.0
