@@ -34,7 +34,7 @@ def build_requests(
     records = np.zeros(len(items), REQUESTS[mid])
     checked = _fastcodec.check_items(mid, items)
     flags = REQ_NO_CACHE if no_cache else 0
-    if checked is not None and _fastcodec.pack_checked(mid, checked, records, 0, len(items), flags, deadline_ns):
+    if checked is not None and _fastcodec.pack_records(mid, checked, records, flags, deadline_ns):
         records["submit_ns"] = submit_ns
         return records
     records["payload"] = _codec.encode_payloads(mid, items)

@@ -54,6 +54,10 @@ class Payload:
         """The header's values in ``struct`` order (request id and submit time 0): extend with the payload's."""
         return [*self.header, flags, self.length, 0, 0, deadline_ns]
 
+    def header_bytes(self, flags: int, deadline_ns: int) -> bytes:
+        """A REQUEST record's header alone (request id and submit time 0), as ``pack_into`` writes it."""
+        return _HEADER.pack(*self.head(flags, deadline_ns))
+
     def pack_into(self, buf: Any, values: dict[str, Any], flags: int = 0, deadline_ns: int = 0) -> None:
         """Write a REQUEST record (id and submit time 0) for payload ``values`` at the start of ``buf``.
 
