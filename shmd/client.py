@@ -326,21 +326,31 @@ class Client:
         self._round_trip(_exchange.exchange_described, self._one_described, 1, deadline if bounded else 0)
         return _records.read_answer(mid, self._one_resp_row, fields)
 
-    def predict_records(self, model: str, records: np.ndarray) -> np.ndarray:
+    def predict_records(self, model: str, records: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Zero-copy path: REQUEST records in (``REQUESTS[model]`` or ``REQUEST`` dtype), RESPONSE records out.
 
         The caller fills the payloads (and, if it wants, ``flags`` and
         ``deadline_ns``); model_id, abi_version and payload_len are set here,
         request_id and submit_ns by the compiled exchange. The records are
         copied into the ring straight from ``records``; answers come back in
-        order, statuses unchecked (``Status.OK`` = 0). For building records in
-        the ring itself, see ``ringbuf.Producer.reserve``/``commit``.
+        order, statuses unchecked (``Status.OK`` = 0), into ``out`` (a
+        ``RESPONSE`` array as long as ``records``, reused across calls: no
+        allocation per call) or a new array. For building records in the ring
+        itself, see ``reserve``/``commit``.
         """
         mid = _codec.model_id(model)
+        n = len(records)
         if records.dtype.itemsize != REQUEST.itemsize or records.ndim != 1:
             raise ValueError(
                 f"records must be a 1-d array of REQUEST records: itemsize={records.dtype.itemsize} "
                 f"ndim={records.ndim}, expected itemsize={REQUEST.itemsize} ndim=1"
+            )
+        if out is None:
+            out = np.empty(n, RESPONSE)  # the exchange marks every row unanswered itself
+        elif out.dtype != RESPONSE or out.shape != (n,) or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(
+                f"out must be a writeable contiguous RESPONSE array of len(records): dtype={out.dtype} "
+                f"shape={out.shape}, expected shape=({n},)"
             )
         if self._outstanding:
             raise ChannelBusy("predict_records with submit()ted records outstanding: reap() them first")
@@ -348,9 +358,8 @@ class Client:
         header["model_id"] = mid
         header["abi_version"] = ABI_VERSION
         header["payload_len"] = PAYLOADS[mid].itemsize
-        out = np.zeros(len(records), RESPONSE)
-        self._exchange(np.ascontiguousarray(records).view(np.uint8).reshape(len(records), -1),
-                       out.view(np.uint8).reshape(len(records), -1))  # fmt: skip
+        self._exchange(np.ascontiguousarray(records).view(np.uint8).reshape(n, REQUEST.itemsize),
+                       out.view(np.uint8).reshape(n, RESPONSE.itemsize))  # fmt: skip
         return out
 
     def predict_many(

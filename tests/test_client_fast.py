@@ -53,6 +53,15 @@ def test_predict_records_answers_in_order_with_per_record_status(daemon: DaemonP
         assert np.array_equal(again["outputs"][[0, 1, 3, 4]], out["outputs"][[0, 1, 3, 4]])
         with pytest.raises(ValueError, match=r"^records must be a 1-d array of REQUEST records: itemsize=8"):
             c.predict_records("workload", np.zeros(3, np.uint64))
+        # A caller's buffer, reused: whatever it held (here every byte 0xff, ids included) is no answer.
+        buf = np.frombuffer(b"\xff" * (5 * RESPONSE.itemsize), RESPONSE).copy()
+        assert c.predict_records("workload", records, out=buf) is buf
+        assert buf["status"].tolist() == out["status"].tolist()
+        assert np.array_equal(buf["outputs"][[0, 1, 3, 4]], out["outputs"][[0, 1, 3, 4]])
+        assert buf["request_id"][0] == again["request_id"][-1] + 1
+        with pytest.raises(ValueError, match=r"^out must be a writeable contiguous RESPONSE array of len\(records\)"):
+            c.predict_records("workload", records, out=buf[:4])
+        assert c.dropped == 0 and c.outstanding == 0
 
 
 def test_reserve_and_commit_write_records_in_place(daemon: DaemonProcess) -> None:
