@@ -28,7 +28,7 @@ import numpy as np
 
 from kernel_abi import PAYLOADS, REQUEST, ModelId, hash_str
 
-from . import _packbatch, _wire
+from . import _wire
 from ._codec import MAX_ID_LEN
 
 _F32 = float(np.finfo(np.float32).max)
@@ -208,14 +208,25 @@ def pack_checked(
     return True
 
 
-_PLANS = {mid: _packbatch.plan(mid, fields, _HASHED) for mid, fields in _FIELDS.items()}
+_PLANS: dict[ModelId, np.ndarray | None] = {}
+
+
+def batch_plan(model: ModelId) -> np.ndarray | None:
+    """``_packbatch``'s plan of ``model``'s checked struct (made once), or None when it has none."""
+    from . import _packbatch  # numba, loaded on first use: the HTTP shim never packs a batch here
+
+    if model not in _PLANS:
+        _PLANS[model] = _packbatch.plan(model, _FIELDS[model], _HASHED)
+    return _PLANS[model]
 
 
 def pack_records(model: ModelId, checked: list[Any], records: np.ndarray, flags: int = 0, deadline_ns: int = 0) -> bool:
     """Write the REQUEST records of ``checked`` (from ``check_items``) into ``records`` (zeroed, one each):
     by one compiled pass over their MessagePack encoding (``_packbatch``), else item by item with
     ``pack_checked``; False (records maybe partly written) when the general path must convert the items."""
-    field_plan = _PLANS[model]
+    from . import _packbatch  # see batch_plan
+
+    field_plan = batch_plan(model)
     if field_plan is not None:
         header = _wire.PAYLOAD[model].header_bytes(flags, deadline_ns)
         if _packbatch.pack_batch(field_plan, checked, records, header):

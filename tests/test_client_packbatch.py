@@ -30,7 +30,7 @@ def _both(mid: ModelId, items: list, flags: int = 0, deadline_ns: int = 0) -> tu
     assert checked is not None
     walked, packed = np.zeros(len(items), REQUESTS[mid]), np.zeros(len(items), REQUESTS[mid])
     header = _wire.PAYLOAD[mid].header_bytes(flags, deadline_ns)
-    plan = _fastcodec._PLANS[mid]
+    plan = _fastcodec.batch_plan(mid)
     assert plan is not None, f"{mid.name} has no plan: its layout or defaults changed"
     own = _packbatch.pack_batch(plan, checked, walked, header)
     assert _fastcodec.pack_checked(mid, checked, packed, 0, len(items), flags, deadline_ns)
@@ -66,7 +66,7 @@ def test_the_walk_refuses_an_encoding_it_does_not_expect() -> None:
     mid = ModelId.WORKLOAD
     checked = _fastcodec.check_items(mid, [SAMPLES["workload"]] * 3)
     data = np.frombuffer(msgspec.msgpack.encode(checked), np.uint8)
-    plan, rows = _fastcodec._PLANS[mid], np.zeros((3, 320), np.uint8)
+    plan, rows = _fastcodec.batch_plan(mid), np.zeros((3, 320), np.uint8)
     header = np.zeros(5, np.uint64)
     assert _packbatch._write(data, plan, rows, header)
     assert not _packbatch._write(data[:-1], plan, rows, header), "a cut encoding"
