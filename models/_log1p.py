@@ -8,7 +8,10 @@ without fused multiply-adds, so it returns the same bits as glibc's generic ``lo
 (checked against ``math.log1p`` in tests/test_models_encode.py). Every path is computed
 and the answer selected, so the loop body has no branch.
 
-Domain: finite x >= 0 (every value the encoders take a log1p of is validated to be one).
+Domain: finite x >= 0 (every value the encoders take a log1p of is validated to be one),
+-0.0 included: validation accepts it (-0.0 >= 0), glibc returns it, and every function
+here returns x itself for x == 0 (the logical high word of -0.0 is 0x80000000, which the
+reduction would otherwise read as a huge value).
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def _log1p(x, one_plus_x_exact):
     if one_plus_x_exact:
         c0 = 0.0  # what glibc computes then: (1 - (u0 - x)) / u0 or (x - (u0 - 1)) / u0 with u0 = 1 + x exactly
     else:
-        c0 = _pick(big, 0.0, _pick(k0 > 0, 1.0 - (u0 - x), x - (u0 - 1.0)) / u0)
+        c0 = _pick(big, 0.0, _pick(k0 > 0, 1.0 - (u0 - x), x - (u0 - 1.0)) / _pick(big, 1.0, u0))  # u0 = x: -0.0 too
     m = hu0 & 0x000FFFFF
     low = m < 0x6A09E
     k1 = _pick(low, k0, k0 + 1)
@@ -134,7 +137,7 @@ def _log1p(x, one_plus_x_exact):
     out = _pick(hu != 0, general, _pick(f == 0.0, zero_f, tiny))
     # x < 2**-29: x - x*x/2 (x itself below 2**-54).
     tiny_x = _pick(hx < 0x3C900000, x, _fma(-(x * x), 0.5, x))
-    return _pick(hx < 0x3E200000, tiny_x, out)
+    return _pick(x == 0.0, x, _pick(hx < 0x3E200000, tiny_x, out))  # +-0: itself
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -192,7 +195,7 @@ def _log1p_main(x):
     hfsq = 0.5 * f * f
     klo = kd * _LN2_LO  # glibc: fma(k, ln2_lo, c) with c = 0
     sr = _series(f, hfsq)
-    return _fma(kd, _LN2_HI, -((hfsq - (klo + sr)) - f))
+    return _pick(x == 0.0, x, _fma(kd, _LN2_HI, -((hfsq - (klo + sr)) - f)))  # +-0: itself
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")

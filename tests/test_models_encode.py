@@ -120,7 +120,8 @@ def test_log1p_is_libm_s_for_every_kind_of_input():
     this project's hosts); within 1 ulp on any libm."""
     rng = np.random.default_rng(11)
     ks = 2.0 ** np.arange(1, 1024)
-    points = [0.0, 5e-324, 2.0**-60, 2.0**-54, 2.0**-40, 2.0**-29, 0.41421, 0.41422, 2.0**53, np.finfo(np.float64).max]
+    points = [0.0, -0.0, 5e-324, 2.0**-60, 2.0**-54, 2.0**-40, 2.0**-29, 0.41421, 0.41422, 2.0**53,
+              np.finfo(np.float64).max]  # fmt: skip
     edges = np.concatenate([points, ks - 1, np.nextafter(ks - 1, 0), np.nextafter(ks - 1, np.inf)])
     x = np.concatenate([edges, rng.uniform(0, 1, 50_000), np.exp(rng.uniform(-700, 709, 100_000)),
                         rng.integers(0, 2**63, 50_000).astype(np.float64)])  # fmt: skip
@@ -151,7 +152,7 @@ def test_log1p_into_takes_the_exact_path_only_where_it_gives_libm_s_bits():
     addr = rng.random((2, 20_000)).astype(np.float32).astype(np.float64)
     lines = np.abs(addr[0] - addr[1]) * 2.0**16
     ks = 2.0 ** np.arange(0, 60)
-    ints = np.concatenate([rng.integers(0, 2**20, 20_000).astype(np.float64), ks - 1, ks, ks + 1, [0.0, 2.0**53]])
+    ints = np.concatenate([rng.integers(0, 2**20, 20_000).astype(np.float64), ks - 1, ks, ks + 1, [0.0, -0.0, 2.0**53]])
     inexact = np.array([0.1, 1e-17, 1.0 + 2.0**-30, 3e5 + 1e-7, 2.0**60 + 2.0**9])
     for col in (lines, ints, np.concatenate([lines, inexact[:1]]), np.concatenate([ints, inexact]), inexact):
         want = np.array([math.log1p(v) for v in col])
@@ -176,7 +177,7 @@ def test_log1p_exact_is_libm_s_where_one_plus_x_is_exact():
     ]).astype(np.float32).astype(np.float64)  # fmt: skip
     powers = 2.0 ** np.arange(0, 64)
     ints = np.concatenate([rng.integers(0, 2**63, 50_000).astype(np.float64), rng.integers(0, 2**20, 20_000),
-                           powers, powers - 1, powers + 1, [0.0]])  # fmt: skip
+                           powers, powers - 1, powers + 1, [0.0, -0.0]])  # fmt: skip
     x = np.concatenate([f32, ints])
     x = x[np.isfinite(x)]
     got = x.copy()
@@ -194,6 +195,26 @@ def test_log1p_exact_is_libm_s_where_one_plus_x_is_exact():
         assert one[0] == want[i] or abs(int(one.view(np.int64)[0]) - int(want[i : i + 1].view(np.int64)[0])) <= 1
         got[i] = one[0]
     _assert_libm_s(x, got, want)
+
+
+@pytest.mark.parametrize(
+    ("mid", "field", "column"),
+    [(ModelId.THREAT, "average_latency", 0), (ModelId.THREAT, "message_frequency", 3),
+     (ModelId.THREAT, "time_since_last_threat", 17), (ModelId.FAILURE, "time_since_last_failure", 27)],
+)  # fmt: skip
+def test_negative_zero_is_valid_and_encoded_as_libm_s_log1p(mid, field, column):
+    """-0.0 passes validation (-0.0 >= 0) and glibc's log1p(-0.0) is -0.0, so the feature is -0.0,
+    as the encoders gave it before they were vectorised. The reduction read -0.0's high word as a
+    huge value (feature 2.0 in the pass) and the per-record encoder divided by it (ZeroDivisionError)."""
+    rec = _valid(mid, 4, 9).copy()
+    rec[field][1] = -0.0
+    x, err = encode_batch(mid, rec)
+    assert not err.any()
+    assert x[1, column] == 0.0 and np.signbit(x[1, column])
+    out = np.zeros_like(x)
+    row_err = np.ones(len(rec), np.int32)
+    ROW_ENCODERS[mid](rec, np.arange(len(rec)), len(rec), out, row_err, new_scratch(len(rec)))
+    assert not row_err.any() and out.tobytes() == x.tobytes()
 
 
 @pytest.mark.parametrize("mid", MIDS)
