@@ -32,6 +32,22 @@ the way its insert will take (an empty or expired way, or the live one expiring
 first), which ``finish`` fills (``insert``) with no second search, unless an earlier
 insert of the same pass took that way meanwhile (then it searches the bucket again).
 
+Admission filter (per model, ``admit`` and ``doorkeeper``): while records do not repeat,
+inserting every miss is pure cost (copying its full key and answer into lines no hit
+will read: most of the cache's cost at 0% hits). So each window of ADMIT_WINDOW
+lookups decides the next: a hit rate below 1 / ADMIT_HIT_SHARE turns the filter on,
+anything above turns it off (it starts off: a cache that hits, and any short run of
+traffic, caches every miss as before). While it is on, a miss is admitted (inserted)
+only if its key was seen lately: the doorkeeper, DOOR_PER_ENTRY 16-bit fingerprints
+per entry indexed by the key's top bits, remembers the last key of each place (TinyLFU's
+doorkeeper, as a direct-mapped table that needs no clearing). A key it does not remember
+is remembered, counted a miss and not looked up at all (no bucket read). So with the
+filter on, a record is answered from the cache from its third sighting on, not its
+second; the filter only decides what is inserted, a hit still needs the full key. The
+price: traffic where every record comes exactly twice hits 0% with the filter on, 50%
+without, and a caller sending distinct records turns it on for everyone; the typical
+traffic of ``bench daemon`` (hit rate 0.98) never turns it on.
+
 Adaptive TTL (``adapt_ttl``, per model, off unless configured): whenever a
 fresh answer is about to replace the entry of its key (an expired entry, one
 filled earlier in the same pass, or a live one that ``recheck_hit`` turned
@@ -84,6 +100,15 @@ PREFETCH_AHEAD = 8  # a lookup fetches the bucket of the row this far ahead whil
 RECHECK_EVERY = 64  # an adaptive model recomputes one hit in this many, to compare (costs 1/64 of its hits)
 
 BUCKET_WORDS = 2 * WAYS  # a bucket: WAYS keys, then their expiries; 64 bytes, one cache line
+NO_SLOT = np.iinfo(np.int64).max  # a miss's slot when it is not admitted: nothing is inserted
+
+# The admission filter (see the module's docstring). Per model, words of CacheArrays.admit:
+ADMIT_LOOKUPS, ADMIT_HITS = 0, 1  # lookups and hits in the window so far
+ADMIT_ON = 2  # 1: the filter is on (the last window's hit rate was below 1 / ADMIT_HIT_SHARE)
+ADMIT_WORDS = 3
+ADMIT_WINDOW = 4096  # lookups a window (16 passes of 256): the filter is decided once a window
+ADMIT_HIT_SHARE = 16  # on while fewer than 1 lookup in this many hits (6.25%)
+DOOR_PER_ENTRY = 2  # doorkeeper fingerprints per cache entry (64 KiB for 16k entries: L2-resident)
 
 _M64 = (1 << 64) - 1
 
@@ -126,6 +151,8 @@ class CacheArrays:
     quantum: np.ndarray  # float64[models]; 0 = exact features
     stats: np.ndarray  # int64[models, N_STATS]
     adapt: np.ndarray  # float64[models, ADAPT_WORDS]: adaptive TTL bounds (ns) and tolerance
+    doorkeeper: np.ndarray  # uint16[models, capacity * DOOR_PER_ENTRY]: fingerprints of keys seen (admission filter)
+    admit: np.ndarray  # int64[models, ADMIT_WORDS]: the admission filter's window and state
     # Per model, changed by every clear; starts at CLOCK_MONOTONIC so a restarted
     # daemon never repeats a predecessor's value. Clients' edge caches read it.
     generation: np.ndarray
@@ -156,6 +183,8 @@ class CacheArrays:
             quantum=np.zeros(n_models, np.float64),
             stats=np.zeros((n_models, N_STATS), np.int64),
             adapt=np.zeros((n_models, ADAPT_WORDS), np.float64),
+            doorkeeper=_aligned((n_models, capacity * DOOR_PER_ENTRY), np.uint16),
+            admit=np.zeros((n_models, ADMIT_WORDS), np.int64),
             generation=np.full(n_models, time.monotonic_ns(), np.int64),
         )
 
@@ -167,6 +196,8 @@ class CacheArrays:
         """
         rows = slice(None) if model is None else model
         self.buckets[rows] = 0
+        self.doorkeeper[rows] = 0
+        self.admit[rows] = 0  # admits every miss again until a window says otherwise
         self.generation[rows] = max(int(self.generation.max()) + 1, time.monotonic_ns())
         if self.on_clear is not None:
             self.on_clear()
@@ -269,30 +300,55 @@ def _way_for(buckets, model, b, key, now):
 # argument (two atomic operations each), and so does an inlined helper that reaches an array
 # through a descriptor: per row that cost more than the lookup itself (measured). The helpers
 # above take arrays the batch functions hold already.
+@njit(nogil=True, cache=True, inline="always")
+def _door(key, shift):
+    """Where the doorkeeper remembers ``key`` (its top bits: the bucket is chosen by its low ones)
+    and the fingerprint it keeps there (16 bits from the middle, never 0: an unused place)."""
+    fp = np.uint16((key >> np.uint64(24)) & np.uint64(0xFFFF))
+    return np.int64(key >> shift), fp if fp != 0 else np.uint16(1)
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def lookup_rows(cache_, model, features, k, n, keys, now_ns, slots, seen):
     """Look up rows ``r < n`` of ``features`` whose ``keys[r]`` is not 0; count hits and misses.
 
     ``slots[r]``: the slot of the row's live entry (a hit, >= 0), or ``-1 - slot``, the
-    slot its insert will take; then ``seen[r]`` is the key that slot holds now. With an
-    adaptive TTL one hit in RECHECK_EVERY is returned as a miss on its own slot
-    (``insert_rows`` then compares the fresh answer with it) and counted as a miss.
+    slot its insert will take (NO_SLOT: none, the admission filter did not admit it);
+    then ``seen[r]`` is the key that slot holds now. With an adaptive TTL one hit in
+    RECHECK_EVERY is returned as a miss on its own slot (``insert_rows`` then compares
+    the fresh answer with it) and counted as a miss.
     """
-    buckets, words, stats = cache_.buckets, cache_.words, cache_.stats
+    buckets, words, stats, door, admit = cache_.buckets, cache_.words, cache_.stats, cache_.doorkeeper, cache_.admit
     at0, stride, quantum = cache_.key_at[model], cache_.key_stride[model], cache_.quantum[model]
     adaptive = cache_.adapt[model, ADAPT_MAX_NS] > 0
+    filtering = admit[model, ADMIT_ON] != 0
     bits = features.view(np.uint32)
     now = np.uint64(now_ns)
     n_buckets = buckets.shape[1]
     mask = np.uint64(n_buckets - 1)
+    shift = np.uint64(64)  # 64 - log2(doorkeeper places): the key's top bits pick its place
+    while np.uint64(1) << (np.uint64(64) - shift) < door.shape[1]:
+        shift -= np.uint64(1)
+    looked = hits = 0
     for r in range(min(n, PREFETCH_AHEAD)):
         _prefetch_write(buckets, (model * n_buckets + np.int64(keys[r] & mask)) * BUCKET_WORDS)
     for r in range(n):
         if r + PREFETCH_AHEAD < n:  # the misses of rows ahead overlap this row's work
-            _prefetch_write(buckets, (model * n_buckets + np.int64(keys[r + PREFETCH_AHEAD] & mask)) * BUCKET_WORDS)
+            ahead = keys[r + PREFETCH_AHEAD]
+            at, fp = _door(ahead, shift)
+            if not filtering or door[model, at] == fp:  # (a row the filter turns away reads no bucket)
+                _prefetch_write(buckets, (model * n_buckets + np.int64(ahead & mask)) * BUCKET_WORDS)
         key = keys[r]
         if key == 0:
             continue
+        looked += 1
+        if filtering:
+            at, fp = _door(key, shift)
+            if door[model, at] != fp:  # not seen lately: remembered now, a miss, not admitted
+                door[model, at] = fp
+                stats[model, MISSES] += 1
+                slots[r] = -1 - NO_SLOT
+                continue
         b = np.int64(key & mask)
         hit = -1
         for w in range(WAYS):
@@ -302,6 +358,7 @@ def lookup_rows(cache_, model, features, k, n, keys, now_ns, slots, seen):
                 break
         if hit >= 0 and not (adaptive and (stats[model, HITS] + stats[model, MISSES]) % RECHECK_EVERY == 0):
             stats[model, HITS] += 1
+            hits += 1
             slots[r] = b * WAYS + hit
             continue
         stats[model, MISSES] += 1
@@ -309,12 +366,26 @@ def lookup_rows(cache_, model, features, k, n, keys, now_ns, slots, seen):
         slot = b * WAYS + w
         slots[r] = -1 - slot
         seen[r] = buckets[model, b, w]
+    _admission(admit, model, looked, hits)
+
+
+@njit(nogil=True, cache=True)
+def _admission(admit, model, looked, hits):
+    """Count a batch's lookups and hits; at the end of a window, turn the admission filter on
+    or off from the window's hit rate."""
+    admit[model, ADMIT_LOOKUPS] += looked
+    admit[model, ADMIT_HITS] += hits
+    if admit[model, ADMIT_LOOKUPS] >= ADMIT_WINDOW:
+        admit[model, ADMIT_ON] = admit[model, ADMIT_HITS] * ADMIT_HIT_SHARE < admit[model, ADMIT_LOOKUPS]
+        admit[model, ADMIT_LOOKUPS] = 0
+        admit[model, ADMIT_HITS] = 0
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def insert_rows(cache_, model, features, k, n, rows, keys, slots, seen, outputs, now_ns):
     """Store ``outputs[r]``, the answer to ``features[r]``, for rows ``r < n`` whose request
-    ``j = rows[r]`` has a key (``keys[j]``), until ``now_ns`` + the model's TTL.
+    ``j = rows[r]`` has a key (``keys[j]``) and was admitted (``slots[j]`` is not NO_SLOT),
+    until ``now_ns`` + the model's TTL.
 
     Each goes to the slot its lookup chose (``slots[j]``), holding ``seen[j]`` then; if
     that slot holds another key now (an earlier insert of this pass took it), the
@@ -331,8 +402,8 @@ def insert_rows(cache_, model, features, k, n, rows, keys, slots, seen, outputs,
     # ahead, so their misses overlap. Fetched by the lookup instead, a pass's 1,000 lines evicted
     # what the rest of the drain and the forward pass had in L1 (drain +10 µs per 256, measured).
     for r in range(-PREFETCH_AHEAD, n):
-        if r + PREFETCH_AHEAD < n and keys[rows[r + PREFETCH_AHEAD]] != 0:
-            ahead = slots[rows[r + PREFETCH_AHEAD]]
+        ahead = slots[rows[r + PREFETCH_AHEAD]] if r + PREFETCH_AHEAD < n else NO_SLOT
+        if ahead != NO_SLOT and keys[rows[r + PREFETCH_AHEAD]] != 0:
             _prefetch_write(values, (model * capacity + ahead) * N_OUTPUTS)
             for i in range(0, k, _LINE_WORDS):
                 _prefetch_write(words, at0 + ahead * stride + i)
@@ -340,7 +411,7 @@ def insert_rows(cache_, model, features, k, n, rows, keys, slots, seen, outputs,
             continue
         j = rows[r]
         key = keys[j]
-        if key == 0:
+        if key == 0 or slots[j] == NO_SLOT:
             continue
         b = slots[j] // WAYS
         w = slots[j] % WAYS

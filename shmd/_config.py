@@ -29,7 +29,7 @@ from ._errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the segment name rule (ringbuf)
 MIN_RING_CAPACITY, MAX_RING_CAPACITY = 2, 1 << 24  # what ringbuf accepts
-# A bucket's ways at least; at the maximum a model's cache holds 176-368 MiB (its full keys)
+# A bucket's ways at least; at the maximum a model's cache holds 180-372 MiB (its full keys)
 MIN_CACHE_CAPACITY, MAX_CACHE_CAPACITY = 4, 1 << 20
 
 DEFAULT_CHANNELS = ("scheduler", "memory", "security", "healing")
@@ -102,7 +102,7 @@ class Config:
     sq_capacity: int = 1024
     cq_capacity: int = 1024
     max_batch: int = 512  # records drained per pass, over all channels
-    cache_capacity: int = 1 << 14  # entries per model, 176-368 B each (full key, answer, way): 2.8-5.8 MiB
+    cache_capacity: int = 1 << 14  # entries per model, 180-372 B each (full key, answer, way, doorkeeper): 2.8-5.8 MiB
     max_queue_ms: float = 0.0  # shed (OVERLOADED) requests queued longer; 0 = never
     admin_token: str | None = None  # bearer token guarding metrics reset and cache clear
     log_format: str = "kv"  # kv | json

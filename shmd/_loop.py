@@ -432,12 +432,12 @@ def finish(rings, batch, models, cache_, counters, n):
         counters.model[mid, met.INFERENCES] += cnt
         counters.model[mid, met.BATCHES] += 1
         met_jit.record_batch(counters.batch_hist, mid, cnt)
-        misses = 0  # rows whose lookup missed: each goes into the slot the lookup chose
+        misses = 0  # rows whose lookup missed and admitted them: each goes into the slot the lookup chose
         for r in range(cnt):
             j = batch.rows[mid, r]
             for i in range(post.shape[1]):
                 responses[j].outputs[i] = post[r, i]
-            misses += batch.keys[j] != 0
+            misses += batch.keys[j] != 0 and batch.slots[j] != cache.NO_SLOT
         if misses > 0:
             cache.insert_rows(cache_, mid, batch.features[mid], models.n_features[mid], cnt, batch.rows[mid],
                               batch.keys, batch.slots, batch.seen, post, now)  # fmt: skip

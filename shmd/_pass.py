@@ -129,7 +129,8 @@ def new_cache(capacity: int) -> CacheArrays:
 
 
 def cache_of(c: CacheArrays) -> Cache:
-    return Cache(c.buckets, c.values, c.words, c.key_at, c.key_stride, c.ttl_ns, c.quantum, c.stats, c.adapt)
+    return Cache(c.buckets, c.values, c.words, c.key_at, c.key_stride, c.ttl_ns, c.quantum, c.stats, c.adapt,
+                 c.doorkeeper, c.admit)  # fmt: skip
 
 
 def counters_of(m: MetricsArrays, loop: np.ndarray | None = None) -> Counters:

@@ -115,6 +115,8 @@ class Cache(NamedTuple):
     quantum: np.ndarray
     stats: np.ndarray
     adapt: np.ndarray  # float64[models, _cache.ADAPT_WORDS]: adaptive TTL bounds and tolerance (0: fixed)
+    doorkeeper: np.ndarray  # uint16[models, capacity * DOOR_PER_ENTRY]: fingerprints of keys seen (admission filter)
+    admit: np.ndarray  # int64[models, _cache.ADMIT_WORDS]: the admission filter's window and state
 
 
 class Counters(NamedTuple):
