@@ -41,7 +41,7 @@ from . import _model_states as ms
 from ._cache import ADAPT_WORDS, N_STATS
 from ._errors import ShmdError
 from ._http_child import HttpChild
-from ._pass_layout import LOOP_HOUSEKEEPING_ASKED, PASS_FAULT, PASS_FAULT_COUNTDOWN, PASS_ROOM, PASS_SPIN_NS
+from ._pass_layout import LOOP_HOUSEKEEPING_ASKED, PASS_FAULT, PASS_FAULT_COUNTDOWN, PASS_ROOM, PASS_SPIN_NS, Rings
 from ._stale_code import purge_stale_numba_caches
 from ._stats_segment import (
     ARGUMENT,
@@ -510,6 +510,11 @@ class Daemon:
             self.cache.clear(None)
             self.last_cache_count = 0
         self.stats.arrays["startup"][:] = (1, outcome.requests)
+        if self.probe_name:
+            # The probe's channel (the last row) leaves the loop's table: the idle loop sleeps on the
+            # callers' SQ words only (futex_waitv looks up every word's key on every sleep). Views of
+            # the same arrays, of the same types: the compiled step is kept, a re-bind still shows.
+            self._rings = Rings(*(a[: len(self.names)] for a in self._rings))
         self.batch.state[PASS_FAULT_COUNTDOWN], self.batch.state[PASS_FAULT] = self.fault[1], self.fault[0]
         self.started = True
         self.on_started(outcome)

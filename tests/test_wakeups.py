@@ -10,11 +10,13 @@ net raised to seconds, where one lost wake-up costs far more than the bound.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from kernel_abi import RING_NEED_WAKEUP
 from ringbuf import _core as core
+from ringbuf._futex import SYS_FUTEX_WAITV
 from shmd._config import Config
 from shmd._loop import LOOP_HANDOFFS, LOOP_SLEEPS, LOOP_TIMEOUT_RESCUES
 from shmd._stats_segment import StatsSegment
@@ -44,6 +46,30 @@ def test_an_idle_daemon_announces_its_sleep_on_every_sq(prefix: str) -> None:
             while not flags[core.FLAGS] & RING_NEED_WAKEUP:  # spin (100 µs) over, the daemon must sleep
                 assert time.monotonic() < deadline, f"channel {c.channel.name}: the idle daemon never set NEED_WAKEUP"
                 time.sleep(0.001)
+
+
+def _words_slept_on(pid: int) -> int | None:
+    """How many words a thread of ``pid`` sleeps on in ``futex_waitv`` (its second argument); None if none does."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "syscall").read_text().split()
+        except OSError as err:  # /proc/PID/syscall needs ptrace access to the daemon
+            pytest.skip(f"cannot read {task}/syscall: {err}")
+        if fields and fields[0] == str(SYS_FUTEX_WAITV):
+            return int(fields[2], 16)
+    return None
+
+
+def test_once_ready_the_idle_daemon_sleeps_on_its_callers_words_only(prefix: str) -> None:
+    """Without the shim the start-up probe has a channel of its own; once the probe is through it
+    leaves the sleep set (every word of ``futex_waitv`` costs the kernel a key lookup per sleep)."""
+    with DaemonProcess(prefix, "--channels", "a,b") as daemon, Client("a", prefix=prefix) as a:
+        a.predict("workload", SAMPLES["workload"])
+        deadline = time.monotonic() + 10
+        while (words := _words_slept_on(daemon.pid)) is None:  # idle, it sleeps in futex_waitv
+            assert time.monotonic() < deadline, "the idle daemon never slept in futex_waitv"
+            time.sleep(0.001)
+    assert words == 2, f"the idle daemon sleeps on {words} SQ words: 2 expected (channels a and b; no probe's)"
 
 
 def test_requests_to_a_sleeping_daemon_wake_it(prefix: str) -> None:
