@@ -14,6 +14,7 @@ client's compiled code), and the clock and spin hints compiled code needs.
 
 from typing import TYPE_CHECKING, Any
 
+from ._doorbell import ring_doorbell
 from ._errors import (
     AccessDenied,
     LayoutMismatch,
@@ -114,6 +115,7 @@ __all__ = [
     "open_peer_segment",
     "remove_leftovers",
     "reserve",
+    "ring_doorbell",
     "ring_nudge",
     "ring_peek",
     "ring_produce",

@@ -15,6 +15,7 @@ daemon's reason on stderr), 2 when no daemon serves the prefix.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -36,6 +37,30 @@ def _parser() -> argparse.ArgumentParser:
     for q in (ls, load):
         q.add_argument("--prefix", default="shmd", help="the daemon's prefix (default shmd)")
     return p
+
+
+def _ring_daemon(prefix: str, channels: list[str]) -> None:
+    """Wake an idle daemon so it reads the load request now, not after its sleep (up to 100 ms).
+
+    The request is words of the stats segment, which a sleeping daemon does not watch: ring
+    the doorbell of one of its channels (their SQ wake-up words are what it sleeps on), as the
+    HTTP shim's load handler does. Nothing is published into the channel; its holder is not
+    disturbed. Without a channel to ring (or one not ours to map) the daemon still gets to
+    the request, at the end of its sleep.
+    """
+    from ringbuf import Channel, RingError, ring_doorbell
+
+    if not channels:
+        return
+    try:
+        ch = Channel.attach(prefix, channels[0])
+    except (RingError, OSError):
+        return
+    try:
+        with contextlib.suppress(OSError):  # a courtesy: the sleep's end is the fallback
+            ring_doorbell(ch.sq)
+    finally:
+        ch.close()
 
 
 def main(argv: list[str]) -> int:
@@ -62,6 +87,7 @@ def main(argv: list[str]) -> int:
             return 0
         mid = int(ModelId[args.model.upper()])
         seq = ms.request_load(seg.arrays, mid, args.version)
+        _ring_daemon(args.prefix, seg.meta["channels"])
         got = _model_report.wait_outcome(seg, mid, seq, args.timeout)
         if got is None:
             print(f"shmd models: no outcome in {args.timeout} s; `shmd models list` shows the state", file=sys.stderr)

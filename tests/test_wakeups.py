@@ -9,6 +9,8 @@ net raised to seconds, where one lost wake-up costs far more than the bound.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from kernel_abi import RING_NEED_WAKEUP
 from ringbuf import _core as core
 from ringbuf._futex import SYS_FUTEX_WAITV
 from shmd._config import Config
-from shmd._loop import LOOP_HANDOFFS, LOOP_SLEEPS, LOOP_TIMEOUT_RESCUES
+from shmd._loop import LOOP_EARLY_WAKES, LOOP_HANDOFFS, LOOP_SLEEPS, LOOP_TIMEOUT_RESCUES
 from shmd._stats_segment import StatsSegment
 from shmd.client import Client
 from shmd.samples import SAMPLES
@@ -70,6 +72,30 @@ def test_once_ready_the_idle_daemon_sleeps_on_its_callers_words_only(prefix: str
             assert time.monotonic() < deadline, "the idle daemon never slept in futex_waitv"
             time.sleep(0.001)
     assert words == 2, f"the idle daemon sleeps on {words} SQ words: 2 expected (channels a and b; no probe's)"
+
+
+def test_shmd_models_load_wakes_the_idle_daemon(prefix: str) -> None:
+    """``shmd models load`` writes its request into the stats segment, which a sleeping daemon does
+    not watch: the CLI rings a channel's doorbell so the daemon reads it now, not when its sleep
+    times out. The wake-up finds no request in the SQ: an early wake, counted (LOOP_EARLY_WAKES);
+    with the sleep's safety net at 10 s, nothing else ends that sleep during the CLI's run."""
+    env = {"SHMD_SLEEP_TIMEOUT_MS": str(SAFETY_NET_MS)}
+    with DaemonProcess(prefix, "--channels", "a", env=env), Client("a", prefix=prefix, timeout=30) as c:
+        c.predict("workload", SAMPLES["workload"])
+        seg = StatsSegment.attach(prefix)
+        try:
+            loop = seg.arrays["loop"]
+            _await_sleep(c)
+            before = int(loop[LOOP_EARLY_WAKES])
+            cli = subprocess.run(  # version 1 serves already: answered by the next housekeeping, nothing loaded
+                [sys.executable, "-m", "shmd.cli", "models", "load", "workload", "1", "--prefix", prefix],
+                capture_output=True, text=True, timeout=90,
+            )  # fmt: skip
+            woken = int(loop[LOOP_EARLY_WAKES]) - before
+        finally:
+            seg.close()
+    assert cli.returncode == 0, cli.stderr
+    assert woken >= 1, "the idle daemon answered `shmd models load` without being woken: its sleep timed out"
 
 
 def test_requests_to_a_sleeping_daemon_wake_it(prefix: str) -> None:
