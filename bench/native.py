@@ -126,8 +126,11 @@ def _py_breaker(prefix: str, channel: str, daemon_pid: int, seconds: float) -> t
         return out, c.stats
 
 
-def _py_stream(prefix: str, channel: str, n_batches: int, batch: int, records: bool) -> tuple[list[float], float]:
-    """Python client predict_many (dicts) or predict_records (numpy records): predictions/s per batch, and overall."""
+def _py_stream(
+    prefix: str, channel: str, n_batches: int, batch: int, records: bool
+) -> tuple[list[float], float, float]:
+    """Python client predict_many (dicts) or predict_records (numpy records): predictions/s per batch, overall,
+    and the client's sleeps on its completion ring per batch (each one waits for a wake-up by the daemon)."""
     from shmd import _records
     from shmd.client import Client
     from shmd.samples import WORKLOAD
@@ -143,13 +146,15 @@ def _py_stream(prefix: str, channel: str, n_batches: int, batch: int, records: b
                 c.predict_many("workload", items, no_cache=True)
 
         once()
+        slept = c._cq.sleeps
         t_start = time.perf_counter()
         for _ in range(n_batches):
             t0 = time.perf_counter()
             once()
             rates.append(batch / (time.perf_counter() - t0))
         overall = n_batches * batch / (time.perf_counter() - t_start)
-    return rates, overall
+        sleeps = (c._cq.sleeps - slept) / n_batches
+    return rates, overall, sleeps
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -190,8 +195,8 @@ def run(quick: bool) -> dict[str, Any]:
         open_us, breaker_stats = _py_breaker(prefix, "py", proc.pid, 1.0 if quick else 3.0)
         fig["py_breaker_stopped_us"] = {**summarize(open_us), **breaker_stats}
         for key, records in (("py_batch256_per_s", False), ("py_records256_per_s", True)):
-            rates, overall = _py_stream(prefix, "py", (200 if records else 50) * scale, 256, records)
-            base[key] = {**summarize(rates), "overall": overall}
+            rates, overall, sleeps = _py_stream(prefix, "py", (200 if records else 50) * scale, 256, records)
+            base[key] = {**summarize(rates), "overall": overall, "sleeps_per_batch": sleeps}
     finally:
         proc.terminate()
         proc.wait(30)
@@ -255,9 +260,9 @@ def report(r: dict[str, Any]) -> str:
         ],
     )  # fmt: skip
     thr = table(
-        ["sustained, cache off", "overall pred/s", "median pred/s", "p1 pred/s", "batches"],
+        ["sustained, cache off", "overall pred/s", "median pred/s", "p1 pred/s", "batches", "client sleeps/batch"],
         [
-            (name, s["overall"], s["median"], s["p1"], s["n"])
+            (name, s["overall"], s["median"], s["p1"], s["n"], s.get("sleeps_per_batch", "-"))
             for name, s in (
                 ("C predict_batch, 32", f["c_batch32_per_s"]),
                 ("C predict_batch, 256", f["c_batch256_per_s"]),

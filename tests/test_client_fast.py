@@ -146,3 +146,38 @@ def test_predict_between_submit_and_reap_leaves_those_answers_to_reap(daemon: Da
             got += [int(r["request_id"]) for r in c.reap()]
         assert sorted(got) == records["request_id"].tolist()
         assert c.outstanding == 0 and c.dropped == 0 and not c._results
+
+
+def test_a_batch_waits_by_its_own_learnt_time_not_a_single_calls() -> None:
+    """A batch spins until its expected time (per record, learnt from batches) plus the bound; single
+    calls keep their window, learnt from single calls only; a client that may not spin never does."""
+    spin_max = 50_000
+    words = _exchange.new_words(spin_max)
+    single = int(_exchange.wait_spin(words, 1, 0, 0))
+    assert single == _exchange.spin_window(words) <= spin_max
+    _exchange._learn(words, 0, 10**9)  # an empty exchange (attach) teaches nothing
+    assert words[_exchange.RECORD_NS] == 0 and words[_exchange.ANSWER_NS] == spin_max // 2
+    _exchange._learn(words, 256, 256 * 600)  # a batch of 256 answered in 153.6 µs
+    assert words[_exchange.RECORD_NS] == 600 and words[_exchange.ANSWER_NS] == spin_max // 2
+    assert int(_exchange.wait_spin(words, 256, 0, 0)) == 256 * 600 + spin_max
+    assert int(_exchange.wait_spin(words, 256, 0, 100_000)) == 256 * 600 - 100_000 + spin_max, "what is left of it"
+    assert int(_exchange.wait_spin(words, 256, 0, 10**9)) == spin_max, "late: the bound, then sleep"
+    assert int(_exchange.wait_spin(words, 1, 0, 0)) == single, "a batch's time does not move a single call's"
+    _exchange._learn(words, 256, 10**9)  # one preempted batch moves it by at most (4x - 1x) / 8
+    assert words[_exchange.RECORD_NS] == 600 + (4 * 600 - 600) // 8
+    _exchange._learn(words, 1, 10_000)
+    assert words[_exchange.ANSWER_NS] == spin_max // 2 + (10_000 - spin_max // 2) // 8
+    one_cpu = _exchange.new_words(0)
+    _exchange._learn(one_cpu, 256, 256 * 600)
+    assert int(_exchange.wait_spin(one_cpu, 256, 0, 0)) == 0, "with one CPU, spinning keeps the daemon off it"
+
+
+def test_predict_records_learns_the_batch_time(daemon: DaemonProcess) -> None:
+    mid = ModelId.WORKLOAD
+    records = np.zeros(64, REQUESTS[mid])
+    records["payload"] = _codec.encode_payloads(mid, [SAMPLES["workload"]] * 64)
+    with Client("a", daemon.prefix) as c:
+        answer_ns = int(c._words[_exchange.ANSWER_NS])
+        c.predict_records("workload", records)
+        assert c._words[_exchange.RECORD_NS] > 0
+        assert c._words[_exchange.ANSWER_NS] == answer_ns, "a batch's time is not a single call's"
