@@ -26,8 +26,10 @@ resets the batch's words itself, so the Python side of a round trip is one call.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from numba import carray, njit, types
+from numba import carray, njit, typeof, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -212,3 +214,11 @@ def exchange_described(desc, first_id, timeout_ns):
         _flat(desc, 4, np.uint64), _flat(desc, 5, np.uint32), _rows(desc, 6), _flat(desc, 7, np.uint64),
         _rows(desc, 8), _rows(desc, 9), _rows(desc, 10), _flat(desc, 11, np.int64), first_id, timeout_ns,
     )  # fmt: skip
+
+
+def described_entry(desc: np.ndarray) -> Any:
+    """``exchange_described`` compiled for ``desc``'s type, to be called as ``entry(desc, first_id, timeout_ns)``
+    without numba's dispatcher, which types every argument on every call (~5 of the ~10 µs an empty
+    call cost after the CPU idled 1 ms here, 0.6 of 1.1 µs warm). Only valid for descriptors of the same
+    type (every ``describe``d one) and Python ints."""
+    return exchange_described.compile((typeof(desc), types.int64, types.int64))

@@ -118,6 +118,7 @@ class Client:
         self._one_described = (
             _exchange.describe(*self._rings, self._one_row, self._one_resp_row, self._scratch, self._words),
         )
+        self._one_entry = _exchange.described_entry(self._one_described[0])
         # Empty exchanges load (or compile) the code of both; answers a previous holder left are dropped.
         empty = (self._one_row[:0], self._one_resp_row[:0])
         self._exchange(*empty)
@@ -323,7 +324,7 @@ class Client:
             return self._many(mid, [fields], deadline_ms, no_cache, False)[0]
         deadline = 0 if deadline_ms is None else now_ns() + int(deadline_ms * 1e6)
         _records.pack_request(mid, fields, self._one_row, flags=REQ_NO_CACHE if no_cache else 0, deadline_ns=deadline)
-        self._round_trip(_exchange.exchange_described, self._one_described, 1, deadline if bounded else 0)
+        self._round_trip(self._one_entry, self._one_described, 1, deadline if bounded else 0)
         return _records.read_answer(mid, self._one_resp_row, fields)
 
     def predict_records(self, model: str, records: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
