@@ -388,6 +388,25 @@ def enc_delta_memory(log, d):
     return v if d >= 0 else -v
 
 
+#: Memory's distances in lines |d| / ADDR_LINE are integers 0..2**16 for addresses on the line
+#: grid (addresses are in [0, 1]: |d| <= 1). Features 0..23 of each such distance, tabulated
+#: by the definition (log1p, then enc_delta_memory, rounded to float32 as the feature row
+#: stores it): ``M_LINE_DELTA[k]`` is the feature of d = +k lines, -M_LINE_DELTA[k] that of
+#: d = -k lines (rounding to nearest is symmetric). The row encoder looks them up.
+M_LINE_MAX = 2**16
+
+
+@numba.njit(nogil=True, cache=True)
+def _line_delta_table(n):
+    t = np.empty(n + 1, np.float32)
+    for k in range(n + 1):
+        t[k] = enc_delta_memory(log1p(np.float64(k)), 1.0)
+    return t
+
+
+M_LINE_DELTA = _line_delta_table(M_LINE_MAX)
+
+
 @numba.njit(nogil=True, cache=True)
 def _same(x, y):
     return abs(x - y) <= ADDR_TOL

@@ -13,6 +13,10 @@ encoders in ``_encode``, bit for bit (tests/test_models_encode.py), from the sam
    per AVX2 instruction, branch-free), instead of 11-24 opaque libm calls per record;
 3. per record: the logarithmic features from the column.
 
+Memory's 24 distances a record are whole lines wherever its addresses are on the line
+grid: their features come from a table (``M_LINE_DELTA``, the definition's values), and
+only the others take the ``log1p`` column.
+
 ``scratch`` is float64, at least ``scratch_size(n)`` long (``new_scratch``).
 """
 
@@ -25,6 +29,8 @@ from kernel_abi import ModelId
 
 from ._encode import (
     F_N_LOGS,
+    M_LINE_DELTA,
+    M_LINE_MAX,
     M_N_LOGS,
     T_N_LOGS,
     W_N_LOGS,
@@ -45,13 +51,14 @@ from ._encode import (
     logs_workload,
     timing_features_memory,
 )
-from ._log1p import log1p_exact_into, log1p_into
+from ._log1p import log1p_exact_into, log1p_into, pick
 
+_LINE_MAX = float(M_LINE_MAX)
 _GAPS = 19  # memory's inter-arrival gaps per record
 #: float64 scratch per record: a column of log1p arguments and one of their log1p (memory
-#: also keeps its 24 distances), then memory's gaps (a row per gap, a column per record)
-#: and their mean and spread.
-SCRATCH_PER_ROW = 3 * M_N_LOGS + _GAPS + 2
+#: also keeps its 24 distances and the indices of those off the line grid), then memory's
+#: gaps (a row per gap, a column per record) and their mean and spread.
+SCRATCH_PER_ROW = 4 * M_N_LOGS + _GAPS + 2
 
 
 def scratch_size(rows: int) -> int:
@@ -102,9 +109,9 @@ def rows_failure(payloads, rows, n, out, err, scratch):
 def rows_memory(payloads, rows, n, out, err, scratch):
     k = M_N_LOGS
     m = n * k
-    dists, args, logs = scratch[:m], scratch[m : 2 * m], scratch[2 * m : 3 * m]
-    g = 3 * m + _GAPS * n
-    gaps = scratch[3 * m : g]  # record r's gap j at j * n + r
+    dists, args, logs, where = scratch[:m], scratch[m : 2 * m], scratch[2 * m : 3 * m], scratch[3 * m : 4 * m]
+    g = 4 * m + _GAPS * n
+    gaps = scratch[4 * m : g]  # record r's gap j at j * n + r
     mean, var = scratch[g : g + n], scratch[g + n : g + 2 * n]
     for r in range(n):
         p = payloads[rows[r]]
@@ -121,14 +128,40 @@ def rows_memory(payloads, rows, n, out, err, scratch):
     for r in range(n):
         if err[r] == 0:
             timing_features_memory(gaps[(_GAPS - 1) * n + r], mean[r], var[r], out[r])
-    for i in range(m):
-        args[i] = log_arg_memory(dists[i])
-    log1p_into(args, logs, m)
+    # Features 0..23: distances of whole lines from M_LINE_DELTA (no log1p, no division), in a loop
+    # that vectorises; any other distance (an address off the line grid) is computed below.
+    off = False
     for r in range(n):
         if err[r] == 0:
-            o = out[r]
             for j in range(k):
-                o[j] = enc_delta_memory(logs[r * k + j], dists[r * k + j])
+                d = dists[r * k + j]
+                x = log_arg_memory(d)
+                line = np.int64(min(x, _LINE_MAX))  # x <= 2**16: addresses are validated to [0, 1]
+                v = M_LINE_DELTA[np.uint64(line)]  # unsigned: no wraparound of negative indices
+                out[r, j] = pick(d >= 0.0, v, -v)  # a select, not a branch on the sign
+                off |= np.float64(line) != x
+    if off:
+        _off_grid_memory(dists, n, out, err, args, logs, where)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _off_grid_memory(dists, n, out, err, args, logs, where):
+    """Features 0..23 of the distances that are not whole lines, by the definition: their log1p
+    arguments gathered into ``args`` (their indices into ``where``, as float64), one ``log1p_into``."""
+    k = M_N_LOGS
+    found = 0
+    for r in range(n):
+        if err[r] == 0:
+            for j in range(k):
+                x = log_arg_memory(dists[r * k + j])
+                if x != np.float64(np.int64(min(x, _LINE_MAX))):
+                    args[found] = x
+                    where[found] = r * k + j
+                    found += 1
+    log1p_into(args, logs, found)
+    for t in range(found):
+        i = np.int64(where[t])
+        out[i // k, i % k] = enc_delta_memory(logs[t], dists[i])
 
 
 ROW_ENCODERS = {

@@ -56,7 +56,7 @@ def _from_bits(typingctx, b):
 
 
 @intrinsic
-def _pick(typingctx, cond, a, b):
+def pick(typingctx, cond, a, b):
     """``a if cond else b`` as an LLVM select: both are computed, no branch."""
     if not isinstance(cond, types.Boolean) or a != b:
         return None
@@ -107,24 +107,24 @@ def _log1p(x, one_plus_x_exact):
     hx = _high_word(x)
     # 1 + x = 2**k * u, sqrt(2)/2 <= u < sqrt(2); c corrects for the rounding of 1 + x.
     big = hx >= 0x43400000  # x >= 2**53: 1 + x rounds to x
-    u0 = _pick(big, x, 1.0 + x)
+    u0 = pick(big, x, 1.0 + x)
     hu0 = _high_word(u0)
     k0 = (hu0 >> 20) - 1023
     if one_plus_x_exact:
         c0 = 0.0  # what glibc computes then: (1 - (u0 - x)) / u0 or (x - (u0 - 1)) / u0 with u0 = 1 + x exactly
     else:
-        c0 = _pick(big, 0.0, _pick(k0 > 0, 1.0 - (u0 - x), x - (u0 - 1.0)) / _pick(big, 1.0, u0))  # u0 = x: -0.0 too
+        c0 = pick(big, 0.0, pick(k0 > 0, 1.0 - (u0 - x), x - (u0 - 1.0)) / pick(big, 1.0, u0))  # u0 = x: -0.0 too
     m = hu0 & 0x000FFFFF
     low = m < 0x6A09E
-    k1 = _pick(low, k0, k0 + 1)
-    hu1 = _pick(low, m, (0x00100000 - m) >> 2)
-    u1 = _from_bits((_pick(low, m | 0x3FF00000, m | 0x3FE00000) << 32) | (_bits(u0) & _LOW32))
+    k1 = pick(low, k0, k0 + 1)
+    hu1 = pick(low, m, (0x00100000 - m) >> 2)
+    u1 = _from_bits((pick(low, m | 0x3FF00000, m | 0x3FE00000) << 32) | (_bits(u0) & _LOW32))
     # Small x (< 0.41422) needs no reduction: k = 0, f = x, no correction.
     small = hx < 0x3FDA827A
-    k = _pick(small, 0, k1)
-    f = _pick(small, x, u1 - 1.0)
-    c = _pick(small, 0.0, c0)
-    hu = _pick(small, 1, hu1)
+    k = pick(small, 0, k1)
+    f = pick(small, x, u1 - 1.0)
+    c = pick(small, 0.0, c0)
+    hu = pick(small, 1, hu1)
     kd = np.float64(k)
     hfsq = 0.5 * f * f
     klo = _fma(kd, _LN2_LO, c)
@@ -133,11 +133,11 @@ def _log1p(x, one_plus_x_exact):
     tiny = _fma(kd, _LN2_HI, -((r_tiny - klo) - f))
     zero_f = _fma(kd, _LN2_HI, klo)
     sr = _series(f, hfsq)
-    general = _pick(k == 0, f - (hfsq - sr), _fma(kd, _LN2_HI, -((hfsq - (klo + sr)) - f)))
-    out = _pick(hu != 0, general, _pick(f == 0.0, zero_f, tiny))
+    general = pick(k == 0, f - (hfsq - sr), _fma(kd, _LN2_HI, -((hfsq - (klo + sr)) - f)))
+    out = pick(hu != 0, general, pick(f == 0.0, zero_f, tiny))
     # x < 2**-29: x - x*x/2 (x itself below 2**-54).
-    tiny_x = _pick(hx < 0x3C900000, x, _fma(-(x * x), 0.5, x))
-    return _pick(x == 0.0, x, _pick(hx < 0x3E200000, tiny_x, out))  # +-0: itself
+    tiny_x = pick(hx < 0x3C900000, x, _fma(-(x * x), 0.5, x))
+    return pick(x == 0.0, x, pick(hx < 0x3E200000, tiny_x, out))  # +-0: itself
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -159,12 +159,12 @@ def log1p_exact(x):
 @numba.njit(nogil=True, cache=True, inline="always")
 def _reduced(x):
     """``(k, u)`` with 1 + x = 2**k * u, sqrt(2)/2 <= u < sqrt(2), for finite ``x >= 0`` where 1 + x is exact."""
-    u0 = _pick(_high_word(x) >= 0x43400000, x, 1.0 + x)  # x >= 2**53: 1 + x rounds to x
+    u0 = pick(_high_word(x) >= 0x43400000, x, 1.0 + x)  # x >= 2**53: 1 + x rounds to x
     hu0 = _high_word(u0)
     m = hu0 & 0x000FFFFF
     low = m < 0x6A09E
-    k = _pick(low, (hu0 >> 20) - 1023, (hu0 >> 20) - 1022)
-    return k, _from_bits((_pick(low, m | 0x3FF00000, m | 0x3FE00000) << 32) | (_bits(u0) & _LOW32))
+    k = pick(low, (hu0 >> 20) - 1023, (hu0 >> 20) - 1022)
+    return k, _from_bits((pick(low, m | 0x3FF00000, m | 0x3FE00000) << 32) | (_bits(u0) & _LOW32))
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -195,7 +195,7 @@ def _log1p_main(x):
     hfsq = 0.5 * f * f
     klo = kd * _LN2_LO  # glibc: fma(k, ln2_lo, c) with c = 0
     sr = _series(f, hfsq)
-    return _pick(x == 0.0, x, _fma(kd, _LN2_HI, -((hfsq - (klo + sr)) - f)))  # +-0: itself
+    return pick(x == 0.0, x, _fma(kd, _LN2_HI, -((hfsq - (klo + sr)) - f)))  # +-0: itself
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -225,7 +225,7 @@ def _correction_is_zero(x):
     big = _high_word(x) >= 0x43400000
     u0 = 1.0 + x
     k0 = (_high_word(u0) >> 20) - 1023
-    return big | (_pick(k0 > 0, 1.0 - (u0 - x), x - (u0 - 1.0)) == 0.0)
+    return big | (pick(k0 > 0, 1.0 - (u0 - x), x - (u0 - 1.0)) == 0.0)
 
 
 # numpy error model: a python-model division checks for zero and that exit stops LLVM vectorising.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from kernel_abi import ModelId
 from models import encode_batch
 from models._data import GENERATORS
+from models._encode import M_LINE_DELTA, M_LINE_MAX
 from models._encode_rows import ROW_ENCODERS, new_scratch
 from models._spec import ADDR_LINE, ADDR_TOL
 
@@ -75,3 +78,30 @@ def test_memory_searches_are_the_scalar_loops():
         periods.add(float(want[0]))
         visits += want[1] > 0
     assert len(periods) >= 8 and 100 < visits < len(rec) - 50  # the records exercise every answer
+
+
+def test_line_distance_table_is_libm_s_log1p_of_every_whole_line_distance():
+    """Features 0..23 of whole-line distances come from M_LINE_DELTA in the row encoder: every entry
+    must be the definition's float32 (libm's log1p of k lines over log1p(2**16)), for all 0..2**16."""
+    k = np.arange(M_LINE_MAX + 1)
+    want = np.array([math.log1p(v) / math.log1p(2.0**16) for v in k]).astype(np.float32)
+    assert M_LINE_DELTA.dtype == np.float32 and M_LINE_DELTA.tobytes() == want.tobytes()
+
+
+def test_row_encoder_takes_the_table_on_the_line_grid_and_the_definition_off_it():
+    """Generated addresses are on the line grid (whole-line distances: the table); one address off
+    it by 2**-24 in one record of the batch, and +-0.0 addresses (distances +0.0 and -0.0, both
+    encoded +0.0) in another: every row as the per-record encoder gives it, bit for bit."""
+    rec = GENERATORS[ModelId.MEMORY](64, 9)[0].copy()
+    addr = np.concatenate([rec["access_history"].ravel(), rec["current_address"]]).astype(np.float64)
+    assert (addr / ADDR_LINE == np.round(addr / ADDR_LINE)).all()  # all on the grid: the table's case
+    rec["access_history"][7, 5] += np.float32(2.0**-24)
+    rec["access_history"][11, 3:6] = [0.0, -0.0, 0.0]
+    x, err = encode_batch(ModelId.MEMORY, rec)
+    assert not err.any()
+    rows = np.zeros((len(rec), 70), np.float32)
+    row_err = np.zeros(len(rec), np.int32)
+    ROW_ENCODERS[ModelId.MEMORY](rec, np.arange(len(rec)), len(rec), rows, row_err, new_scratch(len(rec)))
+    assert not row_err.any()
+    assert rows.tobytes() == x.tobytes(), np.argwhere(rows != x)
+    assert not np.signbit(x[11, 3:5]).any() and x[11, 3] == 0.0
