@@ -103,7 +103,9 @@ _LOG_COUNT = np.array([math.log1p(k) / _LOG65 for k in range(65)])
 @numba.njit(nogil=True, cache=True, inline="always")
 def _bad(x, lo, hi):
     v = np.float64(x)
-    return not ((v - v == 0.0) & (v >= lo) & (v <= hi))  # v - v == 0: finite
+    # v - v == 0: finite; implied by lo <= v <= hi when both bounds are (constants: LLVM drops it then)
+    bounded = (lo > -math.inf) & (hi < math.inf)
+    return not ((v >= lo) & (v <= hi) & ((v - v == 0.0) | bounded))
 
 
 @numba.njit(nogil=True, cache=True, inline="always")

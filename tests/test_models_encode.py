@@ -27,6 +27,7 @@ from models._encode import (
 from models._encode_rows import ROW_ENCODERS, new_scratch
 from models._log1p import log1p_column, log1p_exact_column, log1p_exact_into, log1p_into
 from models._serve import MAX_FEATURES
+from models._simd import all_within
 from models._spec import RANGES, field_index
 
 MIDS = list(ModelId)
@@ -445,3 +446,50 @@ def test_postprocess_gates_failure_time_and_type_on_probability():
     postprocess(int(ModelId.FAILURE), raw, out)
     assert out[0, 1] == -1 and out[0, 3] == ka.FailureType.NONE
     assert out[1, 1] == pytest.approx(600_000, rel=1e-4) and out[1, 3] == ka.FailureType.CRASH
+
+
+_FIELD8 = np.dtype([("v", np.float32, (8,))])
+
+
+@njit
+def _all_within(rec, lo, hi):
+    return all_within(rec[0].v, lo, hi)
+
+
+def test_array_checks_compare_exactly_whatever_the_bounds():
+    """``all_within`` compares float32 fields in float32 where both bounds are exact float32 values
+    and drops the finiteness test where both are finite; neither may change an answer: a bound
+    that float32 cannot hold (0.1 rounds up to 0.100000001) and infinite bounds with inf and NaN."""
+    rec = np.zeros(1, _FIELD8)
+
+    def within(value, lo, hi):
+        rec["v"][0] = 0.05
+        rec["v"][0, 5] = value
+        return _all_within(rec, lo, hi)
+
+    f01 = float(np.float32(0.1))  # 0.10000000149...
+    assert not within(np.float32(0.1), 0.0, 0.1) and within(np.float32(0.1), 0.0, f01)
+    assert within(np.nextafter(np.float32(0.1), np.float32(0)), 0.0, 0.1)
+    assert not within(np.float32(0.0), 0.0 + 2.0**-160, 1.0) and within(np.float32(0.0), -0.0, 1.0)
+    assert within(-0.0, 0.0, 1.0) and not within(-1e-45, 0.0, 1.0)
+    for lo, hi in ((0.0, math.inf), (-math.inf, math.inf), (0.0, 1.0), (0.0, 0.1)):
+        assert not within(math.nan, lo, hi) and not within(math.inf, lo, hi) and not within(-math.inf, lo, hi)
+    assert within(3e38, 0.0, math.inf) and within(-3e38, -math.inf, math.inf)
+
+
+@pytest.mark.parametrize("mid", MIDS)
+def test_every_scalar_float_field_rejects_nan_and_infinities(mid):
+    """Scalar checks drop their finiteness test where both bounds are finite (the range test
+    excludes NaN and inf then); fields with an infinite bound keep it: each must still name the
+    field for NaN, +inf and -inf, in the per-record and the row encoders."""
+    base = _valid(mid, 1, 4)
+    names = [n for n in RANGES[mid] if base[n].ndim == 1 and base[n].dtype.kind == "f"]
+    for name in names:
+        for bad in (math.nan, math.inf, -math.inf):
+            rec = base.copy()
+            rec[name] = bad
+            _, err = encode_batch(mid, rec)
+            row_err = np.zeros(1, np.int32)
+            ROW_ENCODERS[mid](rec, np.zeros(1, np.int64), 1, np.zeros((1, N_FEATURES[mid]), np.float32), row_err,
+                              new_scratch(1))  # fmt: skip
+            assert err[0] == row_err[0] == field_index(mid, name), (name, bad)
