@@ -206,14 +206,10 @@ def all_within(typingctx, values, lo, hi):
     return types.boolean(values, lo, hi), codegen
 
 
-def _widened_chunks(context, builder, aryty, ary, start: int, stop: int, scale, pad: ir.Value) -> list[ir.Value]:
+def _widened_chunks(context, builder, aryty, ary, start: int, stop: int, pad: ir.Value) -> list[ir.Value]:
     """``values[start:stop]`` of a record's array field as 4-lane float64 vectors (exact widening),
-    each times ``scale(j)`` for value j of the slice if ``scale`` is given, the last padded with ``pad``.
-
-    One load and one widening per chunk, the AVX2 registers the values go to (before: the whole
-    field as one vector of 20 lanes shuffled into chunks; this, with ``all_zero_or_at_least``
-    loading the field as floats too, took failure's encoder from 11.8 to 11.4 µs per 256).
-    """
+    the last padded with ``pad``: one load and one widening per chunk, the AVX2 registers the
+    values go to (not the whole field as one vector shuffled into chunks)."""
     elt = context.get_data_type(aryty.dtype)
     f64 = ir.DoubleType()
     base = context.make_array(aryty)(context, builder, value=ary).data
@@ -227,8 +223,6 @@ def _widened_chunks(context, builder, aryty, ary, start: int, stop: int, scale, 
             x = builder.fpext(v, wide) if aryty.dtype.bitwidth < 64 else v
         else:
             x = builder.sitofp(v, wide) if aryty.dtype.signed else builder.uitofp(v, wide)
-        if scale is not None:
-            x = builder.fmul(x, ir.Constant(wide, [scale(first - start + j) for j in range(count)]))
         if count < 4:  # lanes count..3: ``pad``
             take = ir.Constant(ir.VectorType(ir.IntType(32), 4), [j if j < count else count for j in range(4)])
             x = builder.shuffle_vector(x, _splat(builder, pad, count), take)
@@ -256,11 +250,9 @@ def _tree(builder: ir.IRBuilder, chunks: list[ir.Value], combine) -> ir.Value:
 def _field_reduction(kind: str):
     """An intrinsic ``(values, start, stop, init) -> float64`` over a slice of a record's array field.
 
-    ``sum``: ``init`` plus the sum, pairwise; ``centred_dot``: ``init`` plus the sum of
-    ``(j - (count - 1) / 2) * values[start + j]`` (exact products), pairwise; ``min`` /
-    ``max``: of ``init`` and the values. The order differs from a left-to-right loop, so a
-    caller uses the sums only where every partial sum is exact (then any order gives the
-    same bits), and min/max only on values without NaN or -0.0.
+    ``sum``: ``init`` plus the sum, pairwise; ``max``: of ``init`` and the values. The order
+    differs from a left-to-right loop, so a caller uses the sums only where every partial sum
+    is exact (then any order gives the same bits), and max only on values without NaN or -0.0.
     """
 
     @intrinsic(prefer_literal=True)
@@ -275,18 +267,14 @@ def _field_reduction(kind: str):
         def codegen(context, builder, signature, args):
             aryty, ary = signature.args[0], args[0]
             first = context.cast(builder, args[3], signature.args[3], types.float64)
-            if kind in ("min", "max"):
-                op = "<" if kind == "min" else ">"
+            if kind == "max":
 
-                def pick(a, b):
-                    return builder.select(builder.fcmp_ordered(op, a, b), a, b)
+                def larger(a, b):
+                    return builder.select(builder.fcmp_ordered(">", a, b), a, b)
 
-                chunks = _widened_chunks(context, builder, aryty, ary, lo, hi, None, first)
-                return pick(first, _tree(builder, chunks, pick))
-            zero = ir.Constant(ir.DoubleType(), 0.0)
-            n = hi - lo
-            scale = (lambda j: j - (n - 1) / 2) if kind == "centred_dot" else None
-            chunks = _widened_chunks(context, builder, aryty, ary, lo, hi, scale, zero)
+                chunks = _widened_chunks(context, builder, aryty, ary, lo, hi, first)
+                return larger(first, _tree(builder, chunks, larger))
+            chunks = _widened_chunks(context, builder, aryty, ary, lo, hi, ir.Constant(ir.DoubleType(), 0.0))
             return builder.fadd(first, _tree(builder, chunks, builder.fadd))
 
         return types.float64(values, start, stop, init), codegen
@@ -295,8 +283,6 @@ def _field_reduction(kind: str):
 
 
 field_sum = _field_reduction("sum")
-field_centred_dot = _field_reduction("centred_dot")
-field_min = _field_reduction("min")
 field_max = _field_reduction("max")
 
 

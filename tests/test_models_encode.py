@@ -19,8 +19,6 @@ from models import N_FEATURES, N_RAW_OUTPUTS, encode_batch, postprocess, validat
 from models._data import GENERATORS
 from models._encode import (
     ENCODERS,
-    failure_history_stats,
-    failure_history_stats_ordered,
     threat_history_stats,
     threat_history_stats_ordered,
 )
@@ -243,19 +241,12 @@ def test_every_value_of_every_array_field_is_checked(mid):
 
 
 @njit
-def _failure_stats(payloads, i):
-    """(vector, ordered) statistics of record ``i``'s history, as float64 arrays."""
-    h = payloads[i].historical_health
-    return np.array(failure_history_stats(h)), np.array(failure_history_stats_ordered(h))
-
-
-@njit
 def _threat_stats(payloads, i):
     h = payloads[i].historical_threats
     return np.array(threat_history_stats(h)), np.array(threat_history_stats_ordered(h))
 
 
-@pytest.mark.parametrize("mid", [ModelId.THREAT, ModelId.FAILURE])
+@pytest.mark.parametrize("mid", [ModelId.THREAT])
 def test_history_sums_minima_and_maxima_are_the_left_to_right_loops_bit_for_bit(mid):
     """Sums of a history are taken in vector order only where every partial sum is exact;
     histories with tiny, subnormal or -0.0 values (where the order changes the bits, e.g.
@@ -278,7 +269,7 @@ def test_history_sums_minima_and_maxima_are_the_left_to_right_loops_bit_for_bit(
             rec[name][i, rng.integers(0, width)] = 1.0
     fast = 0
     for i in range(len(rec)):
-        got, want = (_failure_stats if mid == ModelId.FAILURE else _threat_stats)(rec, i)
+        got, want = _threat_stats(rec, i)
         assert got.tobytes() == want.tobytes(), (i, rec[name][i], got, want)
         h = rec[name][i]
         fast += bool((((h == 0) & ~np.signbit(h)) | (h >= 2.0**-24)).all())
