@@ -37,17 +37,17 @@ log = logging.getLogger("http_shim")
 
 MAX_BATCH = 10_000
 CONTROL_TIMEOUT_S = 2.0  # the daemon runs control commands within ~100 ms; this bounds the wait
-_MODELS = frozenset(_snapshot.MODEL_NAMES)
+MODELS = frozenset(_snapshot.MODEL_NAMES)
 
 
 def _model(request: web.Request) -> str:
     name = request.match_info["model"]
-    if name not in _MODELS:
-        raise HttpError(404, f"model: unknown model {name!r}, expected one of {', '.join(sorted(_MODELS))}")
+    if name not in MODELS:
+        raise HttpError(404, f"model: unknown model {name!r}, expected one of {', '.join(sorted(MODELS))}")
     return name
 
 
-def _ms_since(t0: float) -> float:
+def ms_since(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1e3, 4)
 
 
@@ -60,6 +60,14 @@ def _allowed(request: web.Request, exc: web.HTTPMethodNotAllowed) -> str:
     return exc.headers["Allow"]
 
 
+def refusal(exc: Exception, method: str, path: str) -> tuple[int, dict[str, Any]]:
+    """The status and ``{"success": false, "error": ...}`` body for what a handler raised (5xx logged)."""
+    status, message = http_error(exc)
+    if status >= 500:
+        log.error("request %s %s failed with %d", method, path, status, exc_info=exc)
+    return status, {"success": False, "error": message}
+
+
 @web.middleware
 async def _error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every refusal as ``{"success": false, "error": ...}``; statuses from ``http_error``."""
@@ -68,10 +76,8 @@ async def _error_middleware(request: web.Request, handler: Any) -> web.StreamRes
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        status, message = http_error(exc)
-        if status >= 500:
-            log.exception("request %s %s failed with %d", request.method, request.path, status)
-        resp = respond(request, {"success": False, "error": message}, status)
+        status, body = refusal(exc, request.method, request.path)
+        resp = respond(request, body, status)
         if isinstance(exc, web.HTTPMethodNotAllowed):
             resp.headers["Allow"] = _allowed(request, exc)  # RFC 9110: a 405 names the methods allowed
         return resp
@@ -113,7 +119,11 @@ class Shim:
         """The predictions for REQUEST ``records`` of model ``mid``, in order, with a DaemonError in
         place of each refused one (``alone``: see ``ShimChannel.exchange``)."""
         assert self.client is not None
-        responses = await self.client.exchange(records, alone=alone)
+        return self.answers(mid, records, await self.client.exchange(records, alone=alone))
+
+    @staticmethod
+    def answers(mid: ModelId, records: bytes, responses: bytes) -> list[Any]:
+        """The predictions in RESPONSE ``responses`` to REQUEST ``records``, a DaemonError for each refused one."""
         if len(responses) > RESPONSE.itemsize:  # a batch: its answers column by column when all are plain
             answers = _records.columns(mid, np.frombuffer(responses, RESPONSE))
             if answers is not None:
@@ -133,15 +143,23 @@ class Shim:
         return results
 
     def _alone(self, request: web.Request) -> bool:
-        """Whether the request's connection is the only open one of this worker: then no other
-        request can join its submission (HTTP/1.1 answers a connection's requests in turn)."""
-        transport = request.transport
+        return self.alone(request.transport)
+
+    def alone(self, transport: asyncio.BaseTransport | None) -> bool:
+        """Whether the connection is the only open one of this worker: then no other request
+        can join its submission (HTTP/1.1 answers a connection's requests in turn)."""
         if transport is None:
             return False
         self._transports.add(transport)
         if len(self._transports) == 1:
             return True
         return not any(t is not transport and not t.is_closing() for t in self._transports)
+
+    @staticmethod
+    def single_records(mid: ModelId, raw: bytes) -> bytes | None:
+        """The REQUEST record of a JSON body msgspec decodes; None for the general codec to judge."""
+        values = decode_item(mid, raw)
+        return _wire.PAYLOAD[mid].request(values) if values is not None else None
 
     @staticmethod
     def _records(mid: ModelId, items: list[Any]) -> bytes:
@@ -156,8 +174,7 @@ class Shim:
         got = await read_raw(request)
         assert got is not None  # None only for an empty body with empty= given
         raw, kind = got
-        values = decode_item(mid, raw) if kind == "json" else None
-        records = _wire.PAYLOAD[mid].request(values) if values is not None else None
+        records = self.single_records(mid, raw) if kind == "json" else None
         if records is None:
             fields = parse(raw, kind)
             try:
@@ -171,7 +188,7 @@ class Shim:
         (prediction,) = await self._predict(mid, records, alone=self._alone(request))
         if isinstance(prediction, DaemonError):
             raise prediction
-        return respond(request, {"success": True, "prediction": prediction, "latency_ms": _ms_since(t0)})
+        return respond(request, {"success": True, "prediction": prediction, "latency_ms": ms_since(t0)})
 
     async def predict_batch(self, request: web.Request) -> web.Response:
         t0 = time.perf_counter()
@@ -195,7 +212,7 @@ class Shim:
         if len(items) > MAX_BATCH:
             raise HttpError(413, f"features: must have at most {MAX_BATCH} items, got {len(items)}")
         if not items:
-            return respond(request, {"success": True, "predictions": [], "latency_ms": _ms_since(t0), "count": 0})
+            return respond(request, {"success": True, "predictions": [], "latency_ms": ms_since(t0), "count": 0})
         try:
             records = self._records(mid, items)
         except InvalidFields as err:
@@ -212,7 +229,7 @@ class Shim:
                 raise HttpError(status, f"features[{i}]: {message}")
         return respond(
             request,
-            {"success": True, "predictions": results, "latency_ms": _ms_since(t0), "count": len(results)},
+            {"success": True, "predictions": results, "latency_ms": ms_since(t0), "count": len(results)},
         )
 
     # --- metrics and cache ----------------------------------------------------------------
@@ -257,8 +274,8 @@ class Shim:
             return None, 0
         if not isinstance(model, str):
             raise HttpError(400, f"model: must be a string, got {type(model).__name__}")
-        if model not in _MODELS:
-            raise HttpError(404, f"model: unknown model {model!r}, expected one of {', '.join(sorted(_MODELS))}")
+        if model not in MODELS:
+            raise HttpError(404, f"model: unknown model {model!r}, expected one of {', '.join(sorted(MODELS))}")
         return model, _snapshot.MODEL_NAMES.index(model) + 1
 
     async def _control(self, command: int, argument: int) -> None:
@@ -322,12 +339,16 @@ class Shim:
         return respond(request, openapi())
 
 
+SHIM = web.AppKey("shim", Shim)
+
+
 def create_app(
     prefix: str, channel: str = "http", *, admin_token: str | None = None, timeout: float = 5.0
 ) -> web.Application:
     """The shim's application, attaching to ``channel`` of the daemon serving ``prefix`` at startup."""
     shim = Shim(prefix, channel, admin_token=admin_token, timeout=timeout)
     app = web.Application(middlewares=[_error_middleware], client_max_size=MAX_BODY)
+    app[SHIM] = shim
     app.on_startup.append(shim.start)
     app.on_cleanup.append(shim.stop)
     r = app.router
@@ -347,4 +368,4 @@ def create_app(
     return app
 
 
-__all__ = ["MAX_BATCH", "Shim", "create_app"]
+__all__ = ["MAX_BATCH", "MODELS", "SHIM", "Shim", "create_app", "ms_since", "refusal"]

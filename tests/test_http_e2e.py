@@ -122,7 +122,9 @@ def test_health_ready_and_cache_stats(daemon: Daemon) -> None:
 
 def test_a_prediction_wakes_the_sleeping_daemon_before_parsing(daemon: Daemon) -> None:
     """The predict handler wakes the daemon as the request comes in (``ShimChannel.prewake``), so the
-    daemon's wake-up overlaps the parse: the daemon counts a wake-up that found no work yet."""
+    daemon's wake-up overlaps the parse: the daemon counts a wake-up that found no work yet. (A plain
+    request takes the fast path, which does not: there the parse is too short to pay for the wake-up's
+    system call; a charset in Content-Type sends this one through aiohttp's handler.)"""
     from shmd._loop import LOOP_EARLY_WAKES
     from shmd._stats_segment import StatsSegment
 
@@ -132,7 +134,7 @@ def test_a_prediction_wakes_the_sleeping_daemon_before_parsing(daemon: Daemon) -
         for _ in range(3):  # each after an idle pause: the daemon sleeps (its spin is ~100 µs)
             time.sleep(0.2)
             status, body = curl("-X", "POST", f"http://127.0.0.1:{daemon.port}/api/ml/predict/workload",
-                                "-H", "Content-Type: application/json", "-d", SEED_BODY)  # fmt: skip
+                                "-H", "Content-Type: application/json; charset=utf-8", "-d", SEED_BODY)  # fmt: skip
             assert status == 200, body
         woken = int(seg.arrays["loop"][LOOP_EARLY_WAKES]) - before
     finally:
