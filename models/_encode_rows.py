@@ -136,12 +136,19 @@ def rows_memory(payloads, rows, n, out, err, scratch):
             for j in range(k):
                 d = dists[r * k + j]
                 x = log_arg_memory(d)
-                line = np.int64(min(x, _LINE_MAX))  # x <= 2**16: addresses are validated to [0, 1]
+                line = _whole_lines(x)
                 v = M_LINE_DELTA[np.uint64(line)]  # unsigned: no wraparound of negative indices
                 out[r, j] = pick(d >= 0.0, v, -v)  # a select, not a branch on the sign
                 off |= np.float64(line) != x
     if off:
         _off_grid_memory(dists, n, out, err, args, logs, where)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _whole_lines(x):
+    """The whole lines in a distance's log1p argument ``x`` (<= 2**16: addresses are validated to
+    [0, 1]); the distance is on the line grid when this, as a float, is ``x`` itself."""
+    return np.int64(min(x, _LINE_MAX))
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -154,7 +161,7 @@ def _off_grid_memory(dists, n, out, err, args, logs, where):
         if err[r] == 0:
             for j in range(k):
                 x = log_arg_memory(dists[r * k + j])
-                if x != np.float64(np.int64(min(x, _LINE_MAX))):
+                if np.float64(_whole_lines(x)) != x:
                     args[found] = x
                     where[found] = r * k + j
                     found += 1
