@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
@@ -120,11 +121,28 @@ def test_health_ready_and_cache_stats(daemon: Daemon) -> None:
     assert status == 200 and set(body["cache"]) == set(MODELS)
 
 
+def post_with_late_body(port: int, path: str, body: bytes, content_type: str, pause_s: float) -> bytes:
+    """POST over a raw socket whose body follows its headers after ``pause_s``: the handler has
+    started (and read the headers) long before the body can be parsed. The whole response."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        time.sleep(pause_s)
+        s.sendall(body)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def test_a_prediction_wakes_the_sleeping_daemon_before_parsing(daemon: Daemon) -> None:
     """The predict handler wakes the daemon as the request comes in (``ShimChannel.prewake``), so the
-    daemon's wake-up overlaps the parse: the daemon counts a wake-up that found no work yet. (A plain
-    request takes the fast path, which does not: there the parse is too short to pay for the wake-up's
-    system call; a charset in Content-Type sends this one through aiohttp's handler.)"""
+    daemon's wake-up overlaps the parse: the daemon counts a wake-up that found no work yet. The body
+    follows the headers 50 ms late, so that wake-up cannot find the request already published (with
+    the body at once, whether it does is a race between the daemon's wake-up and the parse). (A plain
+    request takes the fast path, which does not prewake: there the parse is too short to pay for the
+    wake-up's system call; a charset in Content-Type sends this one through aiohttp's handler.)"""
     from shmd._loop import LOOP_EARLY_WAKES
     from shmd._stats_segment import StatsSegment
 
@@ -133,9 +151,9 @@ def test_a_prediction_wakes_the_sleeping_daemon_before_parsing(daemon: Daemon) -
         before = int(seg.arrays["loop"][LOOP_EARLY_WAKES])
         for _ in range(3):  # each after an idle pause: the daemon sleeps (its spin is ~100 µs)
             time.sleep(0.2)
-            status, body = curl("-X", "POST", f"http://127.0.0.1:{daemon.port}/api/ml/predict/workload",
-                                "-H", "Content-Type: application/json; charset=utf-8", "-d", SEED_BODY)  # fmt: skip
-            assert status == 200, body
+            reply = post_with_late_body(daemon.port, "/api/ml/predict/workload", SEED_BODY.encode(),
+                                        "application/json; charset=utf-8", pause_s=0.05)  # fmt: skip
+            assert reply.startswith(b"HTTP/1.1 200 "), reply[:300]
         woken = int(seg.arrays["loop"][LOOP_EARLY_WAKES]) - before
     finally:
         seg.close()
