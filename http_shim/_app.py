@@ -94,7 +94,7 @@ class Shim:
         self.client: ShimChannel | None = None
         self.stats: StatsSegment | None = None
         self._control_lock = asyncio.Lock()
-        # The transports of the connections seen (a closed one leaves once freed): ``_alone``.
+        # The transports of the connections seen (a closed one leaves once freed): ``alone``.
         self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self.started = time.time()
 
@@ -142,9 +142,6 @@ class Shim:
                 results.append(err)
         return results
 
-    def _alone(self, request: web.Request) -> bool:
-        return self.alone(request.transport)
-
     def alone(self, transport: asyncio.BaseTransport | None) -> bool:
         """Whether the connection is the only open one of this worker: then no other request
         can join its submission (HTTP/1.1 answers a connection's requests in turn)."""
@@ -185,7 +182,7 @@ class Shim:
                 if isinstance(err, InvalidFields):
                     raise
                 raise HttpError(400, f"body: has a field of an unusable value ({type(err).__name__}: {err})") from None
-        (prediction,) = await self._predict(mid, records, alone=self._alone(request))
+        (prediction,) = await self._predict(mid, records, alone=self.alone(request.transport))
         if isinstance(prediction, DaemonError):
             raise prediction
         return respond(request, {"success": True, "prediction": prediction, "latency_ms": ms_since(t0)})

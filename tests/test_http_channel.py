@@ -114,9 +114,7 @@ def test_a_request_alone_is_answered_without_a_turn_of_the_loop(prefix: str) -> 
 
 
 def test_a_connection_is_alone_only_while_no_other_is_open() -> None:
-    """``Shim._alone`` on real loopback connections (the request stands in by its transport)."""
-    from types import SimpleNamespace
-
+    """``Shim.alone`` on the transports of real loopback connections."""
     from http_shim._app import Shim
 
     async def main() -> list[bool]:
@@ -133,10 +131,10 @@ def test_a_connection_is_alone_only_while_no_other_is_open() -> None:
                 break
             await asyncio.sleep(0.01)
         shim = Shim("unused", "unused", admin_token=None, timeout=1.0)
-        first, second = (SimpleNamespace(transport=w.transport) for w in server_ends)
-        seen = [shim._alone(first), shim._alone(second), shim._alone(first)]  # type: ignore[arg-type]
+        first, second = (w.transport for w in server_ends)
+        seen = [shim.alone(first), shim.alone(second), shim.alone(first)]
         server_ends[1].close()
-        seen.append(shim._alone(first))  # type: ignore[arg-type]
+        seen.append(shim.alone(first))
         for _, w in clients:
             w.close()
         server_ends[0].close()
