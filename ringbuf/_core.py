@@ -19,7 +19,9 @@ out-of-bounds access (slot = index & mask is always in range anyway).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from kernel_abi import ABI_VERSION, RING_HEADER, RING_MAGIC, RING_NEED_WAKEUP
 
@@ -104,26 +106,50 @@ def ring_ready(hdr64, state, capacity):
 _NO_WRAP = np.uint64(0xFFFFFFFFFFFFFFFF)  # the mask of a plain (non-ring) array of rows
 
 
+@intrinsic
+def _copy_bytes(typingctx, dst, dst_offset, src, src_offset, nbytes):
+    """``memcpy(dst.data + dst_offset, src.data + src_offset, nbytes)`` (byte offsets; the caller bounds them)."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        dst_ty, _, src_ty, _, _ = signature.args
+        d, d_off, s, s_off, size = args
+        d_ptr = builder.bitcast(context.make_array(dst_ty)(context, builder, d).data, cgutils.voidptr_t)
+        s_ptr = builder.bitcast(context.make_array(src_ty)(context, builder, s).data, cgutils.voidptr_t)
+        cgutils.raw_memcpy(builder, builder.gep(d_ptr, [d_off]), builder.gep(s_ptr, [s_off]), size, 1)
+        return context.get_dummy_value()
+
+    return types.void(dst, types.int64, src, types.int64, types.int64), codegen
+
+
 @njit(nogil=True, cache=True)
 def _copy_rows(src, src_first, src_mask, dst, dst_first, dst_mask, n):
     """``dst[(dst_first + j) & dst_mask] = src[(src_first + j) & src_mask]`` for ``j < n``.
 
-    By 64-bit words when the row size allows: a byte-wise row copy is what
-    numba makes of a slice assignment, and it ran ~4x slower.
+    One ``memcpy`` per run of rows that wraps around neither array's end (at most three
+    for a ring): 256 rows of 320 bytes took ~3 µs against ~12.5 µs moving 64-bit words
+    one by one (which numba does not vectorise here), and a row at a time in bytes was
+    slower still. Both arrays must hold rows of the same width, contiguously.
     """
     width = src.shape[1]
-    if width % 8 != 0:
-        for j in range(n):
-            dst[(dst_first + np.uint64(j)) & dst_mask, :] = src[(src_first + np.uint64(j)) & src_mask, :]
+    rows_contiguous = src.strides[0] == width and dst.strides[0] == width
+    if width == 0 or dst.shape[1] != width or src.strides[1] != 1 or dst.strides[1] != 1 or not rows_contiguous:
+        raise ValueError("rows to copy must be contiguous byte rows of one width (uint8[n, slot_size])")
+    if n <= 0:
         return
-    words = width // 8
-    src64 = src.reshape(-1).view(np.uint64)
-    dst64 = dst.reshape(-1).view(np.uint64)
-    for j in range(n):
-        s = np.int64((src_first + np.uint64(j)) & src_mask) * words
-        d = np.int64((dst_first + np.uint64(j)) & dst_mask) * words
-        for w in range(words):
-            dst64[d + w] = src64[s + w]
+    if (src_mask == _NO_WRAP and src_first + np.uint64(n) > np.uint64(src.shape[0])) or (
+        dst_mask == _NO_WRAP and dst_first + np.uint64(n) > np.uint64(dst.shape[0])
+    ):
+        raise ValueError("more rows to copy than the array holds: n must be at most its length")
+    j, end = np.uint64(0), np.uint64(n)
+    while j < end:
+        s = (src_first + j) & src_mask
+        d = (dst_first + j) & dst_mask
+        # The rows left before either array's end (a plain array's mask is all ones: it never wraps).
+        run = min(end - j - np.uint64(1), src_mask - s, dst_mask - d) + np.uint64(1)
+        _copy_bytes(dst, np.int64(d) * width, src, np.int64(s) * width, np.int64(run) * width)
+        j += run
 
 
 @njit(nogil=True, cache=True)

@@ -137,7 +137,8 @@ def exchange(
             for j in range(m):
                 idx = sc64[j, _ID] - first  # u64: ids below first wrap to huge
                 if idx < np.uint64(n) and res64[idx, _ID] == np.uint64(0):
-                    responses[idx, :] = scratch[j, :]
+                    for w in range(res64.shape[1]):  # by words: a byte-wise row copy took 8.5 µs per 256
+                        res64[idx, w] = sc64[j, w]
                     words[GOT] += 1
                 else:  # a late answer to an earlier call, or a duplicate after a daemon restart
                     words[DROPPED] += 1
