@@ -497,21 +497,21 @@ def gaps_memory(ts, gaps, stride):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def gap_stats_memory(gaps, n, mean, var):
-    """Of each of ``n`` records' 19 gaps (record r's gap j at ``gaps[j * n + r]``): ``mean[r]`` and
-    ``var[r]``, the sum of squared deviations, each summed in gap order. The inner loops run
+def gap_stats_memory(gaps, n, stride, mean, var):
+    """Of each of ``n`` records' 19 gaps (record r's gap j at ``gaps[j * stride + r]``): ``mean[r]``
+    and ``var[r]``, the sum of squared deviations, each summed in gap order. The inner loops run
     over records, so they vectorise with a lane per record and keep every record's order."""
     for r in range(n):
         mean[r] = 0.0
     for j in range(19):
         for r in range(n):
-            mean[r] += gaps[j * n + r]
+            mean[r] += gaps[j * stride + r]
     for r in range(n):
         mean[r] /= 19.0
         var[r] = 0.0
     for j in range(19):
         for r in range(n):
-            d = gaps[j * n + r] - mean[r]
+            d = gaps[j * stride + r] - mean[r]
             var[r] += d * d
 
 
@@ -534,7 +534,7 @@ def encode_memory(payloads, i, out):
     linear_memory(p, out, dists)
     gaps, stats = np.empty(19, np.float64), np.empty(2, np.float64)
     gaps_memory(p.access_timestamps, gaps, 1)
-    gap_stats_memory(gaps, 1, stats[:1], stats[1:])
+    gap_stats_memory(gaps, 1, 1, stats[:1], stats[1:])
     timing_features_memory(gaps[18], stats[0], stats[1], out)
     for k in range(M_N_LOGS):
         out[k] = enc_delta_memory(log1p(log_arg_memory(dists[k])), dists[k])
