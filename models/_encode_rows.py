@@ -51,7 +51,7 @@ from ._encode import (
     logs_workload,
     timing_features_memory,
 )
-from ._log1p import log1p_exact_into, log1p_into, pick
+from ._log1p import log1p_exact_into, log1p_into, log1p_uint_into, pick
 
 _LINE_MAX = float(M_LINE_MAX)
 _GAPS = 19  # memory's inter-arrival gaps per record
@@ -84,8 +84,9 @@ def new_scratch(rows: int) -> np.ndarray:
 # error_model="numpy" throughout: python-model division checks for zero, and that early
 # exit stops LLVM from vectorising the loops over columns.
 @numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _rows(check, linear, logs, k, payloads, rows, n, out, err, scratch):
-    """The three passes for a model whose ``linear`` part leaves ``k`` log1p arguments per record."""
+def _rows(check, linear, logs, k, log1p_col, payloads, rows, n, out, err, scratch):
+    """The three passes for a model whose ``linear`` part leaves ``k`` log1p arguments per record,
+    ``log1p_col(x, y, m)`` their column's log1p."""
     args, logs_col = scratch[: n * k], scratch[n * k : 2 * n * k]
     for r in range(n):
         p = payloads[rows[r]]
@@ -95,7 +96,7 @@ def _rows(check, linear, logs, k, payloads, rows, n, out, err, scratch):
             linear(p, out[r], args[r * k : (r + 1) * k])
         else:
             args[r * k : (r + 1) * k] = 0.0
-    log1p_exact_into(args, logs_col, n * k)  # integers and float32 values: 1 + x is exact
+    log1p_col(args, logs_col, n * k)
     for r in range(n):
         if err[r] == 0:
             logs(logs_col[r * k : (r + 1) * k], out[r])
@@ -103,17 +104,21 @@ def _rows(check, linear, logs, k, payloads, rows, n, out, err, scratch):
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def rows_workload(payloads, rows, n, out, err, scratch):
-    _rows(check_workload, linear_workload, logs_workload, W_N_LOGS, payloads, rows, n, out, err, scratch)
+    # uint64 values: glibc's general path without the selects integers never need
+    _rows(check_workload, linear_workload, logs_workload, W_N_LOGS, log1p_uint_into,
+          payloads, rows, n, out, err, scratch)  # fmt: skip
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def rows_threat(payloads, rows, n, out, err, scratch):
-    _rows(check_threat, linear_threat, logs_threat, T_N_LOGS, payloads, rows, n, out, err, scratch)
+    # float32 values: 1 + x is exact
+    _rows(check_threat, linear_threat, logs_threat, T_N_LOGS, log1p_exact_into, payloads, rows, n, out, err, scratch)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def rows_failure(payloads, rows, n, out, err, scratch):
-    _rows(check_failure, linear_failure, logs_failure, F_N_LOGS, payloads, rows, n, out, err, scratch)
+    # a float32 value: 1 + x is exact
+    _rows(check_failure, linear_failure, logs_failure, F_N_LOGS, log1p_exact_into, payloads, rows, n, out, err, scratch)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from numba import njit
 
@@ -23,7 +23,15 @@ from models._encode import (
     threat_history_stats_ordered,
 )
 from models._encode_rows import ROW_ENCODERS, new_scratch
-from models._log1p import log1p_column, log1p_exact_column, log1p_exact_into, log1p_into
+from models._log1p import (
+    _off_main_path,
+    log1p_column,
+    log1p_exact_column,
+    log1p_exact_into,
+    log1p_into,
+    log1p_uint_into,
+    log1p_uint_main,
+)
 from models._serve import MAX_FEATURES
 from models._simd import all_within
 from models._spec import RANGES, field_index
@@ -194,6 +202,84 @@ def test_log1p_exact_is_libm_s_where_one_plus_x_is_exact():
         assert one[0] == want[i] or abs(int(one.view(np.int64)[0]) - int(want[i : i + 1].view(np.int64)[0])) <= 1
         got[i] = one[0]
     _assert_libm_s(x, got, want)
+
+
+#: uint64 values whose float64 is >= 2**53 and where glibc's general path with 1 + x rounded gives
+#: other bits than glibc (which takes x itself there): log1p_uint_into must fall back on them.
+_UINT_OFF_BITS = (9014305450117110, 13139462812328406)
+
+
+def _uint_column(values: list[int]) -> np.ndarray:
+    """float64 of uint64 values, as workload's encoder converts them."""
+    return np.array(values, dtype=np.uint64).astype(np.float64)
+
+
+#: 1 + x within 2**-20 of 2**30 but not it, from above (the low case's m == 0) and below (m >= 0xFFFFD).
+_UINT_SHORT_SERIES = (2**30, 2**30 + 2**9, 2**30 - 2, 2**30 - 2**9)
+
+
+def _near_power_of_two(k: int) -> st.SearchStrategy[int]:
+    """2**k - 1 + d, |d| <= 2**(k - 19): 1 + x within 2**-19 of 2**k, a quarter of them within
+    glibc's short-series window on either side."""
+    span = 2 ** max(k - 19, 0)
+    return st.integers(-span, span).map(lambda d: min(max(2**k - 1 + d, 0), 2**64 - 1))
+
+
+# workload's uint64 memory values: anything up to 2**64 - 1, and especially 2**k - 1 + d for
+# small |d| relative to 2**k (1 + x within 2**-20 of a power of two: glibc's short series).
+_uints = st.one_of(
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**20),
+    st.integers(0, 63).flatmap(_near_power_of_two),
+    st.sampled_from([0, 1, 2, 2**53 - 1, 2**53, 2**53 + 2, 2**63, 2**64 - 1, *_UINT_OFF_BITS, *_UINT_SHORT_SERIES]),
+)  # fmt: skip
+
+
+@njit  # not cached: numba would not see edits of the _log1p functions it inlines
+def _uint_main_and_off(x):
+    y = np.empty_like(x)
+    off = np.zeros(len(x), np.bool_)
+    ref = np.zeros(len(x), np.bool_)
+    for i in range(len(x)):
+        y[i], off[i] = log1p_uint_main(x[i])
+        ref[i] = _off_main_path(x[i]) or x[i] >= 2.0**53
+    return y, off, ref
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(_uints, min_size=1, max_size=40))
+@example(values=[12345, *_UINT_OFF_BITS])
+def test_log1p_uint_into_is_libm_s_on_uint64_values(values):
+    """Workload's log1p column (``log1p_uint_into``: glibc's general path without the selects
+    integers never need, the column again by ``log1p_exact_into`` if any value is off that path)
+    against libm, bit for bit on FMA hosts: in columns of hypothesis' values and each value
+    alone. The domain is float64 of uint64 (no subnormals, negatives or -0.0: none is one)."""
+    x = _uint_column(values)
+    want = np.array([math.log1p(v) for v in x])
+    got = np.full_like(x, np.nan)
+    log1p_uint_into(x, got, len(x))
+    _assert_libm_s(x, got, want)
+    for i in range(len(x)):
+        one = np.full(1, np.nan)
+        log1p_uint_into(x[i : i + 1], one, 1)
+        _assert_libm_s(x[i : i + 1], one, want[i : i + 1])
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(_uints, min_size=1, max_size=40))
+@example(values=list(_UINT_SHORT_SERIES))
+def test_log1p_uint_main_flags_exactly_where_glibc_takes_another_path(values):
+    """``log1p_uint_main``'s ``off`` (its cheaper test on f) is glibc's own choice of path
+    (``_off_main_path``) or x >= 2**53, value by value, and where it is not set its value is
+    libm's. The listed values >= 2**53 need the fallback (the general path gives other bits)."""
+    x = _uint_column([*values, *_UINT_OFF_BITS])
+    main, off, ref = _uint_main_and_off(x)
+    assert np.array_equal(off, ref), x[off != ref]
+    on = ~off
+    assert off[-len(_UINT_OFF_BITS) :].all()
+    if on.any():
+        want = np.array([math.log1p(v) for v in x[on]])
+        _assert_libm_s(x[on], main[on], want)
 
 
 @pytest.mark.parametrize(
