@@ -421,6 +421,11 @@ def check_memory(p):
     return 0
 
 
+#: Closeness masks of a record's addresses and strides: for lag L, the bits the period search
+#: (8 .. 19 - L, lags 1..8) and the stride-repeat shares (4 - L .. 19 - L, lags 1..4) read.
+_memory_masks = near_masks((3, 2, 1, 0, 8, 8, 8, 8))
+
+
 @numba.njit(nogil=True, cache=True, inline="always")
 def linear_memory(p, out, dists):
     """Every feature of valid ``p`` but features 0..23 and the two timing ones (64, 65).
@@ -438,7 +443,7 @@ def linear_memory(p, out, dists):
         dists[j] = np.float64(h[j + 1]) - np.float64(h[j])
     dists[19] = cur - np.float64(h[19])
     # near: bit j where a[j] is the current address; lag[L]: bit j where s[j] repeats as s[j + L].
-    masks = near_masks(h, cur, ADDR_TOL, 8)
+    masks = _memory_masks(h, cur, ADDR_TOL)
     # Candidate next addresses; the network picks one (see docs/MODELS.md).
     c0 = cur + dists[19]  # last stride
     # The smallest period P whose stride pattern repeats over the last 12 strides: s[j] ~ s[j + P], 8 <= j < 20 - P.

@@ -338,44 +338,81 @@ def _mask_bits(builder: ir.IRBuilder, flags: ir.Value) -> ir.Value:
     return builder.zext(builder.bitcast(flags, ir.IntType(n)), ir.IntType(64))
 
 
-@intrinsic(prefer_literal=True)
-def near_masks(typingctx, values, last, tol, lags):
-    """Bit masks of closeness in the sequence ``a`` = (``values`` widened to float64, then ``last``).
+def near_masks(first: tuple[int, ...]):
+    """An intrinsic ``(values, last, tol) -> (near, lag_1, ..., lag_L)``, L = ``len(first)``: bit masks of
+    closeness in the sequence ``a`` = (``values`` widened to float64, then ``last``).
 
-    Returns ``lags + 1`` int64: first, bit j set where ``|a[j] - last| <= tol`` (j < n, n the
-    field's length); then, for lag L = 1..``lags``, bit j set where ``|s[j] - s[j + L]| <= tol``
-    (j < n - L), ``s[j] = a[j + 1] - a[j]`` the strides. Each difference is the float64 one a
-    scalar loop computes (``|x - y|`` equals ``|y - x|`` exactly), so the masks are those loops'
-    answers; the field is loaded once and every comparison is a vector one.
+    ``near``: bit j set where ``|a[j] - last| <= tol`` (j < n, n the field's length). ``lag_L``: bit j
+    set where ``|s[j] - s[j + L]| <= tol``, ``s[j] = a[j + 1] - a[j]`` the strides, for j in
+    ``first[L - 1] <= j < n - L`` only (the bits a caller reads; the others are 0). Each difference is
+    the float64 one a scalar loop computes (``|x - y|`` equals ``|y - x|`` exactly), so the masks are
+    those loops' answers. Everything is in 4-lane chunks loaded from the field at their offset (a
+    ``vcvtps2pd`` each, shared between lags): no lane of a 20-lane vector is shifted across AVX2's
+    128-bit halves (that took ~300 instructions a record for 8 lags).
     """
-    if not (isinstance(values, types.NestedArray) and values.ndim == 1 and isinstance(values.dtype, types.Float)
-            and isinstance(lags, types.IntegerLiteral)):  # fmt: skip
-        return None
-    n, n_lags = values.shape[0], lags.literal_value
-    if not 1 <= n_lags < n < 64:
-        return None
-    ret = types.UniTuple(types.int64, n_lags + 1)
 
-    def codegen(context, builder, signature, args):
-        f64 = ir.DoubleType()
-        v = _field_vector(context, builder, signature.args[0], args[0])
-        a = builder.fpext(v, ir.VectorType(f64, n)) if values.dtype.bitwidth < 64 else v
-        cur = context.cast(builder, args[1], signature.args[1], types.float64)
-        tol_v = context.cast(builder, args[2], signature.args[2], types.float64)
-        near = builder.fcmp_ordered("<=", _vabs(builder, builder.fsub(a, _splat(builder, cur, n))),
-                                    _splat(builder, tol_v, n))  # fmt: skip
-        # a[1..n] (the last lane is ``last``) minus a[0..n-1]
-        up = ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(1, n + 1)))
-        shifted = builder.shuffle_vector(a, _splat(builder, cur, n), up)
-        s = builder.fsub(shifted, a)
-        out = [_mask_bits(builder, near)]
-        for lag in range(1, n_lags + 1):
-            m = n - lag
-            d = builder.fsub(_lanes(builder, s, 0, m), _lanes(builder, s, lag, m))
-            out.append(_mask_bits(builder, builder.fcmp_ordered("<=", _vabs(builder, d), _splat(builder, tol_v, m))))
-        return context.make_tuple(builder, signature.return_type, out)
+    @intrinsic
+    def masks(typingctx, values, last, tol):
+        if not (isinstance(values, types.NestedArray) and values.ndim == 1 and isinstance(values.dtype, types.Float)):
+            return None
+        n = values.shape[0]
+        if not all(0 <= f < n - lag for lag, f in enumerate(first, 1)):
+            return None
+        ret = types.UniTuple(types.int64, len(first) + 1)
 
-    return ret(values, last, tol, lags), codegen
+        def codegen(context, builder, signature, args):
+            f64, i64 = ir.DoubleType(), ir.IntType(64)
+            elt = context.get_data_type(values.dtype)
+            base = context.make_array(signature.args[0])(context, builder, value=args[0]).data
+            cur = context.cast(builder, args[1], signature.args[1], types.float64)
+            tol_v = context.cast(builder, args[2], signature.args[2], types.float64)
+            loaded: dict[tuple[int, int], ir.Value] = {}
+            strides: dict[tuple[int, int], ir.Value] = {}
+
+            def a(start: int, count: int) -> ir.Value:
+                """a[start:start + count] as float64 (a[n] is ``last``)."""
+                if (start, count) not in loaded and start == n:
+                    loaded[start, count] = _splat(builder, cur, count)
+                if (start, count) not in loaded:
+                    inside = min(count, n - start)
+                    ptr = builder.gep(base, [ir.Constant(i64, start)])
+                    v = builder.load(builder.bitcast(ptr, ir.VectorType(elt, inside).as_pointer()), align=1)
+                    x = builder.fpext(v, ir.VectorType(f64, inside)) if values.dtype.bitwidth < 64 else v
+                    if inside < count:  # the last lane is ``last``
+                        take = ir.Constant(ir.VectorType(ir.IntType(32), count), list(range(count)))
+                        x = builder.shuffle_vector(x, _splat(builder, cur, inside), take)
+                    loaded[start, count] = x
+                return loaded[start, count]
+
+            def s(start: int, count: int) -> ir.Value:
+                if (start, count) not in strides:
+                    strides[start, count] = builder.fsub(a(start + 1, count), a(start, count))
+                return strides[start, count]
+
+            def bits(flags: ir.Value, shift: int) -> ir.Value:
+                return builder.shl(_mask_bits(builder, flags), ir.Constant(i64, shift))
+
+            def close(x: ir.Value, y: ir.Value) -> ir.Value:
+                count = x.type.count
+                return builder.fcmp_ordered("<=", _vabs(builder, builder.fsub(x, y)), _splat(builder, tol_v, count))
+
+            out = []
+            mask = ir.Constant(i64, 0)
+            for c in range(0, n, 4):
+                count = min(4, n - c)
+                mask = builder.or_(mask, bits(close(a(c, count), _splat(builder, cur, count)), c))
+            out.append(mask)
+            for lag, lo in enumerate(first, 1):
+                mask = ir.Constant(i64, 0)
+                for c in range(lo, n - lag, 4):
+                    count = min(4, n - lag - c)
+                    mask = builder.or_(mask, bits(close(s(c, count), s(c + lag, count)), c))
+                out.append(mask)
+            return context.make_tuple(builder, signature.return_type, out)
+
+        return ret(values, last, tol), codegen
+
+    return masks
 
 
 @intrinsic(prefer_literal=True)
