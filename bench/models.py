@@ -45,7 +45,10 @@ def _forward_ns(bank, mid, x, n, out, scratch, calls, budget_ns, samples):
     return k
 
 
-@njit(nogil=True, cache=True)
+# Not cached: they take the encoder as an argument, and numba's cache index of a function typed
+# on another process's dispatcher (a harness timing its own encoder with these) cannot be written
+# back ("underlying object has vanished"): the next run of this benchmark died in _encoding.
+@njit(nogil=True)
 def _encode_ns(encode, payloads, out, err, calls, budget_ns, samples):
     end = core.monotonic_ns() + budget_ns
     k = 0
@@ -57,7 +60,7 @@ def _encode_ns(encode, payloads, out, err, calls, budget_ns, samples):
     return k
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def _encode_rows_ns(encode, payloads, rows, out, err, scratch, calls, budget_ns, samples):
     end = core.monotonic_ns() + budget_ns
     k = 0
