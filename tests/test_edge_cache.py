@@ -25,8 +25,10 @@ from .test_native import C_DIR, SAN_ENV
 
 pytestmark = pytest.mark.timeout(180)
 
-# failure's cache is off: the client must not cache it either; workload's outlives a slow clear
-CONFIG = "[cache.failure]\nttl_ms = 1000\nenabled = false\n[cache.workload]\nttl_ms = 60000\n"
+# failure's cache is off: the client must not cache it either; workload's outlives a slow clear;
+# memory's goes from 50 ms to 400 ms, so that on a loaded machine the next call still comes within it
+CONFIG = ("[cache.failure]\nttl_ms = 1000\nenabled = false\n[cache.workload]\nttl_ms = 60000\n"
+          "[cache.memory]\nttl_ms = 400\n")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +106,11 @@ def test_clear_invalidates_local_entries_of_that_model_only(daemon: DaemonProces
 
 
 def test_entries_live_for_the_daemons_ttl_and_not_for_uncached_models(daemon: DaemonProcess) -> None:
-    memory = _fresh("memory", 0.123)  # TTL 50 ms
+    memory = _fresh("memory", 0.123)  # TTL 400 ms (CONFIG)
     with Client("b", daemon.prefix, edge_cache=64) as c:
         c.predict("memory", memory)
         assert c.predict("memory", memory).get("local")
-        time.sleep(0.08)
+        time.sleep(0.5)
         assert "local" not in c.predict("memory", memory), "expired with the daemon's TTL"
         c.predict("failure", SAMPLES["failure"])
         assert "local" not in c.predict("failure", SAMPLES["failure"]), "the daemon does not cache failure"
