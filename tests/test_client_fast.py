@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from kernel_abi import REQUESTS, RESPONSE, ModelId, Status
+from kernel_abi import ABI_VERSION, PAYLOADS, REQUESTS, RESPONSE, ModelId, Status
 from shmd import InvalidFields, _codec, _exchange, _records
 from shmd.client import Client, now_ns
 from shmd.samples import SAMPLES
@@ -61,6 +61,53 @@ def test_predict_records_answers_in_order_with_per_record_status(daemon: DaemonP
         assert buf["request_id"][0] == again["request_id"][-1] + 1
         with pytest.raises(ValueError, match=r"^out must be a writeable contiguous RESPONSE array of len\(records\)"):
             c.predict_records("workload", records, out=buf[:4])
+        assert c.dropped == 0 and c.outstanding == 0
+
+
+def test_predict_records_stamps_the_headers_in_compiled_code_for_its_batch_only(daemon: DaemonProcess) -> None:
+    """model_id, abi_version and payload_len are written as the records are published (whatever they held),
+    into the caller's records when they are writeable and contiguous, and never into a later call's."""
+    mid = ModelId.WORKLOAD
+    with Client("a", daemon.prefix) as c:
+        threat = c.predict("threat", SAMPLES["threat"], no_cache=True)
+        records = np.zeros(6, REQUESTS[mid])
+        records["payload"] = _codec.encode_payloads(mid, [SAMPLES["workload"]] * 6)
+        records[["model_id", "abi_version", "payload_len"]] = (int(ModelId.MEMORY), 0xFFFF, 3)
+        out = c.predict_records("workload", records)
+        assert out["status"].tolist() == [Status.OK] * 6
+        assert records["model_id"].tolist() == [mid] * 6 and records["abi_version"].tolist() == [ABI_VERSION] * 6
+        assert records["payload_len"].tolist() == [PAYLOADS[mid].itemsize] * 6
+        again = c.predict("threat", SAMPLES["threat"], no_cache=True)
+        assert again.keys() == threat.keys() and all(again[k] == threat[k] for k in threat if k != "cacheHit")
+        # Records the exchange cannot write (every other row of a bigger array; read-only): sent as a copy.
+        wide = np.zeros(12, REQUESTS[mid])
+        wide["payload"] = _codec.encode_payloads(mid, [SAMPLES["workload"]] * 12)
+        readonly = wide[:6].copy()
+        readonly.flags.writeable = False
+        for other in (wide[::2], readonly):
+            got = c.predict_records("workload", other)
+            assert got["status"].tolist() == [Status.OK] * 6
+            assert np.array_equal(got["outputs"], out["outputs"])
+            assert not other["model_id"].any() and not other["request_id"].any(), "the caller's records are untouched"
+        assert c.dropped == 0 and c.outstanding == 0
+
+
+def test_predict_records_reused_arrays_answer_what_they_hold_now_into_the_out_given(daemon: DaemonProcess) -> None:
+    """Arrays reused call after call answer what they hold now, into the out given with each call."""
+    mid = ModelId.WORKLOAD
+    records = np.zeros(4, REQUESTS[mid])
+    records["payload"] = _codec.encode_payloads(mid, [SAMPLES["workload"]] * 4)
+    first, second = np.zeros(4, RESPONSE), np.zeros(4, RESPONSE)
+    with Client("a", daemon.prefix) as c:
+        c.predict_records("workload", records, out=first)
+        before = first["outputs"].copy()
+        records["payload"]["current_cpu"] = [0.9, 0.05, 0.9, 0.05]  # the same arrays, new contents
+        assert c.predict_records("workload", records, out=first) is first
+        assert not np.array_equal(first["outputs"], before), "the new payloads must change the answers"
+        kept = first.copy()
+        assert c.predict_records("workload", records, out=second) is second
+        assert np.array_equal(second["outputs"], kept["outputs"]) and np.array_equal(first, kept)
+        assert (second["request_id"] > kept["request_id"].max()).all(), "answers of the new call, into the new out"
         assert c.dropped == 0 and c.outstanding == 0
 
 
