@@ -45,10 +45,12 @@ def http_channels(workers: int) -> tuple[str, ...]:
 def default_http_workers() -> int:
     """One shim process per two CPUs beyond the daemon's, at least two (one on a single CPU), at most 8.
 
-    A shim spends ~100 µs of CPU per prediction against the daemon's ~10 µs, so the HTTP
-    throughput is the shims'. On 2 vCPUs ``bench http`` measured two shims ahead of one in
-    every case (bench/results/http.json: c=16 and c=64 throughput 1.2-1.3x the bare aiohttp
-    endpoint against 0.6-0.7x with one shim), for ~65 MB more resident.
+    A shim spends more CPU per prediction than the daemon (``bench http``: 65-225 µs against
+    3-40 µs), so the HTTP throughput is the shims'. Before the shim's fast path, two shims on
+    2 vCPUs were ahead of one in every case (c=16 and c=64 throughput 1.2-1.3x the bare aiohttp
+    endpoint against 0.6-0.7x). With it, one and two are within this host's run-to-run noise
+    (bench/results/http.json, Dec 1st: c=16 1.96x vs 1.84x, c=64 1.91x vs 2.31x, c=1 p50 1.70x
+    vs 1.33x the bare endpoint); two stay the default, for ~60 MB more resident.
     """
     cpus = os.cpu_count() or 1
     return 1 if cpus < 2 else max(2, min(8, (cpus - 1) // 2))
