@@ -17,6 +17,7 @@ rounding (tested at <= 1e-5 on every output).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from llvmlite import ir
 from numba import types
@@ -338,7 +339,7 @@ def _mask_bits(builder: ir.IRBuilder, flags: ir.Value) -> ir.Value:
     return builder.zext(builder.bitcast(flags, ir.IntType(n)), ir.IntType(64))
 
 
-def near_masks(first: tuple[int, ...]):
+def near_masks(first: tuple[int, ...]) -> Any:
     """An intrinsic ``(values, last, tol) -> (near, lag_1, ..., lag_L)``, L = ``len(first)``: bit masks of
     closeness in the sequence ``a`` = (``values`` widened to float64, then ``last``).
 
